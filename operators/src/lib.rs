@@ -1,1 +1,23 @@
-//! placeholder
+//! Per-vehicle logic of lienwatch as plain, deterministic Rust, plus thin timely operator
+//! wrappers. No tokio, no I/O.
+//!
+//! # Layout
+//! - [`geo`], [`fences`], [`registry`]: distances, the fence index, the vehicle registry.
+//! - [`config`]: the `[rules]` settings with the SPEC defaults.
+//! - [`dedup`], [`position`]: duplicate detection and the per-vehicle fix chain.
+//! - [`kinds`]: one module per alert kind; [`ctx`] is what a kind sees.
+//! - [`vehicle`]: one vehicle's state and the order readings, fixes and timers reach the kinds.
+//! - [`fleet`]: all vehicles of a worker, the pipeline clock and the timer index.
+//! - [`dataflow`]: the timely operator that runs a fleet.
+
+pub mod config;
+pub mod ctx;
+pub mod dataflow;
+pub mod dedup;
+pub mod fences;
+pub mod fleet;
+pub mod geo;
+pub mod kinds;
+pub mod position;
+pub mod registry;
+pub mod vehicle;

@@ -1,0 +1,141 @@
+//! Per-device duplicate detection (SPEC §2, §4a): a reading is a duplicate if its `seq` was
+//! seen recently, or if its `ts` and raw payload equal one of the device's last readings.
+//!
+//! State is small and fixed-size (it is kept for every device): a ring bitmap over the last
+//! [`SEQ_WINDOW`] sequence numbers and the (ts, payload hash) pairs of the last
+//! [`RECENT`] readings. A `seq` more than the window below the highest seen is a device
+//! reboot: it starts a new sequence instead of dropping everything that follows.
+
+use serde::{Deserialize, Serialize};
+
+/// Sequence numbers remembered per device.
+pub const SEQ_WINDOW: u64 = 1024;
+/// Readings remembered for content de-duplication.
+pub const RECENT: usize = 8;
+
+const WORDS: usize = (SEQ_WINDOW / 64) as usize;
+
+/// Duplicate detector of one device.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dedup {
+    max_seq: Option<u64>,
+    seen: [u64; WORDS],
+    recent: [(i64, u64); RECENT],
+    recent_next: u8,
+}
+
+impl Dedup {
+    /// Records a reading and tells whether it is a duplicate of one seen before.
+    pub fn is_duplicate(&mut self, seq: Option<u64>, ts_ms: i64, content_hash: u64) -> bool {
+        if self.recent.contains(&(ts_ms, content_hash)) {
+            return true;
+        }
+        if let Some(seq) = seq {
+            if self.seq_seen(seq) {
+                return true;
+            }
+        }
+        self.recent[usize::from(self.recent_next)] = (ts_ms, content_hash);
+        self.recent_next = (self.recent_next + 1) % RECENT as u8;
+        false
+    }
+
+    /// Checks `seq` against the window and records it.
+    fn seq_seen(&mut self, seq: u64) -> bool {
+        match self.max_seq {
+            Some(max) if seq <= max && max - seq < SEQ_WINDOW => {
+                let seen = self.bit(seq);
+                self.set_bit(seq);
+                seen
+            }
+            Some(max) if seq > max => {
+                if seq - max >= SEQ_WINDOW {
+                    self.seen = [0; WORDS];
+                } else {
+                    for s in max + 1..=seq {
+                        self.clear_bit(s);
+                    }
+                }
+                self.max_seq = Some(seq);
+                self.set_bit(seq);
+                false
+            }
+            _ => {
+                // First reading, or a jump far back: a (re)started sequence.
+                self.seen = [0; WORDS];
+                self.max_seq = Some(seq);
+                self.set_bit(seq);
+                false
+            }
+        }
+    }
+
+    fn slot(seq: u64) -> (usize, u64) {
+        let i = seq % SEQ_WINDOW;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    fn bit(&self, seq: u64) -> bool {
+        let (w, m) = Self::slot(seq);
+        self.seen[w] & m != 0
+    }
+
+    fn set_bit(&mut self, seq: u64) {
+        let (w, m) = Self::slot(seq);
+        self.seen[w] |= m;
+    }
+
+    fn clear_bit(&mut self, seq: u64) {
+        let (w, m) = Self::slot(seq);
+        self.seen[w] &= !m;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn same_seq_is_duplicate() {
+        let mut d = Dedup::default();
+        assert!(!d.is_duplicate(Some(10), 1, 1));
+        assert!(!d.is_duplicate(Some(11), 2, 2));
+        assert!(d.is_duplicate(Some(10), 3, 3));
+        assert!(!d.is_duplicate(Some(9), 4, 4), "an unseen older seq is late, not a duplicate");
+        assert!(d.is_duplicate(Some(9), 4, 5));
+    }
+
+    #[test]
+    fn same_ts_and_payload_without_seq_is_duplicate() {
+        let mut d = Dedup::default();
+        assert!(!d.is_duplicate(None, 1000, 7));
+        assert!(!d.is_duplicate(None, 1000, 8), "same ts, other content");
+        assert!(d.is_duplicate(None, 1000, 7));
+    }
+
+    #[test]
+    fn reboot_starts_a_new_sequence() {
+        let mut d = Dedup::default();
+        for s in 50_000..50_010 {
+            assert!(!d.is_duplicate(Some(s), s as i64, s));
+        }
+        for s in 0..10 {
+            assert!(!d.is_duplicate(Some(s), 100 + s as i64, 100 + s), "seq {s}");
+        }
+        assert!(d.is_duplicate(Some(5), 1, 1));
+    }
+
+    proptest! {
+        /// Against a reference that remembers every seq: within the window the answers agree.
+        #[test]
+        fn matches_a_set_within_the_window(seqs in proptest::collection::vec(0u64..600, 1..400)) {
+            let mut d = Dedup::default();
+            let mut seen = std::collections::HashSet::new();
+            for (i, s) in seqs.into_iter().enumerate() {
+                let expected = !seen.insert(s);
+                prop_assert_eq!(d.is_duplicate(Some(s), i as i64, i as u64 + 1_000_000), expected);
+            }
+        }
+    }
+}

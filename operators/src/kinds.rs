@@ -1,0 +1,82 @@
+//! The alert kinds, one module each (docs/rules.md). Each kind is a small serde-serializable
+//! state machine; the vehicle ([`crate::vehicle`]) decides which readings, accepted fixes and
+//! timers reach it, and in which order.
+
+pub mod device_tamper;
+pub mod dtc_cleared;
+pub mod geofence_exit;
+pub mod gnss_jamming;
+pub mod location_jump;
+pub mod low_battery;
+pub mod odometer_rollback;
+pub mod offline;
+pub mod power_cut;
+pub mod risk_zone_dwell;
+pub mod risk_zone_enter;
+pub mod stationary_long;
+pub mod tow_suspected;
+pub mod vin_mismatch;
+
+use schemas::DeviceClass;
+
+/// The device a reading came from.
+#[derive(Clone, Copy, Debug)]
+pub struct Dev<'a> {
+    /// Device id.
+    pub id: &'a str,
+    /// Device class.
+    pub class: DeviceClass,
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A tiny harness for the kind tests: a context over default rules and no fences.
+
+    use schemas::{Alert, AlertKind, Phase, Reading};
+
+    use crate::config::RulesConfig;
+    use crate::ctx::Ctx;
+    use crate::fences::{FenceIdx, FenceIndex};
+
+    /// Runs `f` with a fresh context and returns the alerts it emitted.
+    pub fn with_ctx(
+        rules: &RulesConfig,
+        fences: &FenceIndex,
+        permitted: &[FenceIdx],
+        registered_vin: Option<&str>,
+        f: impl FnOnce(&mut Ctx<'_>),
+    ) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        let mut ctx = Ctx {
+            rules,
+            fences,
+            permitted,
+            registered_vin,
+            vehicle_id: "V1",
+            loan_id: Some("L1"),
+            position: None,
+            backfill: false,
+            detected_at_ms: 0,
+            alerts: &mut alerts,
+        };
+        f(&mut ctx);
+        alerts
+    }
+
+    /// A reading of device D1 at `ts_s` seconds.
+    pub fn reading(ts_s: i64) -> Reading {
+        Reading {
+            device_id: "D1".into(),
+            ts_ms: ts_s * 1000,
+            ..Reading::default()
+        }
+    }
+
+    /// (kind, phase, event time in seconds) of each alert, for compact assertions.
+    pub fn summary(alerts: &[Alert]) -> Vec<(AlertKind, Phase, i64)> {
+        alerts
+            .iter()
+            .map(|a| (a.kind, a.phase, a.event_time_ms / 1000))
+            .collect()
+    }
+}

@@ -1,0 +1,165 @@
+//! `risk_zone_dwell`: inside a risk fence continuously for the dwell threshold (the fence's
+//! `dwell_min`, else the configured one). Timer-driven: it opens when the pipeline clock
+//! passes entry + dwell even if no message arrives; it closes when the visit ends.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use schemas::AlertKind;
+
+use crate::ctx::{Ctx, evidence};
+use crate::config::RulesConfig;
+use crate::fences::{FenceIdx, FenceIndex};
+use crate::kinds::Dev;
+use crate::kinds::risk_zone_enter::{Left, Visit};
+
+/// State of one vehicle: the visits whose dwell incident is open, with its start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RiskZoneDwell {
+    open: Vec<(FenceIdx, i64)>,
+}
+
+fn dwell_ms(fence: FenceIdx, rules: &RulesConfig, fences: &FenceIndex) -> i64 {
+    let minutes = fences
+        .fence(fence)
+        .dwell_min
+        .unwrap_or(rules.risk_zone_dwell.dwell_min);
+    (minutes * 60_000.0).round() as i64
+}
+
+impl RiskZoneDwell {
+    /// The earliest time a current visit reaches its dwell threshold.
+    pub fn due(&self, visits: &[Visit], rules: &RulesConfig, fences: &FenceIndex) -> Option<i64> {
+        if !rules.risk_zone_dwell.enabled {
+            return None;
+        }
+        visits
+            .iter()
+            .filter(|v| !self.open.iter().any(|(f, _)| *f == v.fence))
+            .map(|v| v.entered_ms + dwell_ms(v.fence, rules, fences))
+            .min()
+    }
+
+    /// Opens the incidents of visits whose threshold is `≤ now`.
+    pub fn on_timer<'d>(
+        &mut self,
+        now: i64,
+        visits: &[Visit],
+        device_id: impl Fn(u16) -> Dev<'d>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        if !ctx.rules.risk_zone_dwell.enabled {
+            return;
+        }
+        for v in visits {
+            let due = v.entered_ms + dwell_ms(v.fence, ctx.rules, ctx.fences);
+            if due > now || self.open.iter().any(|(f, _)| *f == v.fence) {
+                continue;
+            }
+            let f = ctx.fences.fence(v.fence);
+            let ev = evidence(json!({
+                "fence_id": f.id,
+                "category": f.category,
+                "name": f.name,
+                "entered_at": schemas::time::rfc3339_ms(v.entered_ms),
+                "dwell_min": dwell_ms(v.fence, ctx.rules, ctx.fences) / 60_000,
+            }));
+            let dev = device_id(v.device);
+            let saved = ctx.position.replace(v.at);
+            ctx.open(AlertKind::RiskZoneDwell, dev.class, dev.id, due, ev);
+            ctx.position = saved;
+            self.open.push((v.fence, due));
+        }
+    }
+
+    /// Closes the incident of a visit that ended.
+    pub fn on_left<'d>(&mut self, left: &Left, device_id: impl Fn(u16) -> Dev<'d>, ctx: &mut Ctx<'_>) {
+        let Some(pos) = self.open.iter().position(|(f, _)| *f == left.visit.fence) else {
+            return;
+        };
+        let (fence, since) = self.open.swap_remove(pos);
+        let dev = device_id(left.visit.device);
+        let ev = evidence(json!({
+            "fence_id": ctx.fences.fence(fence).id,
+            "dwell_s": (left.left_ms - left.visit.entered_ms) / 1000,
+        }));
+        ctx.close(AlertKind::RiskZoneDwell, dev.class, dev.id, since, left.left_ms, ev);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::risk_zone_enter::RiskZoneEnter;
+    use crate::kinds::testing::{summary, with_ctx};
+    use crate::position::{Fix, Step};
+    use schemas::{DeviceClass, Phase};
+
+    const FENCES: &str = r#"{"type":"FeatureCollection","features":[{"type":"Feature",
+        "properties":{"id":"yard","role":"risk","category":"second_mortgage","radius_m":300,"dwell_min":20},
+        "geometry":{"type":"Point","coordinates":[121.0,31.0]}}]}"#;
+
+    fn step(
+        ts_min: i64,
+        inside: bool,
+        yard: FenceIdx,
+        visits: &mut RiskZoneEnter,
+        dwell: &mut RiskZoneDwell,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let dev = |_| Dev {
+            id: "D1",
+            class: DeviceClass::Wired,
+        };
+        let s = Step {
+            prev: None,
+            fix: Fix {
+                ts_ms: ts_min * 60_000,
+                lat: if inside { 31.0 } else { 31.1 },
+                lon: 121.0,
+                device: 0,
+                ignition: None,
+                speed_kmh: None,
+            },
+            dist_m: 0.0,
+            dt_ms: 0,
+        };
+        let mut left = Vec::new();
+        let inside = if inside { vec![yard] } else { vec![] };
+        visits.on_step(&s, &inside, dev, ctx, &mut left);
+        for l in &left {
+            dwell.on_left(l, dev, ctx);
+        }
+    }
+
+    #[test]
+    fn opens_at_entry_plus_dwell_and_closes_on_leaving() {
+        let rules = RulesConfig::default();
+        let fences = FenceIndex::from_geojson_str(FENCES, "test").unwrap();
+        let yard = fences.lookup("yard").unwrap();
+        let mut visits = RiskZoneEnter::default();
+        let mut dwell = RiskZoneDwell::default();
+        let dev = |_| Dev {
+            id: "D1",
+            class: DeviceClass::Wired,
+        };
+        let out = with_ctx(&rules, &fences, &[], None, |ctx| {
+            step(0, true, yard, &mut visits, &mut dwell, ctx);
+            assert_eq!(dwell.due(&visits.visits, ctx.rules, ctx.fences), Some(20 * 60_000));
+            dwell.on_timer(19 * 60_000, &visits.visits, dev, ctx);
+            dwell.on_timer(25 * 60_000, &visits.visits, dev, ctx);
+            assert_eq!(dwell.due(&visits.visits, ctx.rules, ctx.fences), None);
+            step(50, false, yard, &mut visits, &mut dwell, ctx);
+            step(51, false, yard, &mut visits, &mut dwell, ctx);
+        });
+        assert_eq!(
+            summary(&out),
+            vec![
+                (AlertKind::RiskZoneEnter, Phase::Instant, 0),
+                (AlertKind::RiskZoneDwell, Phase::Open, 20 * 60),
+                (AlertKind::RiskZoneDwell, Phase::Close, 50 * 60)
+            ]
+        );
+        assert_eq!(out[1].alert_id, out[2].alert_id);
+    }
+}

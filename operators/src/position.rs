@@ -1,0 +1,174 @@
+//! The per-vehicle position chain (SPEC §4a "Fix quality", "GNSS distance"): valid fixes of
+//! all the vehicle's devices, in event-time order, held one fix back so a drift outlier can
+//! be recognised by its successor. Position rules only ever see accepted fixes, which makes
+//! every position alert confirmed by the following fix.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RulesConfig;
+use crate::geo::{haversine_m, implied_speed_kmh};
+
+/// Below this distance an implied speed is not trusted: two devices of one vehicle may report
+/// the same second a few metres apart.
+const MIN_FAST_STEP_M: f64 = 100.0;
+
+/// A valid fix of one of the vehicle's devices.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fix {
+    /// Event time.
+    pub ts_ms: i64,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Index of the reporting device in the vehicle's device list.
+    pub device: u16,
+    /// Ignition reported with the fix; `None` = unknown.
+    pub ignition: Option<bool>,
+    /// Speed reported with the fix (OBD, else GNSS).
+    pub speed_kmh: Option<f32>,
+}
+
+impl Fix {
+    /// Whether the vehicle was parked at this fix: ignition explicitly off, or standing still.
+    pub fn parked(&self) -> bool {
+        self.ignition == Some(false) || self.speed_kmh.is_some_and(|s| s < 5.0)
+    }
+
+    /// Great-circle distance to another fix.
+    pub fn distance_m(&self, other: &Fix) -> f64 {
+        haversine_m(self.lat, self.lon, other.lat, other.lon)
+    }
+}
+
+/// A newly accepted fix and the accepted fix before it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Step {
+    /// The previous accepted fix, if any.
+    pub prev: Option<Fix>,
+    /// The fix just accepted.
+    pub fix: Fix,
+    /// Distance from `prev`, metres (0 without `prev`).
+    pub dist_m: f64,
+    /// Time since `prev`, milliseconds (0 without `prev`).
+    pub dt_ms: i64,
+}
+
+impl Step {
+    /// Implied speed from `prev`, km/h.
+    pub fn speed_kmh(&self) -> f64 {
+        implied_speed_kmh(self.dist_m, self.dt_ms.max(1000))
+    }
+}
+
+/// The chain state of one vehicle.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PositionChain {
+    pending: Option<Fix>,
+    accepted: Option<Fix>,
+    /// GNSS distance driven so far, metres.
+    pub distance_m: f64,
+    /// Drift outliers dropped so far.
+    pub outliers: u64,
+}
+
+fn fast(a: &Fix, b: &Fix, limit_kmh: f64) -> bool {
+    let d = a.distance_m(b);
+    d > MIN_FAST_STEP_M && implied_speed_kmh(d, (b.ts_ms - a.ts_ms).abs().max(1000)) > limit_kmh
+}
+
+impl PositionChain {
+    /// The last accepted fix.
+    pub fn last_accepted(&self) -> Option<&Fix> {
+        self.accepted.as_ref()
+    }
+
+    /// Feeds the next valid fix. Returns the step of the fix this one confirmed, if the held
+    /// fix was not a drift outlier.
+    pub fn push(&mut self, fix: Fix, rules: &RulesConfig) -> Option<Step> {
+        let held = self.pending.replace(fix)?;
+        if let Some(prev) = &self.accepted {
+            if fast(prev, &held, rules.drift_speed_kmh) && fast(&held, &fix, rules.drift_speed_kmh)
+            {
+                self.outliers += 1;
+                return None;
+            }
+        }
+        let step = match self.accepted {
+            Some(prev) => Step {
+                prev: Some(prev),
+                fix: held,
+                dist_m: prev.distance_m(&held),
+                dt_ms: held.ts_ms - prev.ts_ms,
+            },
+            None => Step {
+                prev: None,
+                fix: held,
+                dist_m: 0.0,
+                dt_ms: 0,
+            },
+        };
+        if let Some(prev) = &step.prev {
+            let jitter = step.dist_m < rules.jitter_m && prev.parked() && held.parked();
+            let gap = step.dt_ms > crate::config::secs_ms(rules.distance_gap_s);
+            if !jitter && !gap {
+                self.distance_m += step.dist_m;
+            }
+        }
+        self.accepted = Some(held);
+        Some(step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(ts_s: i64, lat: f64, lon: f64) -> Fix {
+        Fix {
+            ts_ms: ts_s * 1000,
+            lat,
+            lon,
+            device: 0,
+            ignition: Some(false),
+            speed_kmh: Some(0.0),
+        }
+    }
+
+    #[test]
+    fn single_drift_fix_is_dropped() {
+        let rules = RulesConfig::default();
+        let mut c = PositionChain::default();
+        assert!(c.push(fix(0, 31.0, 121.0), &rules).is_none());
+        assert!(c.push(fix(60, 31.0, 121.0001), &rules).is_some());
+        // 20 km away for one fix, then back.
+        assert!(c.push(fix(120, 31.18, 121.0), &rules).is_some());
+        assert!(c.push(fix(180, 31.0, 121.0002), &rules).is_none(), "drift fix must be dropped");
+        assert_eq!(c.outliers, 1);
+        let step = c.push(fix(240, 31.0, 121.0), &rules).unwrap();
+        assert!(step.dist_m < 30.0);
+        assert!(c.distance_m < 30.0, "jitter while parked is no distance");
+    }
+
+    #[test]
+    fn confirmed_relocation_is_accepted() {
+        let rules = RulesConfig::default();
+        let mut c = PositionChain::default();
+        c.push(fix(0, 31.0, 121.0), &rules);
+        c.push(fix(60, 31.0, 121.0), &rules);
+        assert!(c.push(fix(120, 31.5, 121.0), &rules).is_some());
+        let step = c.push(fix(180, 31.5, 121.001), &rules).unwrap();
+        assert!(step.dist_m > 50_000.0);
+        assert!(step.speed_kmh() > 250.0);
+    }
+
+    #[test]
+    fn gaps_are_displacement_not_distance() {
+        let rules = RulesConfig::default();
+        let mut c = PositionChain::default();
+        c.push(fix(0, 31.0, 121.0), &rules);
+        c.push(fix(3600, 31.01, 121.0), &rules);
+        c.push(fix(3660, 31.01, 121.0), &rules);
+        assert_eq!(c.distance_m, 0.0);
+    }
+}

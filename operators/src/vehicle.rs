@@ -1,0 +1,442 @@
+//! The state of one vehicle and the order in which its readings, accepted fixes and timers
+//! reach the kinds (docs/rules.md "Order, time and the pipeline clock").
+//!
+//! Readings arrive through [`VehicleState::arrive`]: duplicates are dropped, late readings take
+//! the late path at once, the others wait in their device's buffer. [`VehicleState::advance`]
+//! moves the vehicle to a new pipeline clock: buffered readings up to the clock are processed
+//! in event-time order, and timers fire in between at their own due times, so the result does
+//! not depend on how the input was cut into epochs. The state is plain serde data.
+
+use serde::{Deserialize, Serialize};
+
+use schemas::{Alert, DeviceClass, Record};
+
+use crate::config::RulesConfig;
+use crate::ctx::Ctx;
+use crate::dedup::Dedup;
+use crate::fences::{FenceIdx, FenceIndex};
+use crate::kinds::{
+    Dev, device_tamper::DeviceTamper, dtc_cleared::DtcCleared, geofence_exit::GeofenceExit,
+    gnss_jamming::GnssJamming, location_jump::LocationJump, low_battery::LowBattery,
+    odometer_rollback::OdometerRollback, offline::Offline, power_cut::PowerCut,
+    risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
+    stationary_long::StationaryLong, tow_suspected::TowSuspected, vin_mismatch::VinMismatch,
+};
+use crate::position::{Fix, PositionChain, Step};
+
+/// Read-only inputs of the rules.
+#[derive(Clone, Copy)]
+pub struct Env<'a> {
+    /// Rule settings.
+    pub rules: &'a RulesConfig,
+    /// Fences.
+    pub fences: &'a FenceIndex,
+    /// Wall-clock time stamped on alerts emitted now.
+    pub detected_at_ms: i64,
+}
+
+/// What the vehicle produced.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Alerts, in emission order.
+    pub alerts: Vec<Alert>,
+    /// Accepted readings (processed in order or late), for the archive.
+    pub archive: Vec<Record>,
+}
+
+/// What happened to an arriving reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Waiting in the reorder buffer.
+    Buffered,
+    /// Late: archived, handled by the late path.
+    Late,
+    /// Duplicate: dropped.
+    Duplicate,
+}
+
+/// Registry facts about the vehicle the rules need.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Loan id (`None` when unregistered).
+    pub loan_id: Option<String>,
+    /// Registered VIN.
+    pub vin: Option<String>,
+    /// Permitted fences (empty = unrestricted).
+    pub permitted: Vec<FenceIdx>,
+}
+
+/// Device-scope kinds of one device.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct DeviceKinds {
+    power_cut: PowerCut,
+    device_tamper: DeviceTamper,
+    offline: Offline,
+    gnss_jamming: GnssJamming,
+    low_battery: LowBattery,
+    odometer_rollback: OdometerRollback,
+    dtc_cleared: DtcCleared,
+    vin_mismatch: VinMismatch,
+}
+
+/// One device of the vehicle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct DeviceState {
+    device_id: String,
+    class: DeviceClass,
+    dedup: Dedup,
+    buffer: Vec<Record>,
+    /// Largest event time received (in-order or not).
+    max_ts: Option<i64>,
+    /// Event time of the last reading processed in order.
+    last_ts: Option<i64>,
+    /// Last valid position of this device.
+    last_fix: Option<(f64, f64)>,
+    kinds: DeviceKinds,
+}
+
+impl DeviceState {
+    fn dev(&self) -> Dev<'_> {
+        Dev {
+            id: &self.device_id,
+            class: self.class,
+        }
+    }
+}
+
+/// Vehicle-scope kinds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct VehicleKinds {
+    tow_suspected: TowSuspected,
+    location_jump: LocationJump,
+    geofence_exit: GeofenceExit,
+    risk_zone_enter: RiskZoneEnter,
+    risk_zone_dwell: RiskZoneDwell,
+    stationary_long: StationaryLong,
+}
+
+/// Everything lienwatch keeps about one vehicle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VehicleState {
+    /// Vehicle id.
+    pub vehicle_id: String,
+    /// Registry facts.
+    pub profile: Profile,
+    devices: Vec<DeviceState>,
+    chain: PositionChain,
+    kinds: VehicleKinds,
+    buffered: usize,
+}
+
+fn make_ctx<'a>(
+    vehicle_id: &'a str,
+    profile: &'a Profile,
+    env: &Env<'a>,
+    position: Option<(f64, f64)>,
+    backfill: bool,
+    alerts: &'a mut Vec<Alert>,
+) -> Ctx<'a> {
+    Ctx {
+        rules: env.rules,
+        fences: env.fences,
+        permitted: &profile.permitted,
+        registered_vin: profile.vin.as_deref(),
+        vehicle_id,
+        loan_id: profile.loan_id.as_deref(),
+        position,
+        backfill,
+        detected_at_ms: env.detected_at_ms,
+        alerts,
+    }
+}
+
+fn device_of<'a>(devices: &'a [DeviceState]) -> impl Fn(u16) -> Dev<'a> + 'a {
+    move |i| devices[usize::from(i)].dev()
+}
+
+impl VehicleState {
+    /// A vehicle nothing is known about yet.
+    pub fn new(vehicle_id: String, profile: Profile) -> Self {
+        Self {
+            vehicle_id,
+            profile,
+            devices: Vec::new(),
+            chain: PositionChain::default(),
+            kinds: VehicleKinds::default(),
+            buffered: 0,
+        }
+    }
+
+    /// Whether readings wait in the reorder buffers.
+    pub fn has_buffered(&self) -> bool {
+        self.buffered > 0
+    }
+
+    /// GNSS distance driven so far, metres.
+    pub fn gnss_distance_m(&self) -> f64 {
+        self.chain.distance_m
+    }
+
+    fn device_index(&mut self, record: &Record) -> usize {
+        let id = &record.reading.device_id;
+        if let Some(i) = self.devices.iter().position(|d| &d.device_id == id) {
+            return i;
+        }
+        self.devices.push(DeviceState {
+            device_id: id.clone(),
+            class: record.class,
+            dedup: Dedup::default(),
+            buffer: Vec::new(),
+            max_ts: None,
+            last_ts: None,
+            last_fix: None,
+            kinds: DeviceKinds::default(),
+        });
+        self.devices.len() - 1
+    }
+
+    /// Takes an arriving reading: drops duplicates, handles late readings at once, buffers
+    /// the rest until the pipeline clock passes them.
+    pub fn arrive(&mut self, record: Record, env: &Env<'_>, out: &mut Outputs) -> Arrival {
+        let d = self.device_index(&record);
+        let r = &record.reading;
+        let device = &mut self.devices[d];
+        if device.dedup.is_duplicate(r.seq, r.ts_ms, r.content_hash) {
+            return Arrival::Duplicate;
+        }
+        let window = env.rules.reorder_window_ms();
+        let late = r.backfill
+            || device.max_ts.is_some_and(|m| r.ts_ms < m - window)
+            || device.last_ts.is_some_and(|l| r.ts_ms <= l);
+        device.max_ts = Some(device.max_ts.map_or(r.ts_ms, |m| m.max(r.ts_ms)));
+        if !late {
+            device.buffer.push(record);
+            self.buffered += 1;
+            return Arrival::Buffered;
+        }
+        let Self {
+            vehicle_id,
+            profile,
+            devices,
+            kinds,
+            ..
+        } = self;
+        let device = &mut devices[d];
+        let position = r.valid_position(env.rules.max_hdop);
+        let mut ctx = make_ctx(vehicle_id, profile, env, position, true, &mut out.alerts);
+        let dev = Dev {
+            id: &device.device_id,
+            class: device.class,
+        };
+        device.kinds.device_tamper.on_late(r, dev, &mut ctx);
+        kinds.tow_suspected.on_late(r, dev, &mut ctx);
+        out.archive.push(record);
+        Arrival::Late
+    }
+
+    /// Moves the vehicle to pipeline clock `clock_ms`: processes buffered readings up to it
+    /// in event-time order (input order on ties) and fires the timers due on the way.
+    pub fn advance(&mut self, clock_ms: i64, env: &Env<'_>, out: &mut Outputs) {
+        self.release(Some(clock_ms), env, out);
+        self.fire_timers_until(clock_ms, true, env, out);
+    }
+
+    /// End of input: processes every buffered reading (timers fire only between readings).
+    pub fn flush(&mut self, env: &Env<'_>, out: &mut Outputs) {
+        self.release(None, env, out);
+    }
+
+    fn release(&mut self, clock_ms: Option<i64>, env: &Env<'_>, out: &mut Outputs) {
+        if self.buffered == 0 {
+            return;
+        }
+        let mut ready: Vec<(usize, Record)> = Vec::new();
+        for (d, device) in self.devices.iter_mut().enumerate() {
+            let mut i = 0;
+            while i < device.buffer.len() {
+                if clock_ms.is_none_or(|c| device.buffer[i].reading.ts_ms <= c) {
+                    ready.push((d, device.buffer.swap_remove(i)));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.buffered -= ready.len();
+        ready.sort_by_key(|(_, r)| (r.reading.ts_ms, r.ingest_seq));
+        for (d, record) in ready {
+            self.fire_timers_until(record.reading.ts_ms, false, env, out);
+            let device = &self.devices[d];
+            if device.last_ts.is_some_and(|l| record.reading.ts_ms <= l) {
+                // Equal timestamps from one device: the second one is late.
+                out.archive.push(record);
+                continue;
+            }
+            self.process(d, &record, env, out);
+            out.archive.push(record);
+        }
+    }
+
+    /// The earliest timer of the vehicle.
+    pub fn next_due(&self, rules: &RulesConfig, fences: &FenceIndex) -> Option<i64> {
+        let devices = self
+            .devices
+            .iter()
+            .filter_map(|d| d.kinds.offline.due(d.last_ts, d.dev(), rules));
+        let vehicle = [
+            self.kinds
+                .risk_zone_dwell
+                .due(&self.kinds.risk_zone_enter.visits, rules, fences),
+            self.kinds.stationary_long.due(rules),
+        ];
+        devices.chain(vehicle.into_iter().flatten()).min()
+    }
+
+    /// Fires timers due before `until` (or at it, when `inclusive`).
+    fn fire_timers_until(&mut self, until: i64, inclusive: bool, env: &Env<'_>, out: &mut Outputs) {
+        while let Some(due) = self
+            .next_due(env.rules, env.fences)
+            .filter(|d| *d < until || (inclusive && *d == until))
+        {
+            self.fire_timers(due, env, out);
+            debug_assert!(
+                self.next_due(env.rules, env.fences) != Some(due),
+                "timers must make progress"
+            );
+            if self.next_due(env.rules, env.fences) == Some(due) {
+                break;
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: i64, env: &Env<'_>, out: &mut Outputs) {
+        let Self {
+            vehicle_id,
+            profile,
+            devices,
+            chain,
+            kinds,
+            ..
+        } = self;
+        let last = chain.last_accepted().map(|f| (f.lat, f.lon));
+        for device in devices.iter_mut() {
+            let position = device.last_fix.or(last);
+            let mut ctx = make_ctx(vehicle_id, profile, env, position, false, &mut out.alerts);
+            let dev = Dev {
+                id: &device.device_id,
+                class: device.class,
+            };
+            device
+                .kinds
+                .offline
+                .on_timer(now, device.last_ts, dev, &mut ctx);
+        }
+        let online = devices.iter().any(|d| {
+            d.last_ts
+                .is_some_and(|l| now - l < env.rules.offline_after_ms(d.class))
+        });
+        let mut ctx = make_ctx(vehicle_id, profile, env, last, false, &mut out.alerts);
+        let names = device_of(devices);
+        kinds
+            .risk_zone_dwell
+            .on_timer(now, &kinds.risk_zone_enter.visits, &names, &mut ctx);
+        kinds
+            .stationary_long
+            .on_timer(now, online, &names, &mut ctx);
+    }
+
+    /// Processes one in-order reading of device `d`.
+    fn process(&mut self, d: usize, record: &Record, env: &Env<'_>, out: &mut Outputs) {
+        let r = &record.reading;
+        let fix_pos = r.valid_position(env.rules.max_hdop);
+        let Self {
+            vehicle_id,
+            profile,
+            devices,
+            chain,
+            kinds,
+            ..
+        } = self;
+        let position = fix_pos.or(chain.last_accepted().map(|f| (f.lat, f.lon)));
+        let mut ctx = make_ctx(vehicle_id, profile, env, position, false, &mut out.alerts);
+        {
+            let device = &mut devices[d];
+            let dev = Dev {
+                id: &device.device_id,
+                class: device.class,
+            };
+            let k = &mut device.kinds;
+            k.offline.on_reading(
+                r.ts_ms,
+                (device.last_ts, device.last_fix),
+                fix_pos,
+                dev,
+                &mut ctx,
+            );
+            k.power_cut.on_reading(r, dev, &mut ctx);
+            k.device_tamper.on_reading(r, dev, &mut ctx);
+            k.gnss_jamming
+                .on_reading(r, fix_pos.is_some(), dev, &mut ctx);
+            k.low_battery.on_reading(r, dev, &mut ctx);
+            k.odometer_rollback.on_reading(r, dev, &mut ctx);
+            k.dtc_cleared.on_reading(r, dev, &mut ctx);
+            k.vin_mismatch.on_reading(r, dev, &mut ctx);
+            kinds.tow_suspected.on_reading(r, d as u16, dev, &mut ctx);
+            device.last_ts = Some(r.ts_ms);
+            if fix_pos.is_some() {
+                device.last_fix = fix_pos;
+            }
+        }
+        kinds
+            .stationary_long
+            .on_reading(r.ts_ms, fix_pos, device_of(devices), &mut ctx);
+        let Some((lat, lon)) = fix_pos else {
+            return;
+        };
+        let fix = Fix {
+            ts_ms: r.ts_ms,
+            lat,
+            lon,
+            device: d as u16,
+            ignition: r.ignition,
+            speed_kmh: r
+                .speed_kmh
+                .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh)),
+        };
+        if let Some(step) = chain.push(fix, env.rules) {
+            on_step(&step, devices, kinds, env, &mut ctx);
+        }
+    }
+}
+
+/// Runs the position kinds on an accepted fix.
+fn on_step(
+    step: &Step,
+    devices: &[DeviceState],
+    kinds: &mut VehicleKinds,
+    env: &Env<'_>,
+    ctx: &mut Ctx<'_>,
+) {
+    let fix = step.fix;
+    let device = &devices[usize::from(fix.device)];
+    let gap = step.prev.is_some() && step.dt_ms > env.rules.offline_after_ms(device.class);
+    let names = device_of(devices);
+    let saved = ctx.position.replace((fix.lat, fix.lon));
+    kinds
+        .tow_suspected
+        .on_step(step, gap, device.dev(), ctx);
+    kinds
+        .location_jump
+        .on_step(step, gap, device.dev(), ctx);
+    kinds.geofence_exit.on_step(step, &names, ctx);
+    let mut inside = Vec::new();
+    env.fences.risk_fences_at(fix.lat, fix.lon, &mut inside);
+    let mut left = Vec::new();
+    kinds
+        .risk_zone_enter
+        .on_step(step, &inside, &names, ctx, &mut left);
+    for l in &left {
+        kinds.risk_zone_dwell.on_left(l, &names, ctx);
+    }
+    kinds.stationary_long.on_step(step, device.dev(), ctx);
+    ctx.position = saved;
+}
