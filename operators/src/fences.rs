@@ -19,7 +19,7 @@ use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::{AABB, RTree};
 use serde_json::Value;
 
-use crate::geo::{self, LocalProjection, point_segment_distance};
+use crate::geo::{self, LocalProjection, point_segment_distance_sq};
 
 /// Position of a fence in its [`FenceIndex`] (the feature's position in the file).
 pub type FenceIdx = u32;
@@ -467,11 +467,11 @@ fn ring_distance_m(proj: &LocalProjection, ring: &[[f64; 2]]) -> f64 {
     for &[lon, lat] in ring {
         let here = proj.project(lat, lon);
         if let Some(prev) = prev {
-            best = best.min(point_segment_distance([0.0, 0.0], prev, here));
+            best = best.min(point_segment_distance_sq([0.0, 0.0], prev, here));
         }
         prev = Some(here);
     }
-    best
+    best.sqrt()
 }
 
 /// Exact bounding boxes of a spherical cap, slightly widened against rounding, split in two

@@ -123,8 +123,8 @@ pub enum RegistryError {
         line: u64,
         /// The column.
         column: &'static str,
-        /// What is wrong.
-        problem: FieldProblem,
+        /// What is wrong (boxed to keep the error small).
+        problem: Box<FieldProblem>,
     },
     /// A permitted fence id that no fence has.
     #[error(
@@ -257,7 +257,7 @@ impl Registry {
                 file: source.to_owned(),
                 line,
                 column,
-                problem,
+                problem: Box::new(problem),
             };
             let field = |index: usize| record.get(index).unwrap_or("");
             let required = |index: usize, column| {

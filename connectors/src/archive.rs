@@ -1,0 +1,574 @@
+//! The Parquet archive sink (SPEC §6): `telemetry`, `alerts` and `rejects` as hive-partitioned,
+//! zstd-compressed, sorted Parquet files in an object store.
+//!
+//! One [`ArchiveWriter`] per timely worker, driven from the worker thread with a synchronous
+//! API. Rows are buffered per (dataset, UTC date and hour) partition, encoded on the worker
+//! thread when a partition is rolled, and handed to an uploader thread that publishes each
+//! file with a single create-only `put`, so a file becomes visible only when complete.
+//!
+//! Object keys:
+//! `<dataset>/date=YYYY-MM-DD/hour=HH/part-<process>-<worker>-<run>-<seq>.parquet`.
+
+mod rows;
+#[cfg(test)]
+mod tests;
+mod upload;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use arrow_schema::ArrowError;
+use bytes::Bytes;
+use chrono::DateTime;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use schemas::time::HOUR_MS;
+use schemas::{Alert, Record, Reject};
+
+use rows::{AlertRow, ArchiveRow};
+use upload::{Upload, Uploader};
+
+/// When the estimated bytes buffered over all partitions of a writer exceed this many times
+/// `max_file_bytes`, the largest partition is rolled early. This bounds a writer's memory when
+/// rows scatter over many hours (a replay of days of data) at the cost of smaller files.
+const BUFFER_BUDGET_FILES: u64 = 2;
+
+/// Settings of the archive sink (SPEC §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveConfig {
+    /// Where the datasets go: a local directory (created if missing; `file://` prefix allowed).
+    /// Object-store URLs such as `s3://bucket/prefix` are not supported yet.
+    pub root: String,
+    /// Roll a partition's file when its estimated uncompressed size reaches this many bytes.
+    pub max_file_bytes: u64,
+    /// Roll a partition's file when it has been open this many seconds (wall clock).
+    pub max_file_age_s: u64,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd compression level.
+    pub zstd_level: i32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            root: "./lienwatch-data".into(),
+            max_file_bytes: 128 << 20,
+            max_file_age_s: 300,
+            row_group_rows: 128 << 10,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// What an archive writer published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    /// Files published.
+    pub files: u64,
+    /// Bytes published (encoded Parquet).
+    pub bytes: u64,
+    /// Rows in published `telemetry` files.
+    pub telemetry_rows: u64,
+    /// Rows in published `alerts` files.
+    pub alert_rows: u64,
+    /// Rows in published `rejects` files.
+    pub reject_rows: u64,
+}
+
+/// Errors of the archive sink.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A configuration value is out of range.
+    #[error("invalid archive config: {0}")]
+    Config(String),
+    /// The root names a store this build cannot open.
+    #[error("unsupported archive root {0:?}: only local directories are supported")]
+    UnsupportedRoot(String),
+    /// The local root directory could not be created.
+    #[error("cannot create archive root {path}: {source}")]
+    CreateRoot {
+        /// The directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The object store could not be opened.
+    #[error("cannot open archive store at {root}: {source}")]
+    Store {
+        /// The configured root.
+        root: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+    /// The uploader thread or its runtime could not be started.
+    #[error("cannot start the archive uploader: {0}")]
+    Thread(std::io::Error),
+    /// The uploader thread is gone (it panicked), so files can no longer be handed over.
+    #[error("the archive uploader thread stopped")]
+    UploaderGone,
+    /// Rows could not be turned into an Arrow batch.
+    #[error("cannot build the {dataset} batch: {source}")]
+    Arrow {
+        /// The dataset.
+        dataset: &'static str,
+        /// The cause.
+        source: ArrowError,
+    },
+    /// A file could not be encoded.
+    #[error("cannot encode {path}: {source}")]
+    Parquet {
+        /// The object key.
+        path: String,
+        /// The cause.
+        source: ParquetError,
+    },
+    /// Files could not be published after every retry (each one was logged).
+    #[error(
+        "{failed} archive file(s) not published; first {path} after {attempts} attempts: {source}"
+    )]
+    Upload {
+        /// How many files failed.
+        failed: usize,
+        /// Key of the first failed file.
+        path: String,
+        /// Attempts made for it.
+        attempts: u32,
+        /// Its last error.
+        source: object_store::Error,
+    },
+}
+
+/// Opens the store for `root`. Local directories only for now; this is the one place a
+/// `s3://` (or `gs://`, `az://`) branch will be added.
+fn open_store(root: &str) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
+    let dir = match root.split_once("://") {
+        None => root,
+        Some(("file", path)) => path,
+        Some(_) => return Err(ArchiveError::UnsupportedRoot(root.into())),
+    };
+    std::fs::create_dir_all(dir).map_err(|source| ArchiveError::CreateRoot {
+        path: dir.into(),
+        source,
+    })?;
+    let store = LocalFileSystem::new_with_prefix(dir).map_err(|source| ArchiveError::Store {
+        root: root.into(),
+        source,
+    })?;
+    // fsync file and directory before a put returns, as an object store would guarantee.
+    Ok(Arc::new(store.with_fsync(true)))
+}
+
+/// The last run time handed out in this process: run tokens strictly increase, so two writers
+/// opened in the same millisecond (same worker, e.g. a test or a re-opened sink) still differ.
+static LAST_RUN_MS: AtomicI64 = AtomicI64::new(0);
+
+/// A per-open token: the wall-clock open time in ms, bumped past any token already issued in
+/// this process, in base 36. Names from an earlier run never collide with this run's; a
+/// collision across processes would fail the create-only put rather than overwrite.
+fn run_token(now_ms: i64) -> String {
+    let step = |last: i64| Some(now_ms.max(last + 1));
+    let last = LAST_RUN_MS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step)
+        .unwrap_or_else(|last| last);
+    let mut n = u64::try_from(now_ms.max(last + 1)).unwrap_or(0);
+    let mut digits = Vec::new();
+    loop {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.reverse();
+    String::from_utf8(digits).expect("base-36 digits are ASCII")
+}
+
+/// Rows of one (dataset, hour) partition waiting to be written.
+struct Buffer<R> {
+    /// The rows, in arrival order.
+    rows: Vec<R>,
+    /// Estimated uncompressed bytes of `rows`.
+    bytes: u64,
+    /// Writer clock when the first row arrived.
+    opened_ms: i64,
+}
+
+/// The open partitions of one dataset, keyed by hours since the epoch (UTC).
+struct Partitions<R> {
+    /// Buffered partitions by hour.
+    open: HashMap<i64, Buffer<R>>,
+    /// Writer settings of the dataset's files (compression, row groups, sorting columns).
+    props: WriterProperties,
+}
+
+impl<R: ArchiveRow> Partitions<R> {
+    /// No open partitions; files will use `compression` and `row_group_rows`.
+    fn new(compression: Compression, row_group_rows: usize) -> Self {
+        let sorting = R::SORT_COLUMNS
+            .iter()
+            .map(|&column_idx| SortingColumn {
+                column_idx,
+                descending: false,
+                nulls_first: false,
+            })
+            .collect();
+        let mut props = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_row_count(Some(row_group_rows))
+            .set_sorting_columns(Some(sorting));
+        for &column in R::PLAIN_COLUMNS {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
+        Self {
+            open: HashMap::new(),
+            props: props.build(),
+        }
+    }
+
+    /// Hours of the partitions whose `opened_ms` satisfies `due`, ascending.
+    fn hours(&self, due: impl Fn(i64) -> bool) -> Vec<i64> {
+        let mut hours: Vec<i64> = self
+            .open
+            .iter()
+            .filter(|(_, b)| due(b.opened_ms))
+            .map(|(&hour, _)| hour)
+            .collect();
+        hours.sort_unstable();
+        hours
+    }
+
+    /// Rows buffered over all partitions.
+    fn buffered_rows(&self) -> usize {
+        self.open.values().map(|b| b.rows.len()).sum()
+    }
+
+    /// The partition with the most estimated bytes.
+    fn largest(&self) -> Option<(u64, i64)> {
+        self.open.iter().map(|(&hour, b)| (b.bytes, hour)).max()
+    }
+}
+
+/// Naming and hand-over of finished files.
+struct Output {
+    /// Timely process index, in file names.
+    process: usize,
+    /// Worker index, in file names.
+    worker: usize,
+    /// Token unique to this writer's open, in file names.
+    run: String,
+    /// Next file number of this writer.
+    seq: u64,
+    /// Rows per row group (and per encoded batch).
+    row_group_rows: usize,
+    /// Where finished files go.
+    uploader: Uploader,
+}
+
+impl Output {
+    /// Sorts, encodes and queues one partition's rows as the writer's next file.
+    fn write<R: ArchiveRow>(
+        &mut self,
+        hour: i64,
+        rows: Vec<R>,
+        props: &WriterProperties,
+    ) -> Result<(), ArchiveError> {
+        let start =
+            DateTime::from_timestamp_millis(hour.saturating_mul(HOUR_MS)).unwrap_or_default();
+        let path = Path::from(format!(
+            "{}/date={}/hour={}/part-{}-{}-{}-{:06}.parquet",
+            R::DATASET.dir(),
+            start.format("%Y-%m-%d"),
+            start.format("%H"),
+            self.process,
+            self.worker,
+            self.run,
+            self.seq,
+        ));
+        self.seq += 1;
+        let order = rows::file_order(&rows);
+        let parquet_err = |source| ArchiveError::Parquet {
+            path: path.to_string(),
+            source,
+        };
+        let mut writer = ArrowWriter::try_new(Vec::new(), R::schema(), Some(props.clone()))
+            .map_err(parquet_err)?;
+        let mut chunk = Vec::with_capacity(self.row_group_rows.min(rows.len()));
+        for indices in order.chunks(self.row_group_rows) {
+            chunk.clear();
+            chunk.extend(indices.iter().map(|&i| &rows[i]));
+            let batch = R::to_batch(&chunk).map_err(|source| ArchiveError::Arrow {
+                dataset: R::DATASET.dir(),
+                source,
+            })?;
+            writer.write(&batch).map_err(parquet_err)?;
+        }
+        let bytes = Bytes::from(writer.into_inner().map_err(parquet_err)?);
+        self.uploader.send(Upload {
+            path,
+            bytes,
+            dataset: R::DATASET,
+            rows: rows.len() as u64,
+        })
+    }
+}
+
+/// The Parquet archive sink of one worker.
+///
+/// # Buffering and flush rules
+///
+/// - Rows are kept as plain Rust rows, per dataset and per UTC date/hour of their event time
+///   (`telemetry`: `ts`, `alerts`: `event_time`, `rejects`: `received_at`), with a cheap
+///   estimate of their uncompressed size.
+/// - A partition is written as one file when its estimate reaches `max_file_bytes` (checked
+///   on every push), when it has been open `max_file_age_s` by the writer clock (checked by
+///   [`roll_due`](Self::roll_due)), or at [`finish`](Self::finish). When the estimate over all
+///   partitions exceeds twice `max_file_bytes`, the largest partition is written early.
+/// - Writing sorts the rows (telemetry by `(vehicle_id, ts)`, alerts by
+///   `(vehicle_id, event_time)`, rejects by `received_at`), encodes row groups of
+///   `row_group_rows` rows with zstd on the calling thread and queues the file for the
+///   uploader thread. At most 4 encoded files wait in the queue; a full queue blocks the
+///   caller (back-pressure).
+/// - The uploader publishes each file with one create-only `put` (never overwriting),
+///   retrying failures with backoff; files it gives up on are logged and reported by
+///   [`finish`](Self::finish).
+/// - Dropping the writer without `finish` loses its buffered rows (logged as an error);
+///   queued files are still published.
+pub struct ArchiveWriter {
+    /// Size that rolls a partition.
+    max_file_bytes: u64,
+    /// Age that rolls a partition.
+    max_age_ms: i64,
+    /// Roll the largest partition when `buffered_bytes` exceeds this.
+    budget_bytes: u64,
+    /// Wall clock as last told by `roll_due` (or read at open); stamps new partitions.
+    clock_ms: i64,
+    /// Estimated bytes over all open partitions.
+    buffered_bytes: u64,
+    /// Open `telemetry` partitions.
+    telemetry: Partitions<Record>,
+    /// Open `alerts` partitions.
+    alerts: Partitions<AlertRow>,
+    /// Open `rejects` partitions.
+    rejects: Partitions<Reject>,
+    /// First error of a roll triggered by a push, returned by the next `roll_due`/`finish`.
+    deferred: Option<ArchiveError>,
+    /// File naming and the uploader.
+    out: Output,
+}
+
+/// Buffers `row` into `parts`; returns the row's size estimate, its partition hour and
+/// whether that partition is now full.
+fn buffer<R: ArchiveRow>(
+    parts: &mut Partitions<R>,
+    row: R,
+    clock_ms: i64,
+    max_file_bytes: u64,
+) -> (u64, i64, bool) {
+    let hour = row.partition_ms().div_euclid(HOUR_MS);
+    let estimate = row.estimated_bytes();
+    let buffer = parts.open.entry(hour).or_insert_with(|| Buffer {
+        rows: Vec::new(),
+        bytes: 0,
+        opened_ms: clock_ms,
+    });
+    buffer.rows.push(row);
+    buffer.bytes += estimate;
+    (estimate, hour, buffer.bytes >= max_file_bytes)
+}
+
+impl ArchiveWriter {
+    /// Opens the archive at `config.root` for worker `worker` of process `process`, starting
+    /// its uploader thread.
+    pub fn open(
+        config: &ArchiveConfig,
+        process: usize,
+        worker: usize,
+    ) -> Result<Self, ArchiveError> {
+        if config.row_group_rows == 0 || config.max_file_bytes == 0 {
+            return Err(ArchiveError::Config(
+                "row_group_rows and max_file_bytes must be positive".into(),
+            ));
+        }
+        let level = ZstdLevel::try_new(config.zstd_level)
+            .map_err(|e| ArchiveError::Config(format!("zstd_level: {e}")))?;
+        let compression = Compression::ZSTD(level);
+        let store = open_store(&config.root)?;
+        let now_ms = schemas::time::now_ms();
+        let uploader = Uploader::spawn(store, format!("archive-upload-{process}-{worker}"))?;
+        let rows = config.row_group_rows;
+        Ok(Self {
+            max_file_bytes: config.max_file_bytes,
+            max_age_ms: i64::try_from(config.max_file_age_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            budget_bytes: config.max_file_bytes.saturating_mul(BUFFER_BUDGET_FILES),
+            clock_ms: now_ms,
+            buffered_bytes: 0,
+            telemetry: Partitions::new(compression, rows),
+            alerts: Partitions::new(compression, rows),
+            rejects: Partitions::new(compression, rows),
+            deferred: None,
+            out: Output {
+                process,
+                worker,
+                run: run_token(now_ms),
+                seq: 0,
+                row_group_rows: rows,
+                uploader,
+            },
+        })
+    }
+
+    /// Buffers one accepted telemetry record (taken by value: no copy on the hot path).
+    pub fn push_telemetry(&mut self, record: Record) {
+        let pushed = buffer(
+            &mut self.telemetry,
+            record,
+            self.clock_ms,
+            self.max_file_bytes,
+        );
+        self.after_push(pushed, |w, hour| roll(&mut w.out, &mut w.telemetry, hour));
+    }
+
+    /// Buffers one alert (its evidence is rendered as JSON text).
+    pub fn push_alert(&mut self, alert: &Alert) {
+        let row = AlertRow::from(alert);
+        let pushed = buffer(&mut self.alerts, row, self.clock_ms, self.max_file_bytes);
+        self.after_push(pushed, |w, hour| roll(&mut w.out, &mut w.alerts, hour));
+    }
+
+    /// Buffers one rejected message.
+    pub fn push_reject(&mut self, reject: Reject) {
+        let pushed = buffer(
+            &mut self.rejects,
+            reject,
+            self.clock_ms,
+            self.max_file_bytes,
+        );
+        self.after_push(pushed, |w, hour| roll(&mut w.out, &mut w.rejects, hour));
+    }
+
+    /// Rolls a full partition, or the largest one when over the memory budget.
+    fn after_push(
+        &mut self,
+        (estimate, hour, full): (u64, i64, bool),
+        roll_pushed: impl FnOnce(&mut Self, i64) -> Rolled,
+    ) {
+        self.buffered_bytes += estimate;
+        let rolled = if full {
+            roll_pushed(self, hour)
+        } else if self.buffered_bytes > self.budget_bytes {
+            self.roll_largest()
+        } else {
+            return;
+        };
+        self.settle(rolled);
+    }
+
+    /// Releases a rolled partition's bytes from the budget and keeps the first error.
+    fn settle(&mut self, (bytes, result): Rolled) {
+        self.buffered_bytes -= bytes;
+        if let Err(error) = result {
+            tracing::error!(%error, "Archive file could not be written; its rows are lost.");
+            self.deferred.get_or_insert(error);
+        }
+    }
+
+    /// Rolls the partition with the most estimated bytes, over all datasets.
+    fn roll_largest(&mut self) -> Rolled {
+        let t = self.telemetry.largest().map(|(b, h)| (b, 0, h));
+        let a = self.alerts.largest().map(|(b, h)| (b, 1, h));
+        let r = self.rejects.largest().map(|(b, h)| (b, 2, h));
+        match [t, a, r].into_iter().flatten().max() {
+            Some((_, 0, hour)) => roll(&mut self.out, &mut self.telemetry, hour),
+            Some((_, 1, hour)) => roll(&mut self.out, &mut self.alerts, hour),
+            Some((_, _, hour)) => roll(&mut self.out, &mut self.rejects, hour),
+            None => (0, Ok(())),
+        }
+    }
+
+    /// Writes every partition whose `opened_ms` satisfies `due`, in dataset and hour order.
+    fn roll_matching(&mut self, due: impl Fn(i64) -> bool) {
+        for hour in self.telemetry.hours(&due) {
+            let result = roll(&mut self.out, &mut self.telemetry, hour);
+            self.settle(result);
+        }
+        for hour in self.alerts.hours(&due) {
+            let result = roll(&mut self.out, &mut self.alerts, hour);
+            self.settle(result);
+        }
+        for hour in self.rejects.hours(&due) {
+            let result = roll(&mut self.out, &mut self.rejects, hour);
+            self.settle(result);
+        }
+    }
+
+    /// Advances the writer clock to `now_ms` (wall clock, epoch ms) and writes every partition
+    /// that has been open for `max_file_age_s` or longer. Call it once per batch or epoch.
+    ///
+    /// Returns the first error of this call or of an earlier roll triggered by a push; the
+    /// rows of a failed file are lost, the writer stays usable.
+    pub fn roll_due(&mut self, now_ms: i64) -> Result<(), ArchiveError> {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        let max_age_ms = self.max_age_ms;
+        self.roll_matching(|opened_ms| now_ms.saturating_sub(opened_ms) >= max_age_ms);
+        self.deferred.take().map_or(Ok(()), Err)
+    }
+
+    /// Writes every open partition, waits until the uploader has published (or given up on)
+    /// every file, and returns what was published.
+    ///
+    /// Fails with the first encoding error, or with [`ArchiveError::Upload`] when any file
+    /// could not be published (each failure is also logged).
+    pub fn finish(mut self) -> Result<ArchiveStats, ArchiveError> {
+        self.roll_matching(|_| true);
+        let report = self.out.uploader.finish()?;
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
+        let failed = report.failures.len();
+        match report.failures.into_iter().next() {
+            None => Ok(report.stats),
+            Some(first) => Err(ArchiveError::Upload {
+                failed,
+                path: first.path,
+                attempts: first.attempts,
+                source: first.error,
+            }),
+        }
+    }
+}
+
+/// What rolling a partition released from the buffer (its bytes estimate), and whether its
+/// file was written and queued.
+type Rolled = (u64, Result<(), ArchiveError>);
+
+/// Takes partition `hour` out of `parts` and writes it.
+fn roll<R: ArchiveRow>(out: &mut Output, parts: &mut Partitions<R>, hour: i64) -> Rolled {
+    match parts.open.remove(&hour) {
+        Some(buffer) => (buffer.bytes, out.write(hour, buffer.rows, &parts.props)),
+        None => (0, Ok(())),
+    }
+}
+
+impl Drop for ArchiveWriter {
+    fn drop(&mut self) {
+        let rows = self.telemetry.buffered_rows()
+            + self.alerts.buffered_rows()
+            + self.rejects.buffered_rows();
+        if rows > 0 {
+            tracing::error!(
+                rows,
+                "Archive writer dropped without finish; buffered rows are lost."
+            );
+        }
+    }
+}

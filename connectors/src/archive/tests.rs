@@ -1,0 +1,388 @@
+//! Tests of the archive writer: files are read back from a temporary directory.
+
+use std::fs::File;
+use std::path::{Path as FsPath, PathBuf};
+
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_schema::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use schemas::{AlertKind, Gnss, Phase, Reading, Severity};
+use serde_json::{Map, Value};
+
+use super::*;
+
+/// 2026-11-28T08:00:00Z.
+const BASE_MS: i64 = 1_795_852_800_000;
+
+fn config(root: &FsPath) -> ArchiveConfig {
+    ArchiveConfig {
+        root: root.to_str().unwrap().into(),
+        row_group_rows: 500,
+        ..Default::default()
+    }
+}
+
+fn record(vehicle: &str, ts_ms: i64) -> Record {
+    Record {
+        vehicle_id: vehicle.into(),
+        loan_id: Some(format!("L-{vehicle}")),
+        class: Default::default(),
+        registered: true,
+        ingest_seq: 0,
+        reading: Reading {
+            device_id: format!("D-{vehicle}"),
+            ts_ms,
+            seq: Some(7),
+            gnss: Some(Gnss {
+                lat: Some(31.23),
+                lon: Some(121.47),
+                fix: true,
+                speed_kmh: Some(42.5),
+                ..Default::default()
+            }),
+            odometer_km: Some(45_210.4),
+            alarms: vec!["power_cut".into()],
+            received_at_ms: ts_ms + 40,
+            ..Default::default()
+        },
+    }
+}
+
+fn alert(vehicle: &str, event_time_ms: i64) -> Alert {
+    let mut evidence = Map::new();
+    evidence.insert("gap_s".into(), Value::from(1800));
+    Alert {
+        alert_id: schemas::alert::alert_id(vehicle, AlertKind::Offline, event_time_ms),
+        kind: AlertKind::Offline,
+        phase: Phase::Open,
+        severity: Severity::High,
+        vehicle_id: vehicle.into(),
+        loan_id: None,
+        device_id: format!("D-{vehicle}"),
+        event_time_ms,
+        detected_at_ms: event_time_ms + 1000,
+        lat: None,
+        lon: Some(121.0),
+        backfill: false,
+        evidence,
+    }
+}
+
+fn reject(received_at_ms: i64) -> Reject {
+    Reject {
+        reason: "invalid_json".into(),
+        detail: "expected value at line 1 column 1".into(),
+        device_id: None,
+        ts_ms: None,
+        received_at_ms,
+        raw: vec![0xff, b'{'],
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &FsPath) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Checks one file against `schema` and the writer settings; returns its batches.
+fn read_file(path: &FsPath, schema: &SchemaRef, max_rows: usize) -> Vec<RecordBatch> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+    assert_eq!(
+        builder.schema().fields(),
+        schema.fields(),
+        "{}",
+        path.display()
+    );
+    for group in builder.metadata().row_groups() {
+        assert!(group.num_rows() as usize <= max_rows);
+        assert!(group.sorting_columns().is_some());
+        for column in group.columns() {
+            assert!(matches!(column.compression(), Compression::ZSTD(_)));
+        }
+    }
+    builder.build().unwrap().map(Result::unwrap).collect()
+}
+
+/// (dataset, date, hour) of an archive file path.
+fn partition_of(root: &FsPath, path: &FsPath) -> (String, String, String) {
+    let rel = path
+        .strip_prefix(root)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = rel.split('/').collect();
+    assert_eq!(parts.len(), 4, "{rel}");
+    assert!(
+        parts[3].starts_with("part-") && parts[3].ends_with(".parquet"),
+        "{rel}"
+    );
+    let date = parts[1].strip_prefix("date=").unwrap().to_owned();
+    let hour = parts[2].strip_prefix("hour=").unwrap().to_owned();
+    (parts[0].to_owned(), date, hour)
+}
+
+#[test]
+fn writes_partitioned_sorted_zstd_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 3).unwrap();
+    // 3000 readings over three hours, pushed out of order, 1000 per hour.
+    for i in 0..3000_i64 {
+        let k = (i * 7) % 3000;
+        let vehicle = format!("V{:02}", (i * 31) % 50);
+        writer.push_telemetry(record(&vehicle, BASE_MS + k * 3600));
+    }
+    for i in 0..20 {
+        writer.push_alert(&alert(&format!("V{:02}", 19 - i), BASE_MS + i * 9 * 60_000));
+    }
+    for i in 0..10 {
+        writer.push_reject(reject(BASE_MS + 3 * HOUR_MS + 10 - i));
+    }
+    let stats = writer.finish().unwrap();
+    assert_eq!(stats.telemetry_rows, 3000);
+    assert_eq!(stats.alert_rows, 20);
+    assert_eq!(stats.reject_rows, 10);
+    // Telemetry: 3 hours; alerts over 0..171 min: 3 hours; rejects: 1 hour.
+    assert_eq!(stats.files, 7);
+
+    let all = files(dir.path());
+    assert_eq!(all.len(), 7, "no staging or partial files remain: {all:?}");
+    assert_eq!(
+        all.iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum::<u64>(),
+        stats.bytes
+    );
+    let mut telemetry_per_hour = Vec::new();
+    for path in &all {
+        let (dataset, date, hour) = partition_of(dir.path(), path);
+        assert_eq!(date, "2026-11-28");
+        match dataset.as_str() {
+            "telemetry" => {
+                let batches = read_file(path, &schemas::arrow::TELEMETRY, 500);
+                let mut keys = Vec::new();
+                for batch in &batches {
+                    let ids = batch.column(0).as_string::<i32>();
+                    let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+                    for row in 0..batch.num_rows() {
+                        keys.push((ids.value(row).to_owned(), ts.value(row)));
+                    }
+                }
+                assert!(keys.is_sorted(), "{}", path.display());
+                let first_hour = 8 + (keys[0].1 / 1000 - BASE_MS) / HOUR_MS;
+                assert!(
+                    keys.iter()
+                        .all(|k| 8 + (k.1 / 1000 - BASE_MS) / HOUR_MS == first_hour)
+                );
+                assert_eq!(format!("{first_hour:02}"), hour);
+                telemetry_per_hour.push((hour, keys.len()));
+            }
+            "alerts" => {
+                let batches = read_file(path, &schemas::arrow::ALERTS, 500);
+                let batch = &batches[0];
+                let ids = batch.column(4).as_string::<i32>();
+                let ids: Vec<&str> = ids.iter().flatten().collect();
+                assert!(ids.is_sorted());
+                let evidence: Value =
+                    serde_json::from_str(batch.column(12).as_string::<i32>().value(0)).unwrap();
+                assert_eq!(evidence["gap_s"], 1800);
+                assert_eq!(batch.column(1).as_string::<i32>().value(0), "offline");
+            }
+            "rejects" => {
+                assert_eq!(hour, "11");
+                let batches = read_file(path, &schemas::arrow::REJECTS, 500);
+                let received = batches[0]
+                    .column(0)
+                    .as_primitive::<TimestampMicrosecondType>();
+                assert_eq!(received.len(), 10);
+                assert!(received.values().is_sorted());
+                assert_eq!(
+                    batches[0].column(5).as_binary::<i32>().value(0),
+                    [0xff, b'{']
+                );
+            }
+            other => panic!("unexpected dataset {other}"),
+        }
+    }
+    telemetry_per_hour.sort();
+    assert_eq!(
+        telemetry_per_hour,
+        vec![
+            ("08".into(), 1000),
+            ("09".into(), 1000),
+            ("10".into(), 1000)
+        ]
+    );
+}
+
+#[test]
+fn rolls_full_partitions_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ArchiveConfig {
+        max_file_bytes: 20_000,
+        ..config(dir.path())
+    };
+    let mut writer = ArchiveWriter::open(&config, 0, 0).unwrap();
+    for i in 0..1000 {
+        writer.push_telemetry(record(&format!("V{}", i % 10), BASE_MS + i));
+    }
+    let stats = writer.finish().unwrap();
+    assert_eq!(stats.telemetry_rows, 1000);
+    let all = files(dir.path());
+    assert!(all.len() >= 5, "{} files", all.len());
+    assert_eq!(stats.files, all.len() as u64);
+    let rows: usize = all
+        .iter()
+        .flat_map(|p| read_file(p, &schemas::arrow::TELEMETRY, 500))
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 1000);
+}
+
+#[test]
+fn memory_budget_rolls_the_largest_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ArchiveConfig {
+        max_file_bytes: 20_000,
+        ..config(dir.path())
+    };
+    let mut writer = ArchiveWriter::open(&config, 0, 0).unwrap();
+    // 24 hours with ~15 KB each: no partition fills, the budget (40 KB) forces rolls.
+    for i in 0..24 * 80 {
+        writer.push_telemetry(record("V", BASE_MS + (i % 24) * HOUR_MS));
+        assert!(writer.buffered_bytes <= writer.budget_bytes);
+    }
+    let stats = writer.finish().unwrap();
+    assert_eq!(stats.telemetry_rows, 24 * 80);
+}
+
+#[test]
+fn rolls_partitions_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ArchiveConfig {
+        max_file_age_s: 60,
+        ..config(dir.path())
+    };
+    let mut writer = ArchiveWriter::open(&config, 0, 0).unwrap();
+    let opened = writer.clock_ms;
+    writer.push_telemetry(record("V", BASE_MS));
+    writer.roll_due(opened + 59_000).unwrap();
+    assert_eq!(writer.out.seq, 0, "not due yet");
+    // Stamped with the clock of the last `roll_due`.
+    writer.push_alert(&alert("V", BASE_MS));
+    writer.roll_due(opened + 60_000).unwrap();
+    assert_eq!(writer.out.seq, 1, "only the telemetry partition is due");
+    writer.roll_due(opened + 119_000).unwrap();
+    assert_eq!(writer.out.seq, 2, "now the alerts partition too");
+    writer.push_telemetry(record("V", BASE_MS + 1));
+    let stats = writer.finish().unwrap();
+    assert_eq!(stats.files, 3);
+    assert_eq!(stats.telemetry_rows, 2);
+}
+
+#[test]
+fn writers_and_runs_never_overwrite_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let run = |worker| {
+        let mut writer = ArchiveWriter::open(&config, 1, worker).unwrap();
+        for i in 0..100 {
+            writer.push_telemetry(record("V", BASE_MS + i * 60_000));
+        }
+        writer.finish().unwrap()
+    };
+    let first = [run(0), run(1)];
+    let second = run(0);
+    for stats in first.iter().chain([&second]) {
+        assert_eq!((stats.files, stats.telemetry_rows), (2, 100));
+    }
+    let all = files(dir.path());
+    assert_eq!(all.len(), 6, "{all:?}");
+    let names: std::collections::HashSet<_> = all.iter().map(|p| p.file_name()).collect();
+    assert_eq!(names.len(), 6);
+    assert!(all.iter().all(|p| {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        name.starts_with("part-1-0-") || name.starts_with("part-1-1-")
+    }));
+}
+
+#[test]
+fn upload_failures_are_retried_then_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plain file where the `alerts` directory must go makes every alert put fail.
+    std::fs::write(dir.path().join("alerts"), b"").unwrap();
+    let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 0).unwrap();
+    writer.push_telemetry(record("V", BASE_MS));
+    writer.push_alert(&alert("V", BASE_MS));
+    match writer.finish() {
+        Err(ArchiveError::Upload {
+            failed,
+            path,
+            attempts,
+            ..
+        }) => {
+            assert_eq!((failed, attempts), (1, 4));
+            assert!(
+                path.starts_with("alerts/date=2026-11-28/hour=08/"),
+                "{path}"
+            );
+        }
+        other => panic!("expected an upload error, got {other:?}"),
+    }
+    assert_eq!(files(&dir.path().join("telemetry")).len(), 1);
+}
+
+#[test]
+fn rejects_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_level = ArchiveConfig {
+        zstd_level: 99,
+        ..config(dir.path())
+    };
+    assert!(matches!(
+        ArchiveWriter::open(&bad_level, 0, 0),
+        Err(ArchiveError::Config(_))
+    ));
+    let s3 = ArchiveConfig {
+        root: "s3://bucket/prefix".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        ArchiveWriter::open(&s3, 0, 0),
+        Err(ArchiveError::UnsupportedRoot(_))
+    ));
+    let nested = dir.path().join("a/b");
+    let file_url = ArchiveConfig {
+        root: format!("file://{}", nested.display()),
+        ..Default::default()
+    };
+    ArchiveWriter::open(&file_url, 0, 0)
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert!(nested.is_dir());
+}
+
+#[test]
+fn run_tokens_are_unique_and_base36() {
+    let a = run_token(1_795_852_800_000);
+    let b = run_token(1_795_852_800_000);
+    assert_ne!(a, b);
+    assert_eq!(a.len(), 8);
+    assert!(
+        a.bytes()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+    );
+}

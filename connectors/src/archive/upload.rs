@@ -1,0 +1,233 @@
+//! The uploader thread: takes finished Parquet files from the worker through a bounded
+//! channel and puts each into the object store as one object, so the worker never waits on
+//! storage I/O unless [`QUEUE_FILES`] files are already waiting (back-pressure).
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use tokio::runtime::Runtime;
+
+use super::rows::Dataset;
+use super::{ArchiveError, ArchiveStats};
+
+/// Finished files that may wait for the uploader; a full queue blocks the worker. Bounds the
+/// memory of encoded-but-unwritten files to this many files per writer.
+pub(super) const QUEUE_FILES: usize = 4;
+
+/// Attempts per file before it is reported as failed.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// Wait before the first retry; doubled after each failed attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// One complete Parquet file to publish.
+pub(super) struct Upload {
+    /// Object key under the store's root.
+    pub(super) path: Path,
+    /// The whole encoded file.
+    pub(super) bytes: Bytes,
+    /// Dataset, for the row counters.
+    pub(super) dataset: Dataset,
+    /// Rows in the file.
+    pub(super) rows: u64,
+}
+
+/// A file that could not be published after every retry.
+pub(super) struct Failure {
+    /// Object key.
+    pub(super) path: String,
+    /// Attempts made.
+    pub(super) attempts: u32,
+    /// The last error.
+    pub(super) error: object_store::Error,
+}
+
+/// What the uploader thread did: counters of published files, and the files it gave up on.
+#[derive(Default)]
+pub(super) struct Report {
+    /// Published files, bytes and rows.
+    pub(super) stats: ArchiveStats,
+    /// Files not published.
+    pub(super) failures: Vec<Failure>,
+}
+
+/// Handle to the uploader thread. Dropping it closes the queue and waits for queued files.
+pub(super) struct Uploader {
+    /// The queue; `None` once closed.
+    tx: Option<SyncSender<Upload>>,
+    /// The thread; `None` once joined.
+    thread: Option<JoinHandle<Report>>,
+}
+
+impl Uploader {
+    /// Starts the uploader thread `name` with its own current-thread tokio runtime.
+    pub(super) fn spawn(store: Arc<dyn ObjectStore>, name: String) -> Result<Self, ArchiveError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(ArchiveError::Thread)?;
+        let (tx, rx) = sync_channel(QUEUE_FILES);
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(move || run(&runtime, store.as_ref(), &rx))
+            .map_err(ArchiveError::Thread)?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a file; blocks while [`QUEUE_FILES`] files are already waiting.
+    pub(super) fn send(&self, upload: Upload) -> Result<(), ArchiveError> {
+        let tx = self.tx.as_ref().ok_or(ArchiveError::UploaderGone)?;
+        tx.send(upload).map_err(|_| ArchiveError::UploaderGone)
+    }
+
+    /// Closes the queue, waits until every queued file is published or failed, and returns
+    /// what happened.
+    pub(super) fn finish(&mut self) -> Result<Report, ArchiveError> {
+        self.tx = None;
+        let thread = self.thread.take().ok_or(ArchiveError::UploaderGone)?;
+        thread.join().map_err(|_| ArchiveError::UploaderGone)
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            // Queued files are still published; a panic was already reported by the thread.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The uploader thread's loop: publishes queued files until the queue is closed.
+fn run(runtime: &Runtime, store: &dyn ObjectStore, rx: &Receiver<Upload>) -> Report {
+    let mut report = Report::default();
+    for upload in rx {
+        let size = upload.bytes.len() as u64;
+        match put_with_retries(runtime, store, &upload) {
+            Ok(()) => {
+                tracing::debug!(path = %upload.path, bytes = size, rows = upload.rows, "Archive file published.");
+                let stats = &mut report.stats;
+                stats.files += 1;
+                stats.bytes += size;
+                match upload.dataset {
+                    Dataset::Telemetry => stats.telemetry_rows += upload.rows,
+                    Dataset::Alerts => stats.alert_rows += upload.rows,
+                    Dataset::Rejects => stats.reject_rows += upload.rows,
+                }
+            }
+            Err((attempts, error)) => {
+                tracing::error!(
+                    path = %upload.path, rows = upload.rows, attempts, %error,
+                    "Archive file could not be published; its rows are not archived."
+                );
+                report.failures.push(Failure {
+                    path: upload.path.to_string(),
+                    attempts,
+                    error,
+                });
+            }
+        }
+    }
+    report
+}
+
+/// Publishes one file with a single create-only `put`, retrying with exponential backoff.
+///
+/// `PutMode::Create` never replaces an existing object. On `LocalFileSystem` (object_store
+/// 0.14.2, `local.rs` `put_opts`) the payload is written and fsynced to a staging file
+/// `<key>#<n>` next to the destination, published with a hard link (a rename for
+/// `Overwrite`), and the staging file is removed, also on error: the `.parquet` name appears
+/// only once complete. A crash can leave a `#<n>` staging file behind, which `*.parquet` globs
+/// do not match. On S3 a single PUT is atomic as well.
+///
+/// If a retry finds the object already there with our size, an earlier attempt published it
+/// before failing (e.g. on the directory fsync), and that counts as success; an existing
+/// object on the first attempt is an error, never overwritten.
+fn put_with_retries(
+    runtime: &Runtime,
+    store: &dyn ObjectStore,
+    upload: &Upload,
+) -> Result<(), (u32, object_store::Error)> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let payload = PutPayload::from_bytes(upload.bytes.clone());
+        let result =
+            runtime.block_on(store.put_opts(&upload.path, payload, PutMode::Create.into()));
+        let error = match result {
+            Ok(_) => return Ok(()),
+            Err(error @ object_store::Error::AlreadyExists { .. }) if attempt == 1 => {
+                return Err((attempt, error));
+            }
+            Err(error @ object_store::Error::AlreadyExists { .. }) => {
+                let ours = runtime
+                    .block_on(store.head(&upload.path))
+                    .is_ok_and(|meta| meta.size == upload.bytes.len() as u64);
+                if ours {
+                    return Ok(());
+                }
+                return Err((attempt, error));
+            }
+            Err(error) => error,
+        };
+        if attempt >= MAX_ATTEMPTS {
+            return Err((attempt, error));
+        }
+        tracing::warn!(path = %upload.path, attempt, %error, "Archive upload failed; retrying.");
+        thread::sleep(backoff);
+        backoff *= 2;
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn upload(key: &str, body: &'static [u8]) -> Upload {
+        Upload {
+            path: Path::from(key),
+            bytes: Bytes::from_static(body),
+            dataset: Dataset::Alerts,
+            rows: 3,
+        }
+    }
+
+    #[test]
+    fn publishes_and_counts_and_never_overwrites() {
+        let store = Arc::new(InMemory::new());
+        let mut uploader = Uploader::spawn(Arc::clone(&store) as _, "test-upload".into()).unwrap();
+        uploader.send(upload("alerts/a.parquet", b"first")).unwrap();
+        uploader
+            .send(upload("alerts/a.parquet", b"second"))
+            .unwrap();
+        let report = uploader.finish().unwrap();
+        assert_eq!(report.stats.files, 1);
+        assert_eq!(report.stats.bytes, 5);
+        assert_eq!(report.stats.alert_rows, 3);
+        assert_eq!(report.failures.len(), 1);
+        assert_eq!(report.failures[0].attempts, 1);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let got = runtime.block_on(async {
+            store
+                .get(&Path::from("alerts/a.parquet"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        });
+        assert_eq!(&got[..], b"first");
+    }
+}
