@@ -105,7 +105,9 @@ impl RulesConfig {
 
 /// Seconds from config to milliseconds, saturating.
 pub fn secs_ms(s: u64) -> i64 {
-    i64::try_from(s).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+    i64::try_from(s)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
 }
 
 /// A kind with no threshold, only a switch.

@@ -75,7 +75,8 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                             epoch_samples.entry(*t).or_default().append(data);
                         }
                     });
-                    let complete = |t: u64| !frontier.less_equal(&t) && !sample_frontier.less_equal(&t);
+                    let complete =
+                        |t: u64| !frontier.less_equal(&t) && !sample_frontier.less_equal(&t);
                     loop {
                         let next = match (records.keys().next(), epoch_samples.keys().next()) {
                             (Some(a), Some(b)) => *a.min(b),

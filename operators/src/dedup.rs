@@ -30,10 +30,8 @@ impl Dedup {
         if self.recent.contains(&(ts_ms, content_hash)) {
             return true;
         }
-        if let Some(seq) = seq {
-            if self.seq_seen(seq) {
-                return true;
-            }
+        if seq.is_some_and(|seq| self.seq_seen(seq)) {
+            return true;
         }
         self.recent[usize::from(self.recent_next)] = (ts_ms, content_hash);
         self.recent_next = (self.recent_next + 1) % RECENT as u8;
@@ -102,7 +100,10 @@ mod tests {
         assert!(!d.is_duplicate(Some(10), 1, 1));
         assert!(!d.is_duplicate(Some(11), 2, 2));
         assert!(d.is_duplicate(Some(10), 3, 3));
-        assert!(!d.is_duplicate(Some(9), 4, 4), "an unseen older seq is late, not a duplicate");
+        assert!(
+            !d.is_duplicate(Some(9), 4, 4),
+            "an unseen older seq is late, not a duplicate"
+        );
         assert!(d.is_duplicate(Some(9), 4, 5));
     }
 

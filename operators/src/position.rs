@@ -87,12 +87,13 @@ impl PositionChain {
     /// fix was not a drift outlier.
     pub fn push(&mut self, fix: Fix, rules: &RulesConfig) -> Option<Step> {
         let held = self.pending.replace(fix)?;
-        if let Some(prev) = &self.accepted {
-            if fast(prev, &held, rules.drift_speed_kmh) && fast(&held, &fix, rules.drift_speed_kmh)
-            {
-                self.outliers += 1;
-                return None;
-            }
+        let limit = rules.drift_speed_kmh;
+        if let Some(prev) = &self.accepted
+            && fast(prev, &held, limit)
+            && fast(&held, &fix, limit)
+        {
+            self.outliers += 1;
+            return None;
         }
         let step = match self.accepted {
             Some(prev) => Step {
@@ -143,7 +144,10 @@ mod tests {
         assert!(c.push(fix(60, 31.0, 121.0001), &rules).is_some());
         // 20 km away for one fix, then back.
         assert!(c.push(fix(120, 31.18, 121.0), &rules).is_some());
-        assert!(c.push(fix(180, 31.0, 121.0002), &rules).is_none(), "drift fix must be dropped");
+        assert!(
+            c.push(fix(180, 31.0, 121.0002), &rules).is_none(),
+            "drift fix must be dropped"
+        );
         assert_eq!(c.outliers, 1);
         let step = c.push(fix(240, 31.0, 121.0), &rules).unwrap();
         assert!(step.dist_m < 30.0);

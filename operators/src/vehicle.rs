@@ -421,12 +421,8 @@ fn on_step(
     let gap = step.prev.is_some() && step.dt_ms > env.rules.offline_after_ms(device.class);
     let names = device_of(devices);
     let saved = ctx.position.replace((fix.lat, fix.lon));
-    kinds
-        .tow_suspected
-        .on_step(step, gap, device.dev(), ctx);
-    kinds
-        .location_jump
-        .on_step(step, gap, device.dev(), ctx);
+    kinds.tow_suspected.on_step(step, gap, device.dev(), ctx);
+    kinds.location_jump.on_step(step, gap, device.dev(), ctx);
     kinds.geofence_exit.on_step(step, &names, ctx);
     let mut inside = Vec::new();
     env.fences.risk_fences_at(fix.lat, fix.lon, &mut inside);

@@ -70,7 +70,14 @@ impl GeofenceExit {
                 self.open_since = Some(first.ts_ms);
             }
             Some(since) => {
-                ctx.close(AlertKind::GeofenceExit, dev.class, dev.id, since, first.ts_ms, ev);
+                ctx.close(
+                    AlertKind::GeofenceExit,
+                    dev.class,
+                    dev.id,
+                    since,
+                    first.ts_ms,
+                    ev,
+                );
             }
         }
         ctx.position = saved;
@@ -121,7 +128,9 @@ mod tests {
     #[test]
     fn two_fixes_outside_open_two_inside_close() {
         // 31.1005 is ~55 m outside; 31.05 inside.
-        let out = run(&[31.05, 31.1005, 31.05, 31.1005, 31.1006, 31.05, 31.0995, 31.099]);
+        let out = run(&[
+            31.05, 31.1005, 31.05, 31.1005, 31.1006, 31.05, 31.0995, 31.099,
+        ]);
         assert_eq!(
             out,
             vec![

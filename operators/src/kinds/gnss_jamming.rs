@@ -24,7 +24,8 @@ impl GnssJamming {
         if !rules.enabled {
             return;
         }
-        let alarm = r.alarm_set.contains(Alarm::Jamming) || r.alarm_set.contains(Alarm::GnssAntennaCut);
+        let alarm =
+            r.alarm_set.contains(Alarm::Jamming) || r.alarm_set.contains(Alarm::GnssAntennaCut);
         let driving =
             r.ignition == Some(true) && r.speed_kmh.is_some_and(|s| s > rules.min_speed_kmh);
         if valid_fix || r.ignition == Some(false) {
@@ -119,7 +120,9 @@ mod tests {
             .map(|i| (drive(i * 30, Some(false), 0.0), false))
             .collect();
         assert!(run(&parked).is_empty());
-        let unknown: Vec<_> = (0..40).map(|i| (drive(i * 30, None, 50.0), false)).collect();
+        let unknown: Vec<_> = (0..40)
+            .map(|i| (drive(i * 30, None, 50.0), false))
+            .collect();
         assert!(run(&unknown).is_empty());
     }
 

@@ -111,7 +111,12 @@ mod tests {
 
     #[test]
     fn voltage_drop_opens_and_restore_closes() {
-        let out = run(&[volts(0, 12.6), volts(10, 0.2), volts(20, 0.1), volts(30, 12.5)]);
+        let out = run(&[
+            volts(0, 12.6),
+            volts(10, 0.2),
+            volts(20, 0.1),
+            volts(30, 12.5),
+        ]);
         assert_eq!(
             out,
             vec![

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use schemas::AlertKind;
 
-use crate::ctx::{Ctx, evidence};
 use crate::config::RulesConfig;
+use crate::ctx::{Ctx, evidence};
 use crate::fences::{FenceIdx, FenceIndex};
 use crate::kinds::Dev;
 use crate::kinds::risk_zone_enter::{Left, Visit};
@@ -73,7 +73,12 @@ impl RiskZoneDwell {
     }
 
     /// Closes the incident of a visit that ended.
-    pub fn on_left<'d>(&mut self, left: &Left, device_id: impl Fn(u16) -> Dev<'d>, ctx: &mut Ctx<'_>) {
+    pub fn on_left<'d>(
+        &mut self,
+        left: &Left,
+        device_id: impl Fn(u16) -> Dev<'d>,
+        ctx: &mut Ctx<'_>,
+    ) {
         let Some(pos) = self.open.iter().position(|(f, _)| *f == left.visit.fence) else {
             return;
         };
@@ -83,7 +88,14 @@ impl RiskZoneDwell {
             "fence_id": ctx.fences.fence(fence).id,
             "dwell_s": (left.left_ms - left.visit.entered_ms) / 1000,
         }));
-        ctx.close(AlertKind::RiskZoneDwell, dev.class, dev.id, since, left.left_ms, ev);
+        ctx.close(
+            AlertKind::RiskZoneDwell,
+            dev.class,
+            dev.id,
+            since,
+            left.left_ms,
+            ev,
+        );
     }
 }
 
@@ -145,7 +157,10 @@ mod tests {
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             step(0, true, yard, &mut visits, &mut dwell, ctx);
-            assert_eq!(dwell.due(&visits.visits, ctx.rules, ctx.fences), Some(20 * 60_000));
+            assert_eq!(
+                dwell.due(&visits.visits, ctx.rules, ctx.fences),
+                Some(20 * 60_000)
+            );
             dwell.on_timer(19 * 60_000, &visits.visits, dev, ctx);
             dwell.on_timer(25 * 60_000, &visits.visits, dev, ctx);
             assert_eq!(dwell.due(&visits.visits, ctx.rules, ctx.fences), None);

@@ -101,7 +101,12 @@ impl RiskZoneEnter {
                 "name": f.name,
                 "entries_30d": entries,
             }));
-            ctx.instant(AlertKind::RiskZoneEnter, device_id(fix.device).id, fix.ts_ms, ev);
+            ctx.instant(
+                AlertKind::RiskZoneEnter,
+                device_id(fix.device).id,
+                fix.ts_ms,
+                ev,
+            );
         }
     }
 }

@@ -106,7 +106,14 @@ impl StationaryLong {
                 "moved_m": moved_m.round(),
                 "stationary_h": (fix.ts_ms - anchor.ts_ms) as f64 / 3_600_000.0,
             }));
-            ctx.close(AlertKind::StationaryLong, dev.class, dev.id, since, fix.ts_ms, ev);
+            ctx.close(
+                AlertKind::StationaryLong,
+                dev.class,
+                dev.id,
+                since,
+                fix.ts_ms,
+                ev,
+            );
         }
         self.anchor = Some(fix);
         self.awaiting_reading = false;

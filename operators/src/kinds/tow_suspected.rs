@@ -58,7 +58,8 @@ impl TowSuspected {
             r.ts_ms,
             evidence(json!({ "alarm": "tow" })),
         );
-        self.last_alarm_fired_ms = Some(self.last_alarm_fired_ms.map_or(r.ts_ms, |t| t.max(r.ts_ms)));
+        self.last_alarm_fired_ms =
+            Some(self.last_alarm_fired_ms.map_or(r.ts_ms, |t| t.max(r.ts_ms)));
     }
 
     /// Handles an accepted fix. `gap` is true when the step from the previous accepted fix

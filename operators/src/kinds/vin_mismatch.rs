@@ -41,7 +41,14 @@ impl VinMismatch {
             }
             Some(since) if reported == registered => {
                 let ev = evidence(json!({ "reported_vin": reported }));
-                ctx.close(AlertKind::VinMismatch, dev.class, dev.id, since, r.ts_ms, ev);
+                ctx.close(
+                    AlertKind::VinMismatch,
+                    dev.class,
+                    dev.id,
+                    since,
+                    r.ts_ms,
+                    ev,
+                );
                 self.open_since = None;
             }
             _ => {}
