@@ -436,3 +436,163 @@ fn on_step(
     kinds.stationary_long.on_step(step, device.dev(), ctx);
     ctx.position = saved;
 }
+
+#[cfg(test)]
+mod tests {
+    //! The chain against a simple reference: whatever the arrival order (within the reorder
+    //! window), duplicates, and cuts into epochs, a vehicle raises the same alerts as one fed
+    //! the de-duplicated readings sorted by time in a single step.
+
+    use super::*;
+    use proptest::prelude::*;
+    use schemas::{Alarm, AlarmSet, Gnss, Power, Reading};
+
+    const T0: i64 = 1_764_000_000_000;
+
+    #[derive(Clone, Debug)]
+    struct Step {
+        dt_s: i64,
+        device: u8,
+        dlat: f64,
+        ignition: Option<bool>,
+        ext_v: f32,
+        alarm: u8,
+        fix: bool,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            prop_oneof![8 => 5i64..90, 1 => 1500i64..4000],
+            0u8..2,
+            prop_oneof![6 => -0.0005f64..0.0005, 1 => -0.05f64..0.05],
+            prop_oneof![Just(None), Just(Some(true)), Just(Some(false))],
+            prop_oneof![4 => Just(12.5f32), 1 => Just(0.5f32)],
+            0u8..12,
+            prop_oneof![5 => Just(true), 1 => Just(false)],
+        )
+            .prop_map(|(dt_s, device, dlat, ignition, ext_v, alarm, fix)| Step {
+                dt_s,
+                device,
+                dlat,
+                ignition,
+                ext_v,
+                alarm,
+                fix,
+            })
+    }
+
+    fn readings(steps: &[Step]) -> Vec<Record> {
+        let mut ts = T0;
+        let mut lat = 31.0;
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                ts += s.dt_s * 1000;
+                lat += s.dlat;
+                let mut alarm_set = AlarmSet::default();
+                let alarms = match s.alarm {
+                    0 => vec![Alarm::Tamper],
+                    1 => vec![Alarm::Tow],
+                    2 => vec![Alarm::PowerCut],
+                    _ => vec![],
+                };
+                for a in &alarms {
+                    alarm_set.insert(*a);
+                }
+                Record {
+                    vehicle_id: "V".into(),
+                    loan_id: Some("L".into()),
+                    class: DeviceClass::Wired,
+                    registered: true,
+                    ingest_seq: i as u64,
+                    reading: Reading {
+                        device_id: format!("D{}", s.device),
+                        ts_ms: ts,
+                        seq: Some(i as u64),
+                        gnss: Some(Gnss {
+                            lat: Some(lat),
+                            lon: Some(121.0),
+                            fix: s.fix,
+                            ..Gnss::default()
+                        }),
+                        ignition: s.ignition,
+                        speed_kmh: Some(if s.ignition == Some(true) { 40.0 } else { 0.0 }),
+                        power: Some(Power {
+                            ext_v: Some(s.ext_v),
+                            battery_pct: Some(80.0),
+                        }),
+                        alarm_set,
+                        alarms: alarms.iter().map(|a| a.as_str().to_owned()).collect(),
+                        content_hash: i as u64,
+                        ..Reading::default()
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn run(arrivals: Vec<Record>, cuts: &[usize]) -> (Vec<Alert>, usize) {
+        let rules = RulesConfig::default();
+        let fences = FenceIndex::empty();
+        let env = Env {
+            rules: &rules,
+            fences: &fences,
+            detected_at_ms: 0,
+        };
+        let mut v = VehicleState::new("V".into(), Profile::default());
+        let mut out = Outputs::default();
+        let mut max_ts = i64::MIN;
+        let mut cut = cuts.iter().cycle();
+        let mut in_epoch = 0;
+        let epoch_len = |c: Option<&usize>| c.copied().unwrap_or(usize::MAX).max(1);
+        let mut this_epoch = epoch_len(cut.next());
+        for record in arrivals {
+            max_ts = max_ts.max(record.reading.ts_ms);
+            v.arrive(record, &env, &mut out);
+            in_epoch += 1;
+            if in_epoch == this_epoch {
+                v.advance(max_ts - rules.reorder_window_ms(), &env, &mut out);
+                in_epoch = 0;
+                this_epoch = epoch_len(cut.next());
+            }
+        }
+        v.advance(max_ts - rules.reorder_window_ms(), &env, &mut out);
+        v.flush(&env, &mut out);
+        (out.alerts, out.archive.len())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn arrival_order_duplicates_and_epochs_do_not_change_alerts(
+            steps in proptest::collection::vec(step(), 1..250),
+            swaps in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+            dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            cuts in proptest::collection::vec(1usize..40, 1..8),
+        ) {
+            let sorted = readings(&steps);
+            let (reference, archived) = run(sorted.clone(), &[]);
+            prop_assert_eq!(archived, sorted.len());
+
+            let mut arrivals = sorted.clone();
+            for s in &swaps {
+                // Swap neighbours less than a minute apart: well within the reorder window.
+                let i = s.index(arrivals.len().max(2) - 1);
+                if i + 1 < arrivals.len()
+                    && arrivals[i + 1].reading.ts_ms - arrivals[i].reading.ts_ms < 60_000
+                {
+                    arrivals.swap(i, i + 1);
+                }
+            }
+            for d in &dups {
+                let i = d.index(arrivals.len());
+                let copy = arrivals[i].clone();
+                arrivals.insert(i + 1, copy);
+            }
+            let (shuffled, archived) = run(arrivals, &cuts);
+            prop_assert_eq!(archived, sorted.len());
+            prop_assert_eq!(shuffled, reference);
+        }
+    }
+}
