@@ -3,11 +3,11 @@
 # replays it with -w 1 and -w 2, all rules and the Parquet archive on. Prints one line per run
 # (wall seconds, CPU seconds, peak RSS, messages/s) and the replay summaries.
 #
-# Usage: benches/replay.sh [VEHICLES] [DAYS]     (defaults: 400 vehicles x 8 days ~ 1 M lines)
+# Usage: benches/replay.sh [VEHICLES] [DAYS]     (defaults: 400 vehicles x 10 days, about 1 M lines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VEHICLES=${1:-400}
-DAYS=${2:-8}
+DAYS=${2:-10}
 WORK=${BENCH_DIR:-target/bench-replay}
 mkdir -p "$WORK"
 cargo build --release --locked -p pipeline --quiet

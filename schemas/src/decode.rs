@@ -141,7 +141,11 @@ pub fn decode_payload(
     let text = match std::str::from_utf8(payload) {
         Ok(t) => t,
         Err(e) => {
-            out.push(Err(reject(RejectReason::InvalidUtf8, e.to_string(), payload)));
+            out.push(Err(reject(
+                RejectReason::InvalidUtf8,
+                e.to_string(),
+                payload,
+            )));
             return;
         }
     };
@@ -452,7 +456,13 @@ mod tests {
 
     fn decode(payload: &str, topic: Option<&str>) -> Vec<Result<Reading, Reject>> {
         let mut out = Vec::new();
-        decode_payload(payload.as_bytes(), topic, 7, &DecodeLimits::default(), &mut out);
+        decode_payload(
+            payload.as_bytes(),
+            topic,
+            7,
+            &DecodeLimits::default(),
+            &mut out,
+        );
         out
     }
 
@@ -476,7 +486,10 @@ mod tests {
         assert_eq!(r.valid_position(5.0), Some((31.2304, 121.4737)));
         assert_eq!(r.ignition, Some(true));
         assert_eq!(r.odometer_km, Some(45210.4));
-        assert_eq!(r.obd.as_ref().unwrap().vin.as_deref(), Some("LSVAU2180N2183294"));
+        assert_eq!(
+            r.obd.as_ref().unwrap().vin.as_deref(),
+            Some("LSVAU2180N2183294")
+        );
         assert_eq!(r.ext_v(), Some(12.6));
         assert_eq!(r.received_at_ms, 7);
     }

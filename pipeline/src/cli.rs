@@ -1,0 +1,297 @@
+//! The commands of the `lienwatch` binary (SPEC §7). Printing to stdout is this module's job.
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use schemas::Alert;
+
+use crate::config::Config;
+use crate::replay::{load_reference, replay};
+use crate::simulate::{SimOptions, SimOutputs, simulate};
+
+/// lienwatch: watches vehicles pledged as loan collateral.
+#[derive(Debug, Parser)]
+#[command(name = "lienwatch", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the dataflow over JSON Lines files with the event-time clock, then prints a summary.
+    Replay(ReplayArgs),
+    /// Validates a config, its registry and fences, and prints what would run.
+    Check(CheckArgs),
+    /// Generates a realistic fleet with injected incidents (JSON Lines, registry, fences, truth).
+    Simulate(SimulateArgs),
+    /// Simulates a small fleet and replays it, printing the alerts (no external service).
+    Demo(DemoArgs),
+}
+
+/// `lienwatch replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// TOML config (defaults without one).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Input JSON Lines file, `-` for stdin; repeat for several.
+    #[arg(long, required = true)]
+    pub input: Vec<PathBuf>,
+    /// Vehicle registry CSV (overrides `registry.vehicles_csv`).
+    #[arg(long)]
+    pub vehicles: Option<PathBuf>,
+    /// Fences GeoJSON (overrides `registry.fences_geojson`).
+    #[arg(long)]
+    pub fences: Option<PathBuf>,
+    /// Alerts JSON Lines file, `-` for stdout (overrides `alerts.jsonl_path`).
+    #[arg(long)]
+    pub alerts_out: Option<PathBuf>,
+    /// Archive root directory (overrides `archive.root`).
+    #[arg(long)]
+    pub archive: Option<String>,
+    /// Do not write the Parquet archive.
+    #[arg(long)]
+    pub no_archive: bool,
+    /// Worker threads (overrides `pipeline.workers`).
+    #[arg(short = 'w', long)]
+    pub workers: Option<usize>,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    pub summary_out: Option<PathBuf>,
+}
+
+/// `lienwatch check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// TOML config.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// `lienwatch simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Messages file to write; the truth, registry and fences go beside it
+    /// (`F.truth.jsonl`, `F.vehicles.csv`, `F.fences.geojson`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Vehicles in the fleet.
+    #[arg(long)]
+    pub vehicles: Option<usize>,
+    /// Days of data.
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// Random seed (same seed, same files).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// First day, RFC 3339 (default: a fixed date, for reproducible files).
+    #[arg(long)]
+    pub start: Option<String>,
+}
+
+/// `lienwatch demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo writes its fleet, alerts and archive.
+    #[arg(long, default_value = "./lienwatch-data")]
+    pub dir: PathBuf,
+    /// Vehicles in the demo fleet.
+    #[arg(long, default_value_t = 40)]
+    pub vehicles: usize,
+    /// Days of data.
+    #[arg(long, default_value_t = 6)]
+    pub days: u32,
+}
+
+/// Parses `args` (the first is the program name) and runs the command.
+pub fn run_from(args: Vec<String>) -> anyhow::Result<()> {
+    run(Cli::parse_from(args))
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Replay(args) => run_replay(args),
+        Command::Check(args) => run_check(&args.config),
+        Command::Simulate(args) => run_simulate(args),
+        Command::Demo(args) => run_demo(args),
+    }
+}
+
+fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(v) = args.vehicles {
+        config.registry.vehicles_csv = Some(v);
+    }
+    if let Some(f) = args.fences {
+        config.registry.fences_geojson = Some(f);
+    }
+    if let Some(a) = args.alerts_out {
+        config.alerts.jsonl_path = Some(a);
+    }
+    if let Some(root) = args.archive {
+        config.archive.root = root;
+        config.archive.enabled = true;
+    }
+    if args.no_archive {
+        config.archive.enabled = false;
+    }
+    if let Some(w) = args.workers {
+        config.pipeline.workers = w;
+    }
+    config.validate()?;
+    let summary = replay(&config, args.input)?;
+    if let Some(path) = args.summary_out {
+        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    // With alerts on stdout the summary goes to stderr, keeping stdout JSON Lines.
+    if config.alerts.jsonl_path.as_deref() == Some(Path::new("-")) {
+        eprint!("{}", summary.render());
+    } else {
+        print!("{}", summary.render());
+    }
+    Ok(())
+}
+
+fn run_check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(Some(path))?;
+    let (registry, fences) = load_reference(&config)?;
+    println!("config {} is valid", path.display());
+    println!(
+        "registry: {} vehicles, {} devices",
+        registry.vehicle_count(),
+        registry.device_count()
+    );
+    println!(
+        "fences: {} permitted, {} risk",
+        fences.permitted_count(),
+        fences.risk_count()
+    );
+    println!(
+        "workers: {}; archive: {}",
+        config.pipeline.workers,
+        if config.archive.enabled {
+            config.archive.root.as_str()
+        } else {
+            "off"
+        }
+    );
+    println!("\n# effective configuration\n{}", toml::to_string(&config)?);
+    Ok(())
+}
+
+fn sim_options(
+    vehicles: Option<usize>,
+    days: Option<u32>,
+    seed: Option<u64>,
+    start: Option<&str>,
+) -> anyhow::Result<SimOptions> {
+    let mut options = SimOptions::default();
+    if let Some(v) = vehicles {
+        options.vehicles = v;
+    }
+    if let Some(d) = days {
+        options.days = d;
+    }
+    if let Some(s) = seed {
+        options.seed = s;
+    }
+    if let Some(start) = start {
+        options.start_ms = schemas::time::parse_rfc3339_ms(start)
+            .with_context(|| format!("--start {start:?} is not RFC 3339"))?;
+    }
+    Ok(options)
+}
+
+fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let options = sim_options(args.vehicles, args.days, args.seed, args.start.as_deref())?;
+    let outputs = SimOutputs::beside(&args.out);
+    let summary = simulate(&options, &outputs)?;
+    println!(
+        "wrote {} lines ({} readings, {} duplicates, {} malformed) to {}",
+        summary.lines,
+        summary.readings,
+        summary.duplicates,
+        summary.bad_lines.values().sum::<u64>(),
+        outputs.messages.display()
+    );
+    println!(
+        "truth {}, registry {}, fences {}",
+        outputs.truth.display(),
+        outputs.vehicles_csv.display(),
+        outputs.fences.display()
+    );
+    for (kind, n) in &summary.incidents {
+        println!("  {kind:<22} {n}");
+    }
+    Ok(())
+}
+
+fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let fleet_dir = args.dir.join("demo");
+    std::fs::create_dir_all(&fleet_dir)
+        .with_context(|| format!("creating {}", fleet_dir.display()))?;
+    let messages = fleet_dir.join("fleet.jsonl");
+    let outputs = SimOutputs::beside(&messages);
+    let options = sim_options(Some(args.vehicles), Some(args.days), None, None)?;
+    let sim = simulate(&options, &outputs)?;
+    println!(
+        "simulated {} vehicles over {} days: {} messages in {}",
+        args.vehicles,
+        args.days,
+        sim.lines,
+        messages.display()
+    );
+    let alerts_path = args.dir.join("alerts.jsonl");
+    let mut config = Config::default();
+    config.registry.vehicles_csv = Some(outputs.vehicles_csv.clone());
+    config.registry.fences_geojson = Some(outputs.fences.clone());
+    config.alerts.jsonl_path = Some(alerts_path.clone());
+    config.archive.root = args.dir.join("archive").display().to_string();
+    config.pipeline.workers = 2;
+    if alerts_path.exists() {
+        std::fs::remove_file(&alerts_path)?;
+    }
+    let summary = replay(&config, vec![messages])?;
+    let text = std::fs::read_to_string(&alerts_path)?;
+    println!();
+    for line in text.lines() {
+        let alert: Alert = serde_json::from_str(line)?;
+        println!("{}", describe(&alert));
+    }
+    println!("\n{}", summary.render());
+    println!("alerts (JSON Lines): {}", alerts_path.display());
+    println!("archive (Parquet):   {}", config.archive.root);
+    println!(
+        "try: duckdb -c \"SELECT kind, count(*) FROM read_parquet('{}/alerts/**/*.parquet', hive_partitioning=1) GROUP BY kind ORDER BY 2 DESC\"",
+        config.archive.root
+    );
+    Ok(())
+}
+
+/// One readable line per alert.
+fn describe(alert: &Alert) -> String {
+    let evidence: Vec<String> = alert
+        .evidence
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "{}  {:<8} {:<18} {:<7} vehicle {} device {}  {}",
+        &schemas::time::rfc3339_ms(alert.event_time_ms)[..19],
+        alert.severity.as_str(),
+        alert.kind.as_str(),
+        alert.phase.as_str(),
+        alert.vehicle_id,
+        alert.device_id,
+        evidence.join(" ")
+    )
+}

@@ -1,0 +1,397 @@
+//! The TOML configuration (SPEC §7): one file, every key documented in `configs/local.toml`,
+//! unknown keys rejected, any key overridable by `LIENWATCH__SECTION__KEY` environment
+//! variables. Errors name the file, line and key (or the environment variable).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use connectors::archive::ArchiveConfig;
+use operators::config::RulesConfig;
+
+/// The prefix of environment overrides: `LIENWATCH__ARCHIVE__ROOT=/data` sets `archive.root`.
+pub const ENV_PREFIX: &str = "LIENWATCH__";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Timely worker threads and dataflow settings.
+    pub pipeline: PipelineConfig,
+    /// Vehicle registry and fences.
+    pub registry: RegistryConfig,
+    /// The JSON Lines alert sink.
+    pub alerts: AlertsConfig,
+    /// The Parquet archive.
+    pub archive: ArchiveSettings,
+    /// Input decoding.
+    pub decode: DecodeConfig,
+    /// Alert rules.
+    pub rules: RulesConfig,
+}
+
+/// `[pipeline]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Worker threads in this process.
+    pub workers: usize,
+    /// Replay: input lines per ingest epoch. The pipeline clock advances once per epoch; the
+    /// value is independent of the worker count so replays are reproducible.
+    pub replay_epoch_lines: u64,
+    /// Replay: consecutive lines one worker decodes before the next worker's turn.
+    pub replay_block_lines: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            replay_epoch_lines: 8192,
+            replay_block_lines: 512,
+        }
+    }
+}
+
+/// `[registry]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `vehicles.csv` (SPEC §3); unset = every device is unregistered.
+    pub vehicles_csv: Option<PathBuf>,
+    /// `fences.geojson` (SPEC §3); unset = no fences.
+    pub fences_geojson: Option<PathBuf>,
+}
+
+impl RegistryConfig {
+    /// Reference data ships with its config: relative paths are taken from the config
+    /// file's directory.
+    fn resolve_relative_to(&mut self, dir: &Path) {
+        for path in [&mut self.vehicles_csv, &mut self.fences_geojson]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        }
+    }
+}
+
+/// `[alerts]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// JSON Lines file the alerts are appended to (`-` = stdout); unset = none.
+    pub jsonl_path: Option<PathBuf>,
+}
+
+/// `[archive]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSettings {
+    /// Whether the Parquet archive is written.
+    pub enabled: bool,
+    /// Root of the datasets: a local directory.
+    pub root: String,
+    /// Roll a file at this many (uncompressed, estimated) bytes.
+    pub max_file_bytes: u64,
+    /// Roll a file after this many seconds.
+    pub max_file_age_s: u64,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level.
+    pub zstd_level: i32,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        let d = ArchiveConfig::default();
+        Self {
+            enabled: true,
+            root: d.root,
+            max_file_bytes: d.max_file_bytes,
+            max_file_age_s: d.max_file_age_s,
+            row_group_rows: d.row_group_rows,
+            zstd_level: d.zstd_level,
+        }
+    }
+}
+
+impl ArchiveSettings {
+    /// The connector's settings.
+    pub fn connector(&self) -> ArchiveConfig {
+        ArchiveConfig {
+            root: self.root.clone(),
+            max_file_bytes: self.max_file_bytes,
+            max_file_age_s: self.max_file_age_s,
+            row_group_rows: self.row_group_rows,
+            zstd_level: self.zstd_level,
+        }
+    }
+}
+
+/// `[decode]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// Raw bytes kept with a rejected message.
+    pub max_reject_raw_bytes: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            max_reject_raw_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad key or value.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// An environment override is not valid.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of its valid range.
+    #[error("{key}: {message}")]
+    Value {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `path` (or the defaults without one) and applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (mut table, base) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let config: Config = toml::from_str(&text).map_err(|e| invalid(path, &text, &e))?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| invalid(path, &text, &e))?;
+                (table, config)
+            }
+            None => (toml::Table::new(), Config::default()),
+        };
+        let mut overridden = Vec::new();
+        for (var, value) in env {
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut table, &keys, parse_env_value(&value)).map_err(|message| {
+                ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                }
+            })?;
+            overridden.push(var);
+        }
+        let config = if overridden.is_empty() {
+            base
+        } else {
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
+                var: overridden.join(", "),
+                message: e.message().to_owned(),
+            })?
+        };
+        let mut config = config;
+        if let Some(dir) = path.and_then(Path::parent) {
+            config.registry.resolve_relative_to(dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Value {
+                    key,
+                    message: "must be greater than zero".to_owned(),
+                })
+            }
+        };
+        positive("pipeline.workers", self.pipeline.workers > 0)?;
+        positive(
+            "pipeline.replay_epoch_lines",
+            self.pipeline.replay_epoch_lines > 0,
+        )?;
+        positive(
+            "pipeline.replay_block_lines",
+            self.pipeline.replay_block_lines > 0,
+        )?;
+        positive("archive.row_group_rows", self.archive.row_group_rows > 0)?;
+        positive("archive.max_file_bytes", self.archive.max_file_bytes > 0)?;
+        positive(
+            "rules.offline.wired_after_s",
+            self.rules.offline.wired_after_s > 0,
+        )?;
+        positive(
+            "rules.offline.wireless_after_s",
+            self.rules.offline.wireless_after_s > 0,
+        )?;
+        if !(1..=22).contains(&self.archive.zstd_level) {
+            return Err(ConfigError::Value {
+                key: "archive.zstd_level",
+                message: format!("{} is not in 1..=22", self.archive.zstd_level),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn invalid(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let offset = e.span().map_or(0, |s| s.start);
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        column,
+        message: e.message().to_owned(),
+    }
+}
+
+/// Reads an override as a TOML value (numbers, booleans, arrays), else as a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    match keys {
+        [] => Err("no key after the prefix".to_owned()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("`{first}` is not a table")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = Config::load_with_env(None, []).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.rules.offline.wired_after_s, 1800);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let f = write("[pipeline]\nworkers = 2\n\n[rules.offline]\nwired_after = 10\n");
+        let e = Config::load_with_env(Some(f.path()), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":5:"), "{e}");
+        assert!(e.contains("wired_after"), "{e}");
+    }
+
+    #[test]
+    fn bad_type_names_the_line() {
+        let f = write("[archive]\nenabled = \"yes\"\n");
+        let e = Config::load_with_env(Some(f.path()), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_checked() {
+        let f = write("[pipeline]\nworkers = 2\n");
+        let env = [
+            ("LIENWATCH__PIPELINE__WORKERS".to_owned(), "3".to_owned()),
+            ("LIENWATCH__ARCHIVE__ROOT".to_owned(), "/tmp/x".to_owned()),
+            (
+                "LIENWATCH__RULES__OFFLINE__WIRED_AFTER_S".to_owned(),
+                "60".to_owned(),
+            ),
+            ("OTHER".to_owned(), "1".to_owned()),
+        ];
+        let c = Config::load_with_env(Some(f.path()), env).unwrap();
+        assert_eq!(c.pipeline.workers, 3);
+        assert_eq!(c.archive.root, "/tmp/x");
+        assert_eq!(c.rules.offline.wired_after_s, 60);
+        let f = write("[registry]\nvehicles_csv = \"vehicles.csv\"\n");
+        let c = Config::load_with_env(Some(f.path()), []).unwrap();
+        assert_eq!(
+            c.registry.vehicles_csv.unwrap(),
+            f.path().parent().unwrap().join("vehicles.csv")
+        );
+        let bad = [("LIENWATCH__PIPELINE__WORKRS".to_owned(), "3".to_owned())];
+        let e = Config::load_with_env(None, bad).unwrap_err().to_string();
+        assert!(e.contains("LIENWATCH__PIPELINE__WORKRS"), "{e}");
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let f = write("[pipeline]\nworkers = 0\n");
+        let e = Config::load_with_env(Some(f.path()), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pipeline.workers"), "{e}");
+    }
+}

@@ -1,0 +1,594 @@
+//! `lienwatch replay`: the dataflow over JSON Lines files (SPEC §7).
+//!
+//! ```text
+//!  ReplaySource ──records──▶ exchange by vehicle ──▶ RunFleet ──┐
+//!   (per worker:   ──samples──▶ broadcast ──────────────▶┘        ├─▶ Sinks (JSON Lines alerts,
+//!    its blocks    ──rejects──────────────────────────────────────┘    Parquet archive)
+//!    of lines)
+//! ```
+//!
+//! Every worker reads the inputs and decodes its own blocks of lines; ingest epochs are fixed
+//! runs of input lines, so the pipeline clock, and therefore every alert, is the same whatever
+//! the worker count.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::{Scope, StreamVec};
+
+use connectors::{AlertLog, ArchiveStats, ArchiveWriter, LineSource};
+use operators::dataflow::{Output, RunFleet};
+use operators::fences::FenceIndex;
+use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
+use operators::registry::Registry;
+use schemas::time::now_ms;
+use schemas::{DecodeLimits, DeviceClass, Reading, Record, Reject, decode_payload};
+
+use crate::config::Config;
+
+/// Lines a source decodes per activation, so one source cannot starve the other operators.
+const LINES_PER_ACTIVATION: usize = 4096;
+
+/// What a replay did, printed at the end and written with `--summary-out`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    /// Non-blank input lines (messages; a batch array is one message).
+    pub messages: u64,
+    /// Readings decoded (batch elements count one each).
+    pub readings: u64,
+    /// Readings accepted and archived.
+    pub accepted: u64,
+    /// Accepted readings that arrived late.
+    pub late: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Accepted readings of devices missing from the registry.
+    pub unregistered: u64,
+    /// Vehicles seen.
+    pub vehicles: u64,
+    /// Rejected messages and batch elements, by reason.
+    pub rejects: BTreeMap<String, u64>,
+    /// Sum of `rejects`.
+    pub rejects_total: u64,
+    /// Alerts by kind (all phases).
+    pub alerts: BTreeMap<String, u64>,
+    /// Sum of `alerts`.
+    pub alerts_total: u64,
+    /// What the archive wrote.
+    pub archive: ArchiveSummary,
+    /// Worker threads.
+    pub workers: usize,
+    /// Wall-clock seconds.
+    pub elapsed_s: f64,
+    /// `messages / elapsed_s`.
+    pub messages_per_s: f64,
+}
+
+/// Archive figures of a [`Summary`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ArchiveSummary {
+    /// Files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// `telemetry` rows.
+    pub telemetry_rows: u64,
+    /// `alerts` rows.
+    pub alert_rows: u64,
+    /// `rejects` rows.
+    pub reject_rows: u64,
+}
+
+impl From<ArchiveStats> for ArchiveSummary {
+    fn from(s: ArchiveStats) -> Self {
+        Self {
+            files: s.files,
+            bytes: s.bytes,
+            telemetry_rows: s.telemetry_rows,
+            alert_rows: s.alert_rows,
+            reject_rows: s.reject_rows,
+        }
+    }
+}
+
+impl Summary {
+    /// A human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "messages {}  readings {}  accepted {}  late {}  duplicates {}  unregistered {}  vehicles {}\n",
+            self.messages,
+            self.readings,
+            self.accepted,
+            self.late,
+            self.duplicates,
+            self.unregistered,
+            self.vehicles
+        );
+        s += &format!("rejects {}", self.rejects_total);
+        for (reason, n) in &self.rejects {
+            s += &format!("  {reason} {n}");
+        }
+        s += &format!("\nalerts {}", self.alerts_total);
+        for (kind, n) in &self.alerts {
+            s += &format!("  {kind} {n}");
+        }
+        s += &format!(
+            "\narchive {} files, {} bytes, {} telemetry rows, {} alert rows, {} reject rows\n",
+            self.archive.files,
+            self.archive.bytes,
+            self.archive.telemetry_rows,
+            self.archive.alert_rows,
+            self.archive.reject_rows
+        );
+        s += &format!(
+            "{} workers, {:.2} s, {:.0} messages/s\n",
+            self.workers, self.elapsed_s, self.messages_per_s
+        );
+        s
+    }
+}
+
+/// Per-worker counters merged into the [`Summary`].
+#[derive(Debug, Default)]
+struct WorkerReport {
+    messages: u64,
+    readings: u64,
+    fleet: FleetStats,
+    rejects: BTreeMap<String, u64>,
+    alerts: BTreeMap<String, u64>,
+    archive: ArchiveStats,
+}
+
+/// Loads the registry and fences named in the config, checking one against the other.
+pub fn load_reference(config: &Config) -> anyhow::Result<(Arc<Registry>, Arc<FenceIndex>)> {
+    let fences = match &config.registry.fences_geojson {
+        Some(path) => FenceIndex::load(path)?,
+        None => FenceIndex::empty(),
+    };
+    let registry = match &config.registry.vehicles_csv {
+        Some(path) => Registry::load(path)?,
+        None => Registry::empty(),
+    };
+    registry.check_fences(&fences)?;
+    Ok((Arc::new(registry), Arc::new(fences)))
+}
+
+/// Replays `inputs` through the dataflow with `config`; returns the summary.
+pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> {
+    let (registry, fences) = load_reference(config)?;
+    let alert_log = match &config.alerts.jsonl_path {
+        Some(path) => {
+            Some(Arc::new(AlertLog::create(path).with_context(|| {
+                format!("alerts file {}", path.display())
+            })?))
+        }
+        None => None,
+    };
+    if config.archive.enabled {
+        std::fs::create_dir_all(&config.archive.root)
+            .with_context(|| format!("archive root {}", config.archive.root))?;
+    }
+    let workers = config.pipeline.workers;
+    let config = Arc::new(config.clone());
+    let started = Instant::now();
+    let log = alert_log.clone();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        run_worker(worker, &config, &inputs, &registry, &fences, log.clone())
+    })
+    .map_err(|e| anyhow!("starting workers: {e}"))?;
+    let mut summary = Summary {
+        workers,
+        ..Summary::default()
+    };
+    for result in guards.join() {
+        let report = result
+            .map_err(|e| anyhow!("worker failed: {e}"))?
+            .map_err(|e| anyhow!(e))?;
+        merge(&mut summary, report);
+    }
+    if let Some(log) = alert_log {
+        log.flush().context("flushing the alerts file")?;
+    }
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    summary.messages_per_s = summary.messages as f64 / summary.elapsed_s.max(1e-9);
+    Ok(summary)
+}
+
+fn merge(summary: &mut Summary, report: WorkerReport) {
+    summary.messages += report.messages;
+    summary.readings += report.readings;
+    summary.accepted += report.fleet.accepted;
+    summary.late += report.fleet.late;
+    summary.duplicates += report.fleet.duplicates;
+    summary.unregistered += report.fleet.unregistered;
+    summary.vehicles += report.fleet.vehicles;
+    for (reason, n) in report.rejects {
+        summary.rejects_total += n;
+        *summary.rejects.entry(reason).or_default() += n;
+    }
+    for (kind, n) in report.alerts {
+        summary.alerts_total += n;
+        *summary.alerts.entry(kind).or_default() += n;
+    }
+    summary.archive.files += report.archive.files;
+    summary.archive.bytes += report.archive.bytes;
+    summary.archive.telemetry_rows += report.archive.telemetry_rows;
+    summary.archive.alert_rows += report.archive.alert_rows;
+    summary.archive.reject_rows += report.archive.reject_rows;
+}
+
+/// The shared slot where operators leave the first fatal error of a worker.
+type ErrorSlot = Rc<RefCell<Option<String>>>;
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    config: &Config,
+    inputs: &[PathBuf],
+    registry: &Arc<Registry>,
+    fences: &Arc<FenceIndex>,
+    alert_log: Option<Arc<AlertLog>>,
+) -> Result<WorkerReport, String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let error: ErrorSlot = Rc::default();
+    let report = Rc::new(RefCell::new(WorkerReport::default()));
+    let fleet_stats = Rc::new(RefCell::new(FleetStats::default()));
+    let archive = if config.archive.enabled {
+        Some(
+            ArchiveWriter::open(&config.archive.connector(), 0, index)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    let lines = LineSource::new(
+        inputs.to_vec(),
+        index,
+        peers,
+        config.pipeline.replay_block_lines,
+    );
+    let fleet = Fleet::new(
+        config.rules.clone(),
+        Arc::clone(registry),
+        Arc::clone(fences),
+    );
+    worker.dataflow::<u64, _, _>(|scope| {
+        let (records, rejects, samples) = replay_source(
+            scope,
+            lines,
+            SourceSetup {
+                registry: Arc::clone(registry),
+                limits: DecodeLimits {
+                    max_reject_raw_bytes: config.decode.max_reject_raw_bytes,
+                },
+                epoch_lines: config.pipeline.replay_epoch_lines,
+            },
+            Rc::clone(&report),
+            Rc::clone(&error),
+        );
+        let outputs = records
+            .run_fleet(samples, fleet, now_ms, Rc::clone(&fleet_stats))
+            .concat(rejects.map(Output::Reject));
+        sinks(
+            outputs,
+            archive,
+            alert_log,
+            Rc::clone(&report),
+            Rc::clone(&error),
+        );
+    });
+    while worker.has_dataflows() {
+        worker.step_or_park(Some(Duration::from_millis(20)));
+    }
+    if let Some(e) = error.borrow_mut().take() {
+        return Err(e);
+    }
+    let mut report = std::mem::take(&mut *report.borrow_mut());
+    report.fleet = *fleet_stats.borrow();
+    Ok(report)
+}
+
+/// What the source needs besides its lines.
+struct SourceSetup {
+    registry: Arc<Registry>,
+    limits: DecodeLimits,
+    epoch_lines: u64,
+}
+
+/// Resolves a reading's identity in the registry (SPEC §3): unregistered devices are their
+/// own vehicle, with the `wired` thresholds and no loan.
+fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -> Record {
+    match registry.device(&reading.device_id) {
+        Some(device) => Record {
+            vehicle_id: device.vehicle_id.clone(),
+            loan_id: registry
+                .vehicle(&device.vehicle_id)
+                .map(|v| v.loan_id.clone()),
+            class: device.class,
+            registered: true,
+            ingest_seq,
+            reading,
+        },
+        None => Record {
+            vehicle_id: reading.device_id.clone(),
+            loan_id: None,
+            class: DeviceClass::Wired,
+            registered: false,
+            ingest_seq,
+            reading,
+        },
+    }
+}
+
+type Streams<'scope> = (
+    StreamVec<'scope, u64, Record>,
+    StreamVec<'scope, u64, Reject>,
+    StreamVec<'scope, u64, EpochSample>,
+);
+
+/// Reads and decodes this worker's lines: records, rejects, and one sample of event times per
+/// epoch for the pipeline clock.
+fn replay_source<'scope>(
+    scope: Scope<'scope, u64>,
+    mut lines: LineSource,
+    setup: SourceSetup,
+    report: Rc<RefCell<WorkerReport>>,
+    error: ErrorSlot,
+) -> Streams<'scope> {
+    let mut builder = OperatorBuilder::new("ReplaySource".to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address.clone());
+    let (records_out, records) = builder.new_output::<Vec<Record>>();
+    let (rejects_out, rejects) = builder.new_output::<Vec<Reject>>();
+    let (samples_out, samples) = builder.new_output::<Vec<EpochSample>>();
+    let mut records_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Record>>>::from(records_out);
+    let mut rejects_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Reject>>>::from(rejects_out);
+    let mut samples_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<EpochSample>>>::from(samples_out);
+    builder.build(move |capabilities| {
+        let mut capabilities = Some(capabilities);
+        let mut epoch = 0u64;
+        let mut top = TopTimes::default();
+        let mut batch = Vec::new();
+        let mut decoded = Vec::new();
+        let mut pending_records: Vec<Record> = Vec::new();
+        let mut pending_rejects: Vec<Reject> = Vec::new();
+        move |_frontiers| {
+            let Some(caps) = capabilities.as_mut() else {
+                return;
+            };
+            let more = match lines.next_batch(LINES_PER_ACTIVATION, &mut batch) {
+                Ok(more) => more,
+                Err(e) => {
+                    error.borrow_mut().get_or_insert(e.to_string());
+                    false
+                }
+            };
+            let received_at = now_ms();
+            let mut records_h = records_out.activate();
+            let mut rejects_h = rejects_out.activate();
+            let mut samples_h = samples_out.activate();
+            let mut report = report.borrow_mut();
+            for (line, bytes) in batch.drain(..) {
+                let line_epoch = line / setup.epoch_lines;
+                if line_epoch > epoch {
+                    records_h
+                        .session(&caps[0])
+                        .give_container(&mut pending_records);
+                    rejects_h
+                        .session(&caps[1])
+                        .give_container(&mut pending_rejects);
+                    if !top.is_empty() {
+                        samples_h.session(&caps[2]).give(top.take());
+                    }
+                    for cap in caps.iter_mut() {
+                        cap.downgrade(&line_epoch);
+                    }
+                    epoch = line_epoch;
+                }
+                report.messages += 1;
+                decode_payload(&bytes, None, received_at, &setup.limits, &mut decoded);
+                for (element, item) in decoded.drain(..).enumerate() {
+                    match item {
+                        Ok(reading) => {
+                            report.readings += 1;
+                            top.offer(reading.ts_ms);
+                            let seq = (line << 16) | element.min(0xffff) as u64;
+                            pending_records.push(identify(reading, seq, &setup.registry));
+                        }
+                        Err(reject) => {
+                            *report.rejects.entry(reject.reason.clone()).or_default() += 1;
+                            pending_rejects.push(reject);
+                        }
+                    }
+                }
+            }
+            records_h
+                .session(&caps[0])
+                .give_container(&mut pending_records);
+            rejects_h
+                .session(&caps[1])
+                .give_container(&mut pending_rejects);
+            if more {
+                activator.activate();
+            } else {
+                if !top.is_empty() {
+                    samples_h.session(&caps[2]).give(top.take());
+                }
+                capabilities = None;
+            }
+        }
+    });
+    (records, rejects, samples)
+}
+
+/// Writes the fleet's outputs: alerts to the JSON Lines sink and the archive, accepted
+/// readings and rejects to the archive; counts alerts by kind and fleet rejects by reason.
+fn sinks<'scope>(
+    outputs: StreamVec<'scope, u64, Output>,
+    mut archive: Option<ArchiveWriter>,
+    alert_log: Option<Arc<AlertLog>>,
+    report: Rc<RefCell<WorkerReport>>,
+    error: ErrorSlot,
+) {
+    let mut alerts = Vec::new();
+    outputs.sink(Pipeline, "Sinks", move |(input, frontier)| {
+        let mut report = report.borrow_mut();
+        input.for_each(|_cap, data| {
+            for item in data.drain(..) {
+                match item {
+                    Output::Alert(alert) => {
+                        *report
+                            .alerts
+                            .entry(alert.kind.as_str().to_owned())
+                            .or_default() += 1;
+                        if let Some(a) = archive.as_mut() {
+                            a.push_alert(&alert);
+                        }
+                        alerts.push(alert);
+                    }
+                    Output::Archive(record) => {
+                        if let Some(a) = archive.as_mut() {
+                            a.push_telemetry(record);
+                        }
+                    }
+                    Output::Reject(reject) => {
+                        // Source rejects were counted where they were decoded.
+                        if reject.reason == schemas::RejectReason::FutureTs.as_str() {
+                            *report.rejects.entry(reject.reason.clone()).or_default() += 1;
+                        }
+                        if let Some(a) = archive.as_mut() {
+                            a.push_reject(reject);
+                        }
+                    }
+                }
+            }
+        });
+        if let Some(log) = &alert_log {
+            if let Err(e) = log.write(&alerts) {
+                error.borrow_mut().get_or_insert(e.to_string());
+            }
+        }
+        alerts.clear();
+        if let Some(a) = archive.as_mut() {
+            if let Err(e) = a.roll_due(now_ms()) {
+                error.borrow_mut().get_or_insert(e.to_string());
+            }
+        }
+        if frontier.is_empty() {
+            if let Some(a) = archive.take() {
+                match a.finish() {
+                    Ok(stats) => report.archive = stats,
+                    Err(e) => {
+                        error.borrow_mut().get_or_insert(e.to_string());
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(device: &str, ts_s: i64, seq: u64, lat: f64, extra: &str) -> String {
+        format!(
+            r#"{{"device_id":"{device}","ts":{},"seq":{seq},"gnss":{{"lat":{lat},"lon":121.0,"fix":true}},"ignition":false,"power":{{"ext_v":12.5}}{extra}}}"#,
+            1_764_000_000_000 + ts_s * 1000
+        )
+    }
+
+    fn run(workers: usize, text: &str) -> (Summary, Vec<Alert>) {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, text).unwrap();
+        let alerts = dir.path().join("alerts.jsonl");
+        let mut config = Config::default();
+        config.pipeline.workers = workers;
+        config.pipeline.replay_epoch_lines = 16;
+        config.pipeline.replay_block_lines = 4;
+        config.alerts.jsonl_path = Some(alerts.clone());
+        config.archive.root = dir.path().join("archive").display().to_string();
+        let summary = replay(&config, vec![input]).unwrap();
+        let mut out: Vec<Alert> = std::fs::read_to_string(&alerts)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        out.sort_by(|a, b| (&a.alert_id, a.phase).cmp(&(&b.alert_id, b.phase)));
+        for a in &mut out {
+            a.detected_at_ms = 0;
+        }
+        (summary, out)
+    }
+
+    use schemas::Alert;
+
+    #[test]
+    fn small_replay_counts_and_alerts_match_across_worker_counts() {
+        let mut text = String::new();
+        for i in 0..200 {
+            for d in 0..5 {
+                let extra = if d == 2 && i == 100 {
+                    r#","alarms":["tamper"]"#
+                } else {
+                    ""
+                };
+                let device = format!("D{d}");
+                // Device D4 goes silent for two hours in the middle.
+                if d == 4 && (60..180).contains(&i) {
+                    continue;
+                }
+                text += &line(&device, i * 60, i as u64, 31.0 + d as f64 * 0.1, extra);
+                text.push('\n');
+            }
+            if i == 50 {
+                text += "not json\n\n";
+                text += &line("D1", 50 * 60, 50, 31.1, "");
+                text.push('\n');
+            }
+        }
+        let (one, alerts_one) = run(1, &text);
+        let (two, alerts_two) = run(2, &text);
+        assert_eq!(one.messages, 1 + 1 + 5 * 200 - 120);
+        assert_eq!(one.rejects.get("invalid_json"), Some(&1));
+        assert_eq!(one.duplicates, 1);
+        assert_eq!(one.accepted, 5 * 200 - 120);
+        assert_eq!(one.archive.telemetry_rows, one.accepted);
+        assert_eq!(one.archive.reject_rows, 1);
+        let kinds: Vec<_> = alerts_one
+            .iter()
+            .map(|a| (a.kind.as_str(), a.phase))
+            .collect();
+        assert!(
+            kinds.contains(&("device_tamper", schemas::Phase::Instant)),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("offline", schemas::Phase::Open)),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("offline", schemas::Phase::Close)),
+            "{kinds:?}"
+        );
+        assert_eq!(alerts_one, alerts_two);
+        assert_eq!(one.alerts, two.alerts);
+        assert_eq!(one.accepted, two.accepted);
+    }
+}

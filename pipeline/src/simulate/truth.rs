@@ -1,0 +1,663 @@
+//! The truth: a small, single-threaded reading of docs/rules.md run over the generated
+//! messages, so the expected alerts are what the rules say about exactly these messages
+//! (not what the incident plan intended). Only opening and instant alerts are produced.
+//!
+//! In-order data is every message except back-filled ones (batches, `backfill: true`) and,
+//! unless `include_late`, messages delivered late: whether the pipeline sees a late message
+//! without `backfill` as late depends on its ingest epochs, and the generator makes both
+//! readings give the same alerts (a unit test checks it).
+
+use schemas::AlertKind;
+
+use super::fleet::{DevClass, Fleet, Role};
+use super::geo::{self, LatLon};
+use super::msg::{
+    AL_ANTENNA_CUT, AL_JAMMING, AL_POWER_CUT, AL_REMOVAL, AL_TAMPER, AL_TOW, F_BACKFILL, F_BATCHED,
+    F_LATE, Msg, VinSel,
+};
+
+/// `late_known_window_s` of rules.md, ms.
+const LATE_KNOWN_MS: i64 = 21_600_000;
+/// `drift_speed_kmh` and the `location_jump` speed of rules.md.
+const JUMP_KMH: f64 = 250.0;
+/// `stationary_long` duration of rules.md, ms.
+const STATIONARY_MS: i64 = 72 * 3_600_000;
+
+/// One expected alert.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Truth {
+    /// Vehicle index.
+    pub vehicle: u32,
+    /// Device index.
+    pub device: u32,
+    /// Kind.
+    pub kind: AlertKind,
+    /// `event_time` as rules.md defines it, epoch ms.
+    pub ts: i64,
+    /// Matching tolerance, ms.
+    pub tolerance: i64,
+    /// Raised from late data.
+    pub backfill: bool,
+}
+
+/// The phase of the first alert of `kind` (instant kinds have no close).
+pub(crate) fn phase(kind: AlertKind) -> &'static str {
+    match kind {
+        AlertKind::DeviceTamper
+        | AlertKind::TowSuspected
+        | AlertKind::LocationJump
+        | AlertKind::RiskZoneEnter
+        | AlertKind::OdometerRollback
+        | AlertKind::DtcCleared => "instant",
+        _ => "open",
+    }
+}
+
+fn tolerance(spacing: i64) -> i64 {
+    (3 * spacing).clamp(120_000, 1_800_000)
+}
+
+fn speed_kmh(a: LatLon, b: LatLon, dt_ms: i64) -> f64 {
+    let d = geo::distance_m(a, b);
+    if dt_ms <= 0 {
+        return if d > 0.0 { f64::INFINITY } else { 0.0 };
+    }
+    d * 3600.0 / dt_ms as f64
+}
+
+#[derive(Default)]
+struct DevState {
+    last_ts: Option<i64>,
+    prev_ext_v: Option<f32>,
+    power_open: bool,
+    power_clear_run: u8,
+    tamper_prev: bool,
+    tow_prev: bool,
+    jam_open: bool,
+    jam_streak: Option<i64>,
+    battery_open: bool,
+    odo_last: Option<f64>,
+    odo_pending: Option<(i64, i64)>,
+    dtc_last: Option<f64>,
+    vin_open: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Fix {
+    ts: i64,
+    p: LatLon,
+    dev: u32,
+    ign: Option<bool>,
+    spacing: i64,
+}
+
+struct Visit {
+    fence: u32,
+    entry: Fix,
+    outside_run: u8,
+    dwell_fired: bool,
+}
+
+#[derive(Default)]
+struct PosState {
+    held: Option<Fix>,
+    last: Option<Fix>,
+    tow_anchor: Option<LatLon>,
+    tow_dirty: bool,
+    tow_fired: bool,
+    st_anchor: Option<Fix>,
+    st_done: bool,
+    st_pending: bool,
+    outside: bool,
+    out_first: Option<Fix>,
+    in_first: Option<Fix>,
+    visits: Vec<Visit>,
+}
+
+struct Vehicle<'a> {
+    fleet: &'a Fleet,
+    vi: u32,
+    devs: Vec<(u32, DevClass, DevState)>,
+    pos: PosState,
+    out: &'a mut Vec<Truth>,
+}
+
+impl Vehicle<'_> {
+    fn fire(&mut self, device: u32, kind: AlertKind, ts: i64, tolerance: i64) {
+        self.out.push(Truth {
+            vehicle: self.vi,
+            device,
+            kind,
+            ts,
+            tolerance,
+            backfill: false,
+        });
+    }
+
+    fn class_of(&self, dev: u32) -> DevClass {
+        self.devs
+            .iter()
+            .find(|d| d.0 == dev)
+            .map_or(DevClass::Wired, |d| d.1)
+    }
+
+    fn online(&self, at: i64) -> bool {
+        self.devs.iter().any(|(_, class, s)| {
+            s.last_ts
+                .is_some_and(|t| t <= at && at - t <= class.offline_after_ms())
+        })
+    }
+
+    /// Timers of the position rules that fall due before `ts`.
+    fn timers_before(&mut self, ts: i64) {
+        let mut fired = Vec::new();
+        for v in &mut self.pos.visits {
+            let due = v.entry.ts + self.fleet.fences[v.fence as usize].dwell_ms();
+            if !v.dwell_fired && due < ts {
+                v.dwell_fired = true;
+                fired.push((v.entry.dev, due, tolerance(v.entry.spacing)));
+            }
+        }
+        for (dev, due, tol) in fired {
+            self.fire(dev, AlertKind::RiskZoneDwell, due, tol);
+        }
+        if let Some(a) = self.pos.st_anchor {
+            let due = a.ts + STATIONARY_MS;
+            if !self.pos.st_done && !self.pos.st_pending && due < ts {
+                if self.online(due) {
+                    self.pos.st_done = true;
+                    self.fire(a.dev, AlertKind::StationaryLong, due, tolerance(a.spacing));
+                } else {
+                    self.pos.st_pending = true;
+                }
+            }
+        }
+    }
+
+    fn reading(&mut self, di: usize, m: &Msg, registered_vin: bool) {
+        self.timers_before(m.ts);
+        let dev = self.devs[di].0;
+        if self.pos.st_pending {
+            self.pos.st_pending = false;
+            self.pos.st_done = true;
+            self.fire(dev, AlertKind::StationaryLong, m.ts, 120_000);
+        }
+        let class = self.devs[di].1;
+        let s = &mut self.devs[di].2;
+        let spacing = s.last_ts.map_or(120_000, |t| m.ts - t);
+        let tol = tolerance(spacing);
+        let mut fired: Vec<AlertKind> = Vec::new();
+        let mut rollback = None;
+        if class != DevClass::Wireless {
+            let alarm = m.alarms & AL_POWER_CUT != 0;
+            let low = m.ext_v < 3.0;
+            if !s.power_open {
+                if alarm || (low && s.prev_ext_v.is_some_and(|p| p >= 9.0)) {
+                    s.power_open = true;
+                    s.power_clear_run = 0;
+                    fired.push(AlertKind::PowerCut);
+                }
+            } else if m.ext_v >= 9.0 {
+                s.power_open = false;
+            } else if !alarm && !low {
+                s.power_clear_run += 1;
+                if s.power_clear_run >= 2 {
+                    s.power_open = false;
+                }
+            } else {
+                s.power_clear_run = 0;
+            }
+            s.prev_ext_v = Some(m.ext_v);
+            let o = m.odometer;
+            match s.odo_last {
+                Some(last) if o < last - 1.0 => match s.odo_pending.take() {
+                    Some(first) => {
+                        rollback = Some(first);
+                        s.odo_last = Some(o);
+                    }
+                    None => s.odo_pending = Some((m.ts, tol)),
+                },
+                _ => {
+                    s.odo_pending = None;
+                    s.odo_last = Some(o);
+                }
+            }
+        }
+        let tamper = m.alarms & (AL_TAMPER | AL_REMOVAL) != 0;
+        if tamper && !s.tamper_prev {
+            fired.push(AlertKind::DeviceTamper);
+        }
+        s.tamper_prev = tamper;
+        let tow = m.alarms & AL_TOW != 0;
+        if tow && !s.tow_prev {
+            fired.push(AlertKind::TowSuspected);
+        }
+        s.tow_prev = tow;
+        let jam = m.alarms & (AL_JAMMING | AL_ANTENNA_CUT) != 0;
+        if jam && !s.jam_open {
+            s.jam_open = true;
+            fired.push(AlertKind::GnssJamming);
+        }
+        let valid = m.has_fix() && m.hdop <= 5.0;
+        if valid {
+            if s.jam_open && !jam {
+                s.jam_open = false;
+            }
+            s.jam_streak = None;
+        } else if m.ignition == Some(true) && class == DevClass::Obd && m.obd_speed > 5.0 {
+            let start = *s.jam_streak.get_or_insert(m.ts);
+            if !s.jam_open && m.ts - start >= 600_000 {
+                s.jam_open = true;
+                fired.push(AlertKind::GnssJamming);
+            }
+        } else if m.ignition == Some(false) {
+            s.jam_streak = None;
+        }
+        if !s.battery_open && m.battery < 15.0 {
+            s.battery_open = true;
+            fired.push(AlertKind::LowBattery);
+        } else if s.battery_open && m.battery >= 20.0 {
+            s.battery_open = false;
+        }
+        if class == DevClass::Obd {
+            if s.dtc_last.is_some_and(|l| m.dist_clear < l - 0.5) {
+                fired.push(AlertKind::DtcCleared);
+            }
+            s.dtc_last = Some(m.dist_clear);
+            if registered_vin {
+                if m.vin == VinSel::Foreign && !s.vin_open {
+                    s.vin_open = true;
+                    fired.push(AlertKind::VinMismatch);
+                } else if m.vin == VinSel::Registered {
+                    s.vin_open = false;
+                }
+            }
+        }
+        s.last_ts = Some(m.ts);
+        for kind in fired {
+            self.fire(dev, kind, m.ts, tol);
+        }
+        if let Some((ts, tol)) = rollback {
+            self.fire(dev, AlertKind::OdometerRollback, ts, tol);
+        }
+        if valid {
+            self.fix(Fix {
+                ts: m.ts,
+                p: LatLon::new(m.lat, m.lon),
+                dev,
+                ign: m.ignition,
+                spacing,
+            });
+        }
+    }
+
+    /// A valid fix: resolves the held one (drift outlier or accepted), then holds this one.
+    fn fix(&mut self, new: Fix) {
+        if let Some(b) = self.pos.held.take() {
+            let outlier = self.pos.last.is_some_and(|a| {
+                speed_kmh(a.p, b.p, b.ts - a.ts) > JUMP_KMH
+                    && speed_kmh(b.p, new.p, new.ts - b.ts) > JUMP_KMH
+            });
+            if !outlier {
+                self.accept(b);
+            }
+        }
+        self.pos.held = Some(new);
+    }
+
+    fn accept(&mut self, f: Fix) {
+        let prev = self.pos.last.replace(f);
+        let class = self.class_of(f.dev);
+        let gap = prev.is_some_and(|p| f.ts - p.ts > class.offline_after_ms());
+        let tol = tolerance(f.spacing);
+        if let Some(p) = prev.filter(|_| !gap) {
+            let d = geo::distance_m(p.p, f.p);
+            if d >= 5_000.0 && speed_kmh(p.p, f.p, f.ts - p.ts) > JUMP_KMH {
+                self.fire(f.dev, AlertKind::LocationJump, f.ts, tol);
+            }
+        }
+        let pos = &mut self.pos;
+        if gap {
+            pos.tow_anchor = (f.ign == Some(false)).then_some(f.p);
+            pos.tow_dirty = f.ign != Some(false);
+            pos.tow_fired = false;
+        } else {
+            match f.ign {
+                Some(true) => {
+                    pos.tow_fired = false;
+                    pos.tow_dirty = true;
+                }
+                None => pos.tow_dirty = true,
+                Some(false) => match pos.tow_anchor {
+                    Some(a) if !pos.tow_dirty => {
+                        if !pos.tow_fired && geo::distance_m(a, f.p) >= 300.0 {
+                            pos.tow_fired = true;
+                            self.fire(f.dev, AlertKind::TowSuspected, f.ts, tol);
+                        }
+                    }
+                    _ => {
+                        pos.tow_anchor = Some(f.p);
+                        pos.tow_dirty = false;
+                    }
+                },
+            }
+        }
+        let fleet = self.fleet;
+        let vehicle = &fleet.vehicles[self.vi as usize];
+        if let Some(d) = fleet.permitted_distance_m(vehicle, f.p) {
+            let pos = &mut self.pos;
+            if !pos.outside {
+                if d > 0.0 {
+                    let first = if d > 1_000.0 {
+                        Some(f)
+                    } else if let Some(o) = pos.out_first {
+                        Some(o)
+                    } else {
+                        pos.out_first = Some(f);
+                        None
+                    };
+                    if let Some(o) = first {
+                        pos.outside = true;
+                        pos.out_first = None;
+                        self.fire(o.dev, AlertKind::GeofenceExit, o.ts, tolerance(o.spacing));
+                    }
+                } else {
+                    pos.out_first = None;
+                }
+            } else if d <= 0.0 {
+                if -d > 1_000.0 || pos.in_first.is_some() {
+                    pos.outside = false;
+                    pos.in_first = None;
+                } else {
+                    pos.in_first = Some(f);
+                }
+            } else {
+                pos.in_first = None;
+            }
+        }
+        let inside: Vec<u32> = fleet.risk_at(f.p).collect();
+        self.pos.visits.retain_mut(|v| {
+            if inside.contains(&v.fence) {
+                v.outside_run = 0;
+            } else {
+                v.outside_run += 1;
+            }
+            v.outside_run < 2
+        });
+        for fence in inside {
+            debug_assert_eq!(fleet.fences[fence as usize].role, Role::Risk);
+            if !self.pos.visits.iter().any(|v| v.fence == fence) {
+                self.pos.visits.push(Visit {
+                    fence,
+                    entry: f,
+                    outside_run: 0,
+                    dwell_fired: false,
+                });
+                self.fire(f.dev, AlertKind::RiskZoneEnter, f.ts, tol);
+            }
+        }
+        let pos = &mut self.pos;
+        match pos.st_anchor {
+            Some(a) if geo::distance_m(a.p, f.p) <= 200.0 => {}
+            _ => {
+                pos.st_anchor = Some(f);
+                pos.st_done = false;
+                pos.st_pending = false;
+            }
+        }
+    }
+}
+
+/// Evaluates rules.md over `streams` (messages per device, each in event-time order).
+///
+/// `watermark_end` is the pipeline clock after the last input (largest event time minus
+/// the reorder window); timers due by then fire.
+pub(crate) fn evaluate(
+    fleet: &Fleet,
+    streams: &[Vec<Msg>],
+    include_late: bool,
+    watermark_end: i64,
+) -> Vec<Truth> {
+    let mut out = Vec::new();
+    let in_order = |m: &Msg| {
+        m.flags & (F_BATCHED | F_BACKFILL) == 0 && (include_late || m.flags & F_LATE == 0)
+    };
+    for (vi, v) in fleet.vehicles.iter().enumerate() {
+        let mut refs: Vec<(i64, i64, usize, usize)> = Vec::new();
+        for (di, d) in v.devices.iter().enumerate() {
+            for (k, m) in streams[*d as usize].iter().enumerate() {
+                if in_order(m) {
+                    refs.push((m.ts, m.arrival, di, k));
+                }
+            }
+        }
+        refs.sort_unstable();
+        let mut state = Vehicle {
+            fleet,
+            vi: vi as u32,
+            devs: v
+                .devices
+                .iter()
+                .map(|d| (*d, fleet.devices[*d as usize].class, DevState::default()))
+                .collect(),
+            pos: PosState::default(),
+            out: &mut out,
+        };
+        for (_, _, di, k) in refs {
+            let dev = v.devices[di];
+            let registered = fleet.devices[dev as usize].registered;
+            state.reading(di, &streams[dev as usize][k], registered);
+        }
+        state.timers_before(watermark_end + 1);
+        for d in &v.devices {
+            let class = fleet.devices[*d as usize].class;
+            let after = class.offline_after_ms();
+            let mut last: Option<i64> = None;
+            for m in streams[*d as usize].iter().filter(|m| in_order(m)) {
+                if let Some(l) = last.filter(|l| l + after < m.ts) {
+                    out.push(Truth {
+                        vehicle: vi as u32,
+                        device: *d,
+                        kind: AlertKind::Offline,
+                        ts: l + after,
+                        tolerance: 120_000,
+                        backfill: false,
+                    });
+                }
+                last = Some(m.ts);
+            }
+            if let Some(l) = last.filter(|l| l + after <= watermark_end) {
+                out.push(Truth {
+                    vehicle: vi as u32,
+                    device: *d,
+                    kind: AlertKind::Offline,
+                    ts: l + after,
+                    tolerance: 120_000,
+                    backfill: false,
+                });
+            }
+        }
+    }
+    let mut late: Vec<(i64, u32, usize)> = Vec::new();
+    for (d, msgs) in streams.iter().enumerate() {
+        for (k, m) in msgs.iter().enumerate() {
+            if !in_order(m) && m.alarms & (AL_TAMPER | AL_REMOVAL | AL_TOW) != 0 {
+                late.push((m.arrival, d as u32, k));
+            }
+        }
+    }
+    late.sort_unstable();
+    for (_, d, k) in late {
+        let m = &streams[d as usize][k];
+        let vehicle = fleet.devices[d as usize].vehicle;
+        for (bits, kind) in [
+            (AL_TAMPER | AL_REMOVAL, AlertKind::DeviceTamper),
+            (AL_TOW, AlertKind::TowSuspected),
+        ] {
+            let known = out
+                .iter()
+                .any(|t| t.device == d && t.kind == kind && (t.ts - m.ts).abs() <= LATE_KNOWN_MS);
+            if m.alarms & bits != 0 && !known {
+                out.push(Truth {
+                    vehicle,
+                    device: d,
+                    kind,
+                    ts: m.ts,
+                    tolerance: 120_000,
+                    backfill: true,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|a| (a.ts, a.vehicle, a.kind));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::msg::{Gnss, Motion};
+
+    fn msg(ts: i64, lat: f64, lon: f64, ign: Option<bool>) -> Msg {
+        Msg {
+            ts,
+            arrival: ts,
+            seq: 0,
+            lat,
+            lon,
+            gnss: Gnss::Fix,
+            motion: Motion::Parked,
+            speed: 0.0,
+            heading: 0,
+            hdop: 1.0,
+            sats: 9,
+            alt: 0.0,
+            ignition: ign,
+            obd_speed: 0.0,
+            odometer: 1000.0,
+            rpm: 0,
+            vin: VinSel::Registered,
+            dist_clear: 100.0,
+            dist_mil: 0.0,
+            engine_h: 1.0,
+            dtc: 0,
+            mil: false,
+            ext_v: 12.5,
+            battery: 95.0,
+            alarms: 0,
+            flags: 0,
+        }
+    }
+
+    fn single_vehicle() -> (Fleet, usize) {
+        let fleet = Fleet::generate(8, 6, 0);
+        let vi = fleet
+            .vehicles
+            .iter()
+            .position(|v| v.devices.len() == 1 && v.permitted.is_empty())
+            .expect("an unrestricted vehicle with one device");
+        (fleet, vi)
+    }
+
+    fn run(fleet: &Fleet, vi: usize, msgs: Vec<Msg>) -> Vec<(AlertKind, i64)> {
+        let mut streams: Vec<Vec<Msg>> = vec![Vec::new(); fleet.devices.len()];
+        let last = msgs.last().map_or(0, |m| m.ts);
+        streams[fleet.vehicles[vi].primary() as usize] = msgs;
+        evaluate(fleet, &streams, false, last - 120_000)
+            .into_iter()
+            .map(|t| (t.kind, t.ts))
+            .collect()
+    }
+
+    #[test]
+    fn drift_outlier_is_ignored_but_a_confirmed_jump_fires() {
+        let (fleet, vi) = single_vehicle();
+        let home = fleet.vehicles[vi].places[0];
+        let far = geo::offset(home, 90.0, 20_000.0);
+        let m = |ts, p: LatLon, ign| msg(ts, p.lat, p.lon, ign);
+        let drift = vec![
+            m(0, home, Some(false)),
+            m(300_000, home, Some(false)),
+            m(330_000, far, Some(false)),
+            m(360_000, home, Some(false)),
+            m(660_000, home, Some(false)),
+        ];
+        assert!(run(&fleet, vi, drift).is_empty());
+        let jump = vec![
+            m(0, home, Some(true)),
+            m(30_000, home, Some(true)),
+            m(60_000, far, Some(true)),
+            m(90_000, geo::offset(far, 90.0, 300.0), Some(true)),
+            m(120_000, geo::offset(far, 90.0, 600.0), Some(true)),
+        ];
+        assert_eq!(
+            run(&fleet, vi, jump),
+            vec![(AlertKind::LocationJump, 60_000)]
+        );
+    }
+
+    #[test]
+    fn tow_needs_ignition_off_and_no_gap() {
+        let (fleet, vi) = single_vehicle();
+        let home = fleet.vehicles[vi].places[0];
+        let m = |ts, d: f64, ign| {
+            let p = geo::offset(home, 0.0, d);
+            msg(ts, p.lat, p.lon, ign)
+        };
+        let towed = vec![
+            m(0, 0.0, Some(false)),
+            m(30_000, 150.0, Some(false)),
+            m(60_000, 320.0, Some(false)),
+            m(90_000, 500.0, Some(false)),
+            m(120_000, 700.0, Some(false)),
+        ];
+        assert_eq!(
+            run(&fleet, vi, towed),
+            vec![(AlertKind::TowSuspected, 60_000)]
+        );
+        let gap = vec![
+            m(0, 0.0, Some(false)),
+            m(600_000, 0.0, Some(false)),
+            m(5_000_000, 8_000.0, Some(false)),
+            m(5_300_000, 8_000.0, Some(false)),
+        ];
+        assert_eq!(run(&fleet, vi, gap), vec![(AlertKind::Offline, 2_400_000)]);
+        let unknown = vec![
+            m(0, 0.0, None),
+            m(30_000, 500.0, None),
+            m(60_000, 900.0, None),
+            m(90_000, 1_200.0, None),
+        ];
+        assert!(run(&fleet, vi, unknown).is_empty());
+    }
+
+    #[test]
+    fn device_rules() {
+        let (fleet, vi) = single_vehicle();
+        let home = fleet.vehicles[vi].places[0];
+        let mut msgs: Vec<Msg> = (0..12)
+            .map(|k| msg(k * 300_000, home.lat, home.lon, Some(false)))
+            .collect();
+        msgs[2].ext_v = 0.2;
+        msgs[3].ext_v = 0.3;
+        msgs[4].alarms = AL_TAMPER;
+        msgs[5].alarms = AL_TAMPER;
+        msgs[6].battery = 12.0;
+        msgs[7].battery = 18.0;
+        for m in &mut msgs[8..] {
+            m.odometer = 500.0;
+        }
+        msgs[11].odometer = 400.0;
+        msgs[10].odometer = 2000.0;
+        let got = run(&fleet, vi, msgs);
+        assert_eq!(
+            got,
+            vec![
+                (AlertKind::PowerCut, 600_000),
+                (AlertKind::DeviceTamper, 1_200_000),
+                (AlertKind::LowBattery, 1_800_000),
+                (AlertKind::OdometerRollback, 2_400_000),
+            ]
+        );
+    }
+}
