@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use pipeline::simulate::{SimOptions, SimOutputs, SimSummary, simulate};
 use tests::{
-    AlertRecord, assert_scores, parquet_rows, read_alert_values, read_alerts, read_summary,
-    read_truth, score, validate_alerts,
+    AlertRecord, assert_scores, duckdb_rows, parquet_rows, read_alert_values, read_alerts,
+    read_summary, read_truth, score, validate_alerts,
 };
 
 /// The 14 kinds of docs/rules.md, all scored.
@@ -166,6 +166,41 @@ fn replay_finds_the_injected_incidents() -> Result<()> {
         summary.archive.alert_rows
     );
     ensure!(summary.archive.files > 0, "no archive files");
+
+    // Analysts read the archive with DuckDB as SPEC §6 says: hive partitions, typed columns.
+    let root = run.archive.display();
+    let rows = duckdb_rows(&format!(
+        "SELECT count(*), count(DISTINCT vehicle_id), min(date)::VARCHAR, typeof(any_value(ts)), \
+         typeof(any_value(hour)) FROM read_parquet('{root}/telemetry/**/*.parquet', hive_partitioning=1)"
+    ))?;
+    ensure!(
+        rows[0][0] == serde_json::json!(summary.accepted),
+        "duckdb telemetry rows {:?} != accepted {}",
+        rows[0][0],
+        summary.accepted
+    );
+    ensure!(
+        rows[0][3] == "TIMESTAMP WITH TIME ZONE",
+        "ts is {:?}",
+        rows[0][3]
+    );
+    let per_kind = duckdb_rows(&format!(
+        "SELECT kind, count(*) FROM read_parquet('{root}/alerts/**/*.parquet', hive_partitioning=1) \
+         GROUP BY kind ORDER BY kind"
+    ))?;
+    let duck: BTreeMap<String, u64> = per_kind
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or("").to_owned(),
+                r[1].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    ensure!(
+        duck == by_kind,
+        "duckdb alerts {duck:?} != alerts file {by_kind:?}"
+    );
     Ok(())
 }
 

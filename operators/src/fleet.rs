@@ -48,33 +48,42 @@ impl TopTimes {
     }
 }
 
-/// The pipeline clock, driven by epoch samples.
+/// The pipeline clock, driven by epoch samples (replay: event time only, no wall clock).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PipelineClock {
     max_accepted_ms: Option<i64>,
 }
 
 impl PipelineClock {
-    /// Readings with a later event time are rejected as `future_ts`: the reference is the
-    /// largest accepted event time of the previous epochs, or wall-clock time before any.
-    pub fn future_limit_ms(&self, rules: &RulesConfig, wall_now_ms: i64) -> i64 {
-        self.max_accepted_ms
-            .unwrap_or(wall_now_ms)
-            .saturating_add(secs_ms(rules.max_future_s))
+    /// Readings of the epoch with a later event time are rejected as `future_ts`. The
+    /// reference is the largest accepted event time of the previous epochs; in the first epoch,
+    /// the smallest of the epoch's [`SAMPLE_SIZE`] largest event times, which a handful of
+    /// future readings cannot move.
+    pub fn future_limit_ms<'a>(
+        &self,
+        rules: &RulesConfig,
+        samples: impl IntoIterator<Item = &'a EpochSample>,
+    ) -> i64 {
+        let reference = self.max_accepted_ms.unwrap_or_else(|| {
+            let mut top: Vec<i64> = samples.into_iter().flatten().copied().collect();
+            top.sort_unstable_by(|a, b| b.cmp(a));
+            top.truncate(SAMPLE_SIZE);
+            top.last().copied().unwrap_or(i64::MAX)
+        });
+        reference.saturating_add(secs_ms(rules.max_future_s))
     }
 
-    /// Closes an epoch with the samples of all sources.
+    /// Closes an epoch with the samples of all sources and the limit the epoch was checked
+    /// against.
     pub fn close_epoch<'a>(
         &mut self,
         samples: impl IntoIterator<Item = &'a EpochSample>,
-        rules: &RulesConfig,
-        wall_now_ms: i64,
+        future_limit_ms: i64,
     ) {
-        let limit = self.future_limit_ms(rules, wall_now_ms);
         let epoch_max = samples
             .into_iter()
             .flat_map(|s| s.iter().copied())
-            .filter(|t| *t <= limit)
+            .filter(|t| *t <= future_limit_ms)
             .max();
         if let Some(m) = epoch_max {
             self.max_accepted_ms = Some(self.max_accepted_ms.map_or(m, |c| c.max(m)));
@@ -180,15 +189,15 @@ impl Fleet {
 
     /// Runs one ingest epoch: the epoch's records of this worker (any order; they are
     /// processed in input order), then the clock advances with the samples of all sources.
-    pub fn run_epoch<'a>(
+    pub fn run_epoch(
         &mut self,
         mut records: Vec<Record>,
-        samples: impl IntoIterator<Item = &'a EpochSample>,
+        samples: &[EpochSample],
         wall_now_ms: i64,
         out: &mut FleetOutputs,
     ) {
         records.sort_unstable_by_key(|r| r.ingest_seq);
-        let limit = self.clock.future_limit_ms(&self.rules, wall_now_ms);
+        let limit = self.clock.future_limit_ms(&self.rules, samples);
         let fences = Arc::clone(&self.fences);
         let rules = self.rules.clone();
         let env = Env {
@@ -222,7 +231,7 @@ impl Fleet {
                 }
             }
         }
-        self.clock.close_epoch(samples, &self.rules, wall_now_ms);
+        self.clock.close_epoch(samples, limit);
         if let Some(watermark) = self.clock.watermark_ms(&self.rules) {
             self.advance(watermark, &env, &mut out.vehicle);
         }
@@ -319,9 +328,17 @@ mod tests {
         let rules = RulesConfig::default();
         let mut c = PipelineClock::default();
         let day = 86_400_000;
-        c.close_epoch(&[vec![10 * day, 9 * day]], &rules, 10 * day);
+        // First epoch: one reading 5 days ahead among ordinary ones does not move the clock.
+        let first = [vec![15 * day, 10 * day], vec![10 * day - 5, 9 * day]];
+        let limit = c.future_limit_ms(&rules, &first);
+        assert_eq!(limit, 10 * day);
+        c.close_epoch(&first, limit);
         assert_eq!(c.watermark_ms(&rules), Some(10 * day - 120_000));
-        c.close_epoch(&[vec![15 * day], vec![10 * day + 5]], &rules, 0);
+        // Later epochs check against the clock so far, not against their own samples.
+        let second = [vec![15 * day], vec![10 * day + 5]];
+        let limit = c.future_limit_ms(&rules, &second);
+        assert_eq!(limit, 11 * day);
+        c.close_epoch(&second, limit);
         assert_eq!(c.watermark_ms(&rules), Some(10 * day + 5 - 120_000));
     }
 }

@@ -99,6 +99,11 @@ impl StationaryLong {
         };
         let moved_m = anchor.distance_m(&fix);
         if moved_m <= ctx.rules.stationary_long.radius_m {
+            // The stop starts at its first parked fix, not at the last fix of the approach,
+            // so parking jitter is measured from where the vehicle actually stands.
+            if self.open_since.is_none() && !anchor.parked() && fix.parked() {
+                self.anchor = Some(fix);
+            }
             return;
         }
         if let Some(since) = self.open_since.take() {
