@@ -234,12 +234,12 @@ impl<R: ArchiveRow> Partitions<R> {
         }
     }
 
-    /// Hours of the partitions whose `opened_ms` satisfies `due`, ascending.
-    fn hours(&self, due: impl Fn(i64) -> bool) -> Vec<i64> {
+    /// Hours of the partitions whose (hour, `opened_ms`) satisfies `due`, ascending.
+    fn hours(&self, due: impl Fn(i64, i64) -> bool) -> Vec<i64> {
         let mut hours: Vec<i64> = self
             .open
             .iter()
-            .filter(|(_, b)| due(b.opened_ms))
+            .filter(|(hour, b)| due(**hour, b.opened_ms))
             .map(|(&hour, _)| hour)
             .collect();
         hours.sort_unstable();
@@ -495,8 +495,9 @@ impl ArchiveWriter {
         }
     }
 
-    /// Writes every partition whose `opened_ms` satisfies `due`, in dataset and hour order.
-    fn roll_matching(&mut self, due: impl Fn(i64) -> bool) {
+    /// Writes every partition whose (hour, `opened_ms`) satisfies `due`, in dataset and hour
+    /// order.
+    fn roll_matching(&mut self, due: impl Fn(i64, i64) -> bool) {
         for hour in self.telemetry.hours(&due) {
             let result = roll(&mut self.out, &mut self.telemetry, hour);
             self.settle(result);
@@ -519,7 +520,24 @@ impl ArchiveWriter {
     pub fn roll_due(&mut self, now_ms: i64) -> Result<(), ArchiveError> {
         self.clock_ms = self.clock_ms.max(now_ms);
         let max_age_ms = self.max_age_ms;
-        self.roll_matching(|opened_ms| now_ms.saturating_sub(opened_ms) >= max_age_ms);
+        self.roll_matching(|_, opened_ms| now_ms.saturating_sub(opened_ms) >= max_age_ms);
+        self.deferred.take().map_or(Ok(()), Err)
+    }
+
+    /// Writes the `telemetry` and `alerts` partitions of every hour that ended at or before
+    /// `event_time_ms` — the pipeline clock, past which only late data arrives. Keeps memory
+    /// at about an hour of data when a replay covers days; late rows for a closed hour start
+    /// a new file in that hour's partition. `rejects` (partitioned by arrival time) roll by age.
+    pub fn roll_event_time(&mut self, event_time_ms: i64) -> Result<(), ArchiveError> {
+        let closed = |hour: i64| (hour + 1).saturating_mul(HOUR_MS) <= event_time_ms;
+        for hour in self.telemetry.hours(|h, _| closed(h)) {
+            let result = roll(&mut self.out, &mut self.telemetry, hour);
+            self.settle(result);
+        }
+        for hour in self.alerts.hours(|h, _| closed(h)) {
+            let result = roll(&mut self.out, &mut self.alerts, hour);
+            self.settle(result);
+        }
         self.deferred.take().map_or(Ok(()), Err)
     }
 
@@ -529,7 +547,7 @@ impl ArchiveWriter {
     /// Fails with the first encoding error, or with [`ArchiveError::Upload`] when any file
     /// could not be published (each failure is also logged).
     pub fn finish(mut self) -> Result<ArchiveStats, ArchiveError> {
-        self.roll_matching(|_| true);
+        self.roll_matching(|_, _| true);
         let report = self.out.uploader.finish()?;
         if let Some(error) = self.deferred.take() {
             return Err(error);

@@ -24,6 +24,8 @@ pub enum Output {
     Archive(Record),
     /// A reading rejected by the fleet (future timestamp).
     Reject(Reject),
+    /// The pipeline clock after an epoch: sinks may close what ends before it.
+    Watermark(i64),
 }
 
 /// The exchange key of a vehicle: a well-mixed hash, so timely's masking of low bits for
@@ -91,9 +93,14 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         let samples = epoch_samples.remove(&next).unwrap_or_default();
                         let mut out = FleetOutputs::default();
                         fleet.run_epoch(batch, &samples, wall_clock(), &mut out);
+                        let watermark = fleet.clock().watermark_ms(fleet.rules());
                         if let Some(cap) = held.as_mut() {
                             cap.downgrade(&next);
-                            output.session(cap).give_iterator(outputs(out));
+                            let mut session = output.session(cap);
+                            session.give_iterator(outputs(out));
+                            if let Some(w) = watermark {
+                                session.give(Output::Watermark(w));
+                            }
                         }
                     }
                     let done = frontier.is_empty() && sample_frontier.is_empty();

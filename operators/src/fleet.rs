@@ -4,7 +4,9 @@
 //! the pipeline, minus the reorder window. Every worker receives, per ingest epoch, the largest
 //! event times each source saw ([`EpochSample`]), so every worker computes the same clock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 use schemas::{Record, Reject, RejectReason};
@@ -159,6 +161,11 @@ impl Fleet {
     /// The pipeline clock.
     pub fn clock(&self) -> &PipelineClock {
         &self.clock
+    }
+
+    /// The rule settings.
+    pub fn rules(&self) -> &RulesConfig {
+        &self.rules
     }
 
     fn vehicle_index(&mut self, record: &Record) -> u32 {

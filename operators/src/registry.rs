@@ -5,7 +5,7 @@
 //! `device_class`, `permitted_fences` and `timezone`, in any order (other columns are
 //! ignored), and one row per device. Fields are trimmed.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 

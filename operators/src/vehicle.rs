@@ -252,14 +252,16 @@ impl VehicleState {
         }
         let mut ready: Vec<(usize, Record)> = Vec::new();
         for (d, device) in self.devices.iter_mut().enumerate() {
-            let mut i = 0;
-            while i < device.buffer.len() {
-                if clock_ms.is_none_or(|c| device.buffer[i].reading.ts_ms <= c) {
-                    ready.push((d, device.buffer.swap_remove(i)));
-                } else {
-                    i += 1;
+            let due = match clock_ms {
+                Some(c) => {
+                    device
+                        .buffer
+                        .sort_unstable_by_key(|r| (r.reading.ts_ms, r.ingest_seq));
+                    device.buffer.partition_point(|r| r.reading.ts_ms <= c)
                 }
-            }
+                None => device.buffer.len(),
+            };
+            ready.extend(device.buffer.drain(..due).map(|r| (d, r)));
         }
         self.buffered -= ready.len();
         ready.sort_by_key(|(_, r)| (r.reading.ts_ms, r.ingest_seq));
@@ -506,7 +508,7 @@ mod tests {
                     class: DeviceClass::Wired,
                     registered: true,
                     ingest_seq: i as u64,
-                    reading: Reading {
+                    reading: Box::new(Reading {
                         device_id: format!("D{}", s.device),
                         ts_ms: ts,
                         seq: Some(i as u64),
@@ -526,7 +528,7 @@ mod tests {
                         alarms: alarms.iter().map(|a| a.as_str().to_owned()).collect(),
                         content_hash: i as u64,
                         ..Reading::default()
-                    },
+                    }),
                 }
             })
             .collect()

@@ -319,7 +319,7 @@ fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -> Record {
             class: device.class,
             registered: true,
             ingest_seq,
-            reading,
+            reading: Box::new(reading),
         },
         None => Record {
             vehicle_id: reading.device_id.clone(),
@@ -327,7 +327,7 @@ fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -> Record {
             class: DeviceClass::Wired,
             registered: false,
             ingest_seq,
-            reading,
+            reading: Box::new(reading),
         },
     }
 }
@@ -446,6 +446,7 @@ fn sinks<'scope>(
     error: ErrorSlot,
 ) {
     let mut alerts = Vec::new();
+    let mut watermark = None;
     outputs.sink(Pipeline, "Sinks", move |(input, frontier)| {
         let mut report = report.borrow_mut();
         input.for_each(|_cap, data| {
@@ -475,6 +476,7 @@ fn sinks<'scope>(
                             a.push_reject(reject);
                         }
                     }
+                    Output::Watermark(w) => watermark = Some(w),
                 }
             }
         });
@@ -485,7 +487,10 @@ fn sinks<'scope>(
         }
         alerts.clear();
         if let Some(a) = archive.as_mut() {
-            if let Err(e) = a.roll_due(now_ms()) {
+            let rolled = a
+                .roll_due(now_ms())
+                .and_then(|()| watermark.take().map_or(Ok(()), |w| a.roll_event_time(w)));
+            if let Err(e) = rolled {
                 error.borrow_mut().get_or_insert(e.to_string());
             }
         }

@@ -435,7 +435,7 @@ mod tests {
             class: Default::default(),
             registered: false,
             ingest_seq: 0,
-            reading: Reading {
+            reading: Box::new(Reading {
                 device_id: format!("D-{vehicle}"),
                 ts_ms,
                 gnss: Some(Gnss {
@@ -447,7 +447,7 @@ mod tests {
                 alarms: vec!["tow".into(), "custom".into()],
                 received_at_ms: ts_ms + 5,
                 ..Default::default()
-            },
+            }),
         }
     }
 

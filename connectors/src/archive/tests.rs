@@ -31,7 +31,7 @@ fn record(vehicle: &str, ts_ms: i64) -> Record {
         class: Default::default(),
         registered: true,
         ingest_seq: 0,
-        reading: Reading {
+        reading: Box::new(Reading {
             device_id: format!("D-{vehicle}"),
             ts_ms,
             seq: Some(7),
@@ -46,7 +46,7 @@ fn record(vehicle: &str, ts_ms: i64) -> Record {
             alarms: vec!["power_cut".into()],
             received_at_ms: ts_ms + 40,
             ..Default::default()
-        },
+        }),
     }
 }
 
@@ -290,6 +290,33 @@ fn rolls_partitions_by_age() {
     let stats = writer.finish().unwrap();
     assert_eq!(stats.files, 3);
     assert_eq!(stats.telemetry_rows, 2);
+}
+
+#[test]
+fn rolls_hours_the_event_clock_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 0).unwrap();
+    let hour0 = BASE_MS - BASE_MS.rem_euclid(HOUR_MS);
+    for h in 0..3 {
+        writer.push_telemetry(record("V", hour0 + h * HOUR_MS + 10));
+        writer.push_alert(&alert("V", hour0 + h * HOUR_MS + 20));
+    }
+    writer.roll_event_time(hour0 + 2 * HOUR_MS - 1).unwrap();
+    assert_eq!(
+        writer.out.seq, 2,
+        "hour 0 of both datasets; hour 1 is not over"
+    );
+    writer.roll_event_time(hour0 + 2 * HOUR_MS).unwrap();
+    assert_eq!(writer.out.seq, 4, "hour 1 is over too");
+    writer.push_telemetry(record("V", hour0 + 5));
+    let stats = writer.finish().unwrap();
+    assert_eq!(stats.files, 7, "late row of hour 0 in a file of its own");
+    assert_eq!(stats.telemetry_rows, 4);
+    let telemetry_files = files(dir.path())
+        .into_iter()
+        .filter(|p| partition_of(dir.path(), p).0 == "telemetry")
+        .count();
+    assert_eq!(telemetry_files, 4);
 }
 
 #[test]
