@@ -152,15 +152,15 @@ impl LineSource {
         (block + blocks_ahead) * self.block_lines - self.line
     }
 
-    /// Appends to `out` up to `max_lines` of this worker's non-blank lines as
-    /// `(global line number, bytes)`; `out` is not cleared.
+    /// Appends to `out` up to `max_lines` of this worker's non-blank lines with their global
+    /// line numbers; `out` is not cleared.
     ///
     /// Returns `Ok(false)` once every input is exhausted (lines appended by that call are
     /// still valid), `Ok(true)` while more may follow.
     pub fn next_batch(
         &mut self,
         max_lines: usize,
-        out: &mut Vec<(u64, Vec<u8>)>,
+        out: &mut LineBatch,
     ) -> Result<bool, JsonlError> {
         let mut kept = 0;
         while kept < max_lines {
@@ -172,19 +172,16 @@ impl LineSource {
                 match memchr::memchr(b'\n', hay) {
                     Some(i) => {
                         let line = if self.partial.is_empty() {
-                            strip_cr(&hay[..i]).to_vec()
+                            strip_cr(&hay[..i])
                         } else {
                             self.partial.extend_from_slice(&hay[..i]);
-                            let mut line = std::mem::take(&mut self.partial);
-                            if line.last() == Some(&b'\r') {
-                                line.pop();
-                            }
-                            line
+                            strip_cr(&self.partial)
                         };
-                        if !is_blank(&line) {
-                            out.push((self.line, line));
+                        if !is_blank(line) {
+                            out.push(self.line, line);
                             kept += 1;
                         }
+                        self.partial.clear();
                         self.pos += i + 1;
                         self.line += 1;
                         self.mid_line = false;
@@ -280,6 +277,45 @@ impl LineSource {
         })?;
         self.input = Some((Box::new(file), path));
         Ok(())
+    }
+}
+
+/// Lines read by [`LineSource::next_batch`], stored in one reused buffer (no allocation per
+/// line once the buffers have grown).
+#[derive(Debug, Default)]
+pub struct LineBatch {
+    bytes: Vec<u8>,
+    lines: Vec<(u64, usize, usize)>,
+}
+
+impl LineBatch {
+    /// Forgets every line, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.lines.clear();
+    }
+
+    /// Number of lines.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether there are no lines.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The lines as (global line number, bytes without the line end), in input order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.lines
+            .iter()
+            .map(|&(n, start, end)| (n, &self.bytes[start..end]))
+    }
+
+    fn push(&mut self, number: u64, line: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(line);
+        self.lines.push((number, start, self.bytes.len()));
     }
 }
 
@@ -380,16 +416,19 @@ mod tests {
     ) -> Vec<(u64, Vec<u8>)> {
         let mut source = LineSource::new(paths.to_vec(), worker, peers, block);
         let mut out = Vec::new();
+        let mut lines = LineBatch::default();
         loop {
-            let before = out.len();
-            let more = source.next_batch(batch, &mut out).unwrap();
-            assert!(out.len() - before <= batch);
+            lines.clear();
+            let more = source.next_batch(batch, &mut lines).unwrap();
+            assert!(lines.len() <= batch);
+            out.extend(lines.iter().map(|(n, l)| (n, l.to_vec())));
             if !more {
                 break;
             }
         }
+        lines.clear();
         assert!(
-            !source.next_batch(batch, &mut out).unwrap(),
+            !source.next_batch(batch, &mut lines).unwrap() && lines.is_empty(),
             "stays exhausted"
         );
         out
@@ -536,7 +575,9 @@ mod tests {
     #[test]
     fn missing_input_is_an_open_error() {
         let mut source = LineSource::new(vec![PathBuf::from("/nonexistent/x.jsonl")], 0, 1, 1);
-        let err = source.next_batch(10, &mut Vec::new()).unwrap_err();
+        let err = source
+            .next_batch(10, &mut LineBatch::default())
+            .unwrap_err();
         assert!(matches!(err, JsonlError::Open { .. }), "{err}");
     }
 

@@ -15,4 +15,4 @@ pub mod archive;
 pub mod jsonl;
 
 pub use archive::{ArchiveConfig, ArchiveError, ArchiveStats, ArchiveWriter};
-pub use jsonl::{AlertLog, JsonlError, LineSource};
+pub use jsonl::{AlertLog, JsonlError, LineBatch, LineSource};

@@ -48,15 +48,48 @@ pub fn severity(kind: AlertKind, class: DeviceClass) -> Severity {
     }
 }
 
-/// Builds the evidence object from a `serde_json::json!` object literal.
+/// Builds the evidence object from a `serde_json::json!` object literal. Fractions are
+/// rounded to 6 decimals (about 0.1 m in degrees), so readings kept as `f32` read as sent
+/// (`12.3`, not `12.300000190734863`).
 pub fn evidence(value: Value) -> Map<String, Value> {
-    match value {
+    match round_fractions(value) {
         Value::Object(map) => map,
         other => {
             let mut map = Map::new();
             map.insert("value".to_owned(), other);
             map
         }
+    }
+}
+
+fn round_fractions(value: Value) -> Value {
+    match value {
+        Value::Number(n) if n.is_f64() => n
+            .as_f64()
+            .and_then(|f| serde_json::Number::from_f64((f * 1e6).round() / 1e6))
+            .map_or(Value::Null, Value::Number),
+        Value::Array(items) => Value::Array(items.into_iter().map(round_fractions).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, round_fractions(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn evidence_rounds_f32_noise() {
+        let e = evidence(json!({ "ext_v": 12.3f32, "n": 3, "nested": [0.27f32], "s": "x" }));
+        assert_eq!(
+            Value::Object(e),
+            json!({ "ext_v": 12.3, "n": 3, "nested": [0.27], "s": "x" })
+        );
     }
 }
 

@@ -98,7 +98,8 @@ pub struct SimulateArgs {
 /// `lienwatch demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where the demo writes its fleet, alerts and archive.
+    /// Where the demo writes its fleet, alerts and archive (its `demo/` and `archive/`
+    /// folders are replaced on every run).
     #[arg(long, default_value = "./lienwatch-data")]
     pub dir: PathBuf,
     /// Vehicles in the demo fleet.
@@ -235,6 +236,13 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    // The demo owns these: a second demo starts afresh instead of adding to the first.
+    for owned in [args.dir.join("demo"), args.dir.join("archive")] {
+        if owned.exists() {
+            std::fs::remove_dir_all(&owned)
+                .with_context(|| format!("clearing {}", owned.display()))?;
+        }
+    }
     let fleet_dir = args.dir.join("demo");
     std::fs::create_dir_all(&fleet_dir)
         .with_context(|| format!("creating {}", fleet_dir.display()))?;
@@ -261,18 +269,25 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let summary = replay(&config, vec![messages])?;
     let text = std::fs::read_to_string(&alerts_path)?;
+    let mut alerts = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Alert>, _>>()?;
+    alerts.sort_by(|a, b| (a.event_time_ms, &a.vehicle_id).cmp(&(b.event_time_ms, &b.vehicle_id)));
     println!();
-    for line in text.lines() {
-        let alert: Alert = serde_json::from_str(line)?;
-        println!("{}", describe(&alert));
+    for alert in &alerts {
+        println!("{}", describe(alert));
     }
     println!("\n{}", summary.render());
     println!("alerts (JSON Lines): {}", alerts_path.display());
     println!("archive (Parquet):   {}", config.archive.root);
-    println!(
-        "try: duckdb -c \"SELECT kind, count(*) FROM read_parquet('{}/alerts/**/*.parquet', hive_partitioning=1) GROUP BY kind ORDER BY 2 DESC\"",
+    let sql = format!(
+        "SELECT kind, severity, count(*) FROM read_parquet('{}/alerts/**/*.parquet', \
+         hive_partitioning=1) GROUP BY ALL ORDER BY 3 DESC",
         config.archive.root
     );
+    println!("try it in DuckDB (scripts/setup installs it in .venv; or `pip install duckdb`):");
+    println!("  python3 -c \"import duckdb; duckdb.sql(\\\"{sql}\\\").show()\"");
     Ok(())
 }
 

@@ -28,7 +28,7 @@ use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{Scope, StreamVec};
 
-use connectors::{AlertLog, ArchiveStats, ArchiveWriter, LineSource};
+use connectors::{AlertLog, ArchiveStats, ArchiveWriter, LineBatch, LineSource};
 use operators::dataflow::{Output, RunFleet};
 use operators::fences::FenceIndex;
 use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
@@ -363,7 +363,7 @@ fn replay_source<'scope>(
         let mut capabilities = Some(capabilities);
         let mut epoch = 0u64;
         let mut top = TopTimes::default();
-        let mut batch = Vec::new();
+        let mut batch = LineBatch::default();
         let mut decoded = Vec::new();
         let mut pending_records: Vec<Record> = Vec::new();
         let mut pending_rejects: Vec<Reject> = Vec::new();
@@ -371,6 +371,7 @@ fn replay_source<'scope>(
             let Some(caps) = capabilities.as_mut() else {
                 return;
             };
+            batch.clear();
             let more = match lines.next_batch(LINES_PER_ACTIVATION, &mut batch) {
                 Ok(more) => more,
                 Err(e) => {
@@ -383,7 +384,7 @@ fn replay_source<'scope>(
             let mut rejects_h = rejects_out.activate();
             let mut samples_h = samples_out.activate();
             let mut report = report.borrow_mut();
-            for (line, bytes) in batch.drain(..) {
+            for (line, bytes) in batch.iter() {
                 let line_epoch = line / setup.epoch_lines;
                 if line_epoch > epoch {
                     records_h
@@ -401,7 +402,7 @@ fn replay_source<'scope>(
                     epoch = line_epoch;
                 }
                 report.messages += 1;
-                decode_payload(&bytes, None, received_at, &setup.limits, &mut decoded);
+                decode_payload(bytes, None, received_at, &setup.limits, &mut decoded);
                 for (element, item) in decoded.drain(..).enumerate() {
                     match item {
                         Ok(reading) => {
