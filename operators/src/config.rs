@@ -47,7 +47,7 @@ pub struct RulesConfig {
     /// `location_jump` settings.
     pub location_jump: JumpRules,
     /// `geofence_exit` settings.
-    pub geofence_exit: GeofenceRules,
+    pub geofence_exit: EnabledOnly,
     /// `risk_zone_enter` settings.
     pub risk_zone_enter: RiskEnterRules,
     /// `risk_zone_dwell` settings.
@@ -78,7 +78,7 @@ defaults!(RulesConfig {
     offline: OfflineRules::default(),
     gnss_jamming: JammingRules::default(),
     location_jump: JumpRules::default(),
-    geofence_exit: GeofenceRules::default(),
+    geofence_exit: EnabledOnly::default(),
     risk_zone_enter: RiskEnterRules::default(),
     risk_zone_dwell: RiskDwellRules::default(),
     stationary_long: StationaryRules::default(),
@@ -205,24 +205,6 @@ defaults!(JumpRules {
     enabled: true,
     min_distance_m: 5_000.0,
     min_speed_kmh: 250.0,
-});
-
-/// `geofence_exit`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GeofenceRules {
-    /// Whether the kind is evaluated.
-    pub enabled: bool,
-    /// One fix further than this outside (or inside) decides alone.
-    pub far_m: f64,
-    /// Otherwise this many consecutive fixes decide.
-    pub confirm_fixes: u32,
-}
-
-defaults!(GeofenceRules {
-    enabled: true,
-    far_m: 1_000.0,
-    confirm_fixes: 2,
 });
 
 /// `risk_zone_enter`.

@@ -41,13 +41,16 @@ impl Fix {
     }
 }
 
-/// A newly accepted fix and the accepted fix before it.
+/// A newly accepted fix, the accepted fix before it and the valid fix after it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Step {
     /// The previous accepted fix, if any.
     pub prev: Option<Fix>,
     /// The fix just accepted.
     pub fix: Fix,
+    /// The valid fix that followed it (and decided it was no outlier): rules that fire on a
+    /// single fix check that it confirms the new position (SPEC §4a).
+    pub next: Fix,
     /// Distance from `prev`, metres (0 without `prev`).
     pub dist_m: f64,
     /// Time since `prev`, milliseconds (0 without `prev`).
@@ -55,6 +58,18 @@ pub struct Step {
 }
 
 impl Step {
+    /// A step without neighbours (tests of single kinds).
+    #[cfg(test)]
+    pub fn lone(fix: Fix) -> Self {
+        Self {
+            prev: None,
+            fix,
+            next: fix,
+            dist_m: 0.0,
+            dt_ms: 0,
+        }
+    }
+
     /// Implied speed from `prev`, km/h.
     pub fn speed_kmh(&self) -> f64 {
         implied_speed_kmh(self.dist_m, self.dt_ms.max(1000))
@@ -99,12 +114,14 @@ impl PositionChain {
             Some(prev) => Step {
                 prev: Some(prev),
                 fix: held,
+                next: fix,
                 dist_m: prev.distance_m(&held),
                 dt_ms: held.ts_ms - prev.ts_ms,
             },
             None => Step {
                 prev: None,
                 fix: held,
+                next: fix,
                 dist_m: 0.0,
                 dt_ms: 0,
             },

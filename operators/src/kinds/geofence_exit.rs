@@ -14,60 +14,61 @@ use crate::position::{Fix, Step};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GeofenceExit {
     open_since: Option<i64>,
-    /// First fix of the current run on the other side of the boundary, and the run length.
-    streak: Option<(Fix, u32)>,
+    /// Signed distance of the last `next` fix, reused when that fix is accepted.
+    next_distance: Option<(i64, f64)>,
 }
 
 impl GeofenceExit {
     /// Handles an accepted fix. `device_id` names the device of a fix by its index.
+    ///
+    /// A fix on the other side of the boundary decides when the next valid fix is on that
+    /// side too: that is the "two consecutive fixes" rule, and it is also the confirmation a
+    /// single fix far outside needs (SPEC §4a), so a drift fix never opens or closes it.
     pub fn on_step<'d>(
         &mut self,
         step: &Step,
         device_id: impl Fn(u16) -> Dev<'d>,
         ctx: &mut Ctx<'_>,
     ) {
-        let rules = &ctx.rules.geofence_exit;
-        if !rules.enabled || ctx.permitted.is_empty() {
+        if !ctx.rules.geofence_exit.enabled || ctx.permitted.is_empty() {
             return;
         }
+        let distance = |f: &Fix| {
+            ctx.fences
+                .union_signed_distance_m(ctx.permitted, f.lat, f.lon)
+        };
         let fix = step.fix;
-        let outside_m = ctx
-            .fences
-            .union_signed_distance_m(ctx.permitted, fix.lat, fix.lon);
-        let crossed = if self.open_since.is_none() {
-            outside_m > 0.0
-        } else {
-            outside_m <= 0.0
+        let here = match self.next_distance {
+            Some((ts, d)) if ts == fix.ts_ms => d,
+            _ => distance(&fix),
         };
-        if !crossed {
-            self.streak = None;
+        let next = distance(&step.next);
+        self.next_distance = Some((step.next.ts_ms, next));
+        let crossed = |d: f64| {
+            if self.open_since.is_none() {
+                d > 0.0
+            } else {
+                d <= 0.0
+            }
+        };
+        if !crossed(here) || !crossed(next) {
             return;
         }
-        let (first, run) = match self.streak {
-            Some((first, run)) => (first, run + 1),
-            None => (fix, 1),
-        };
-        self.streak = Some((first, run));
-        if run < rules.confirm_fixes && outside_m.abs() <= rules.far_m {
-            return;
-        }
-        self.streak = None;
-        let dev = device_id(first.device);
-        let saved = ctx.position.replace((first.lat, first.lon));
+        let dev = device_id(fix.device);
         let permitted: Vec<&str> = ctx
             .permitted
             .iter()
             .map(|i| ctx.fences.fence(*i).id.as_str())
             .collect();
         let ev = evidence(json!({
-            "distance_outside_m": outside_m.round(),
+            "distance_outside_m": here.round(),
+            "next_distance_outside_m": next.round(),
             "permitted_fences": permitted,
-            "fixes": run,
         }));
         match self.open_since.take() {
             None => {
-                ctx.open(AlertKind::GeofenceExit, dev.class, dev.id, first.ts_ms, ev);
-                self.open_since = Some(first.ts_ms);
+                ctx.open(AlertKind::GeofenceExit, dev.class, dev.id, fix.ts_ms, ev);
+                self.open_since = Some(fix.ts_ms);
             }
             Some(since) => {
                 ctx.close(
@@ -75,12 +76,11 @@ impl GeofenceExit {
                     dev.class,
                     dev.id,
                     since,
-                    first.ts_ms,
+                    fix.ts_ms,
                     ev,
                 );
             }
         }
-        ctx.position = saved;
     }
 }
 
@@ -105,20 +105,23 @@ mod tests {
             id: "D1",
             class: DeviceClass::Wired,
         };
+        let fixes: Vec<Fix> = lats
+            .iter()
+            .enumerate()
+            .map(|(i, lat)| Fix {
+                ts_ms: i as i64 * 60_000,
+                lat: *lat,
+                lon: 121.05,
+                device: 0,
+                ignition: Some(true),
+                speed_kmh: Some(50.0),
+            })
+            .collect();
         summary(&with_ctx(&rules, &fences, &permitted, None, |ctx| {
-            for (i, lat) in lats.iter().enumerate() {
+            for pair in fixes.windows(2) {
                 let step = Step {
-                    prev: None,
-                    fix: Fix {
-                        ts_ms: i as i64 * 60_000,
-                        lat: *lat,
-                        lon: 121.05,
-                        device: 0,
-                        ignition: Some(true),
-                        speed_kmh: Some(50.0),
-                    },
-                    dist_m: 0.0,
-                    dt_ms: 0,
+                    next: pair[1],
+                    ..Step::lone(pair[0])
                 };
                 k.on_step(&step, dev, ctx);
             }
@@ -141,8 +144,13 @@ mod tests {
     }
 
     #[test]
-    fn one_fix_far_outside_is_enough() {
+    fn a_fix_far_outside_confirmed_by_the_next_opens() {
         let out = run(&[31.05, 31.2, 31.21]);
         assert_eq!(out, vec![(AlertKind::GeofenceExit, Phase::Open, 60)]);
+    }
+
+    #[test]
+    fn a_single_drift_fix_outside_is_quiet() {
+        assert!(run(&[31.05, 31.2, 31.05, 31.05]).is_empty());
     }
 }

@@ -61,6 +61,7 @@ mod tests {
         Step {
             prev: Some(Fix { ts_ms: 0, ..fix }),
             fix,
+            next: fix,
             dist_m,
             dt_ms: dt_s * 1000,
         }

@@ -123,19 +123,14 @@ mod tests {
             id: "D1",
             class: DeviceClass::Wired,
         };
-        let s = Step {
-            prev: None,
-            fix: Fix {
-                ts_ms: ts_min * 60_000,
-                lat: if inside { 31.0 } else { 31.1 },
-                lon: 121.0,
-                device: 0,
-                ignition: None,
-                speed_kmh: None,
-            },
-            dist_m: 0.0,
-            dt_ms: 0,
-        };
+        let s = Step::lone(Fix {
+            ts_ms: ts_min * 60_000,
+            lat: if inside { 31.0 } else { 31.1 },
+            lon: 121.0,
+            device: 0,
+            ignition: None,
+            speed_kmh: None,
+        });
         let mut left = Vec::new();
         let inside = if inside { vec![yard] } else { vec![] };
         visits.on_step(&s, &inside, dev, ctx, &mut left);

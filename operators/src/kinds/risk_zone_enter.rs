@@ -149,19 +149,14 @@ mod tests {
             .into_iter()
             .enumerate()
             {
-                let step = Step {
-                    prev: None,
-                    fix: Fix {
-                        ts_ms: i as i64 * 60_000,
-                        lat,
-                        lon: 121.0,
-                        device: 0,
-                        ignition: None,
-                        speed_kmh: None,
-                    },
-                    dist_m: 0.0,
-                    dt_ms: 0,
-                };
+                let step = Step::lone(Fix {
+                    ts_ms: i as i64 * 60_000,
+                    lat,
+                    lon: 121.0,
+                    device: 0,
+                    ignition: None,
+                    speed_kmh: None,
+                });
                 let inside: Vec<_> = if inside { vec![pawn] } else { vec![] };
                 k.on_step(&step, &inside, dev, ctx, &mut left);
             }

@@ -133,19 +133,14 @@ mod tests {
     use schemas::{DeviceClass, Phase};
 
     fn step(ts_h: i64, lat: f64) -> Step {
-        Step {
-            prev: None,
-            fix: Fix {
-                ts_ms: ts_h * 3_600_000,
-                lat,
-                lon: 121.0,
-                device: 0,
-                ignition: Some(false),
-                speed_kmh: None,
-            },
-            dist_m: 0.0,
-            dt_ms: 0,
-        }
+        Step::lone(Fix {
+            ts_ms: ts_h * 3_600_000,
+            lat,
+            lon: 121.0,
+            device: 0,
+            ignition: Some(false),
+            speed_kmh: None,
+        })
     }
 
     #[test]

@@ -84,7 +84,10 @@ impl TowSuspected {
             }
         };
         let moved_m = anchor.distance_m(&fix);
-        if !self.fired_this_parking && moved_m >= rules.distance_m {
+        // One fix is not enough (SPEC §4a): the next fix must also be away, ignition off.
+        let confirmed =
+            step.next.ignition == Some(false) && anchor.distance_m(&step.next) >= rules.distance_m;
+        if !self.fired_this_parking && moved_m >= rules.distance_m && confirmed {
             ctx.instant(
                 AlertKind::TowSuspected,
                 dev.id,
@@ -111,19 +114,14 @@ mod tests {
     use schemas::{DeviceClass, Phase};
 
     fn step(ts_s: i64, lat: f64, ignition: Option<bool>) -> Step {
-        Step {
-            prev: None,
-            fix: Fix {
-                ts_ms: ts_s * 1000,
-                lat,
-                lon: 121.0,
-                device: 0,
-                ignition,
-                speed_kmh: None,
-            },
-            dist_m: 0.0,
-            dt_ms: 0,
-        }
+        Step::lone(Fix {
+            ts_ms: ts_s * 1000,
+            lat,
+            lon: 121.0,
+            device: 0,
+            ignition,
+            speed_kmh: None,
+        })
     }
 
     fn run(steps: &[(Step, bool)]) -> Vec<(AlertKind, Phase, i64)> {
@@ -151,6 +149,22 @@ mod tests {
             (step(240, 31.01, Some(false)), false),
         ]);
         assert_eq!(out, vec![(AlertKind::TowSuspected, Phase::Instant, 180)]);
+    }
+
+    #[test]
+    fn a_single_fix_away_is_not_confirmed() {
+        let mut away = step(120, 31.01, Some(false));
+        away.next = step(180, 31.0, Some(false)).fix;
+        let mut driven = step(240, 31.02, Some(false));
+        driven.next = step(300, 31.03, Some(true)).fix;
+        let out = run(&[
+            (step(0, 31.0, Some(true)), false),
+            (step(60, 31.0, Some(false)), false),
+            (away, false),
+            (step(180, 31.0, Some(false)), false),
+            (driven, false),
+        ]);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
