@@ -126,7 +126,7 @@ pub struct FleetOutputs {
 
 /// The vehicles of one worker.
 pub struct Fleet {
-    rules: RulesConfig,
+    rules: Arc<RulesConfig>,
     registry: Arc<Registry>,
     fences: Arc<FenceIndex>,
     vehicles: Vec<VehicleState>,
@@ -145,7 +145,7 @@ impl Fleet {
     /// An empty fleet.
     pub fn new(rules: RulesConfig, registry: Arc<Registry>, fences: Arc<FenceIndex>) -> Self {
         Self {
-            rules,
+            rules: Arc::new(rules),
             registry,
             fences,
             vehicles: Vec::new(),
@@ -205,8 +205,7 @@ impl Fleet {
     ) {
         records.sort_unstable_by_key(|r| r.ingest_seq);
         let limit = self.clock.future_limit_ms(&self.rules, samples);
-        let fences = Arc::clone(&self.fences);
-        let rules = self.rules.clone();
+        let (rules, fences) = (Arc::clone(&self.rules), Arc::clone(&self.fences));
         let env = Env {
             rules: &rules,
             fences: &fences,
@@ -284,8 +283,7 @@ impl Fleet {
 
     /// End of input: processes every buffered reading. Open incidents stay open.
     pub fn finish(&mut self, wall_now_ms: i64, out: &mut FleetOutputs) {
-        let fences = Arc::clone(&self.fences);
-        let rules = self.rules.clone();
+        let (rules, fences) = (Arc::clone(&self.rules), Arc::clone(&self.fences));
         let env = Env {
             rules: &rules,
             fences: &fences,
