@@ -2,9 +2,10 @@
 //! zstd-compressed, sorted Parquet files in an object store.
 //!
 //! One [`ArchiveWriter`] per timely worker, driven from the worker thread with a synchronous
-//! API. Rows are buffered per (dataset, UTC date and hour) partition, encoded on the worker
-//! thread when a partition is rolled, and handed to an uploader thread that publishes each
-//! file with a single create-only `put`, so a file becomes visible only when complete.
+//! API. Rows are appended to Arrow column builders per (dataset, UTC date and hour) partition,
+//! sorted and encoded on the worker thread when a partition is rolled, and handed to an
+//! uploader thread that publishes each file with a single create-only `put`, so a file
+//! becomes visible only when complete.
 //!
 //! Object keys:
 //! `<dataset>/date=YYYY-MM-DD/hour=HH/part-<process>-<worker>-<run>-<seq>.parquet`.
@@ -14,11 +15,11 @@ mod rows;
 mod tests;
 mod upload;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use arrow_schema::ArrowError;
+use arrow_select::take::take_record_batch;
 use bytes::Bytes;
 use chrono::DateTime;
 use object_store::ObjectStore;
@@ -33,7 +34,7 @@ use parquet::schema::types::ColumnPath;
 use schemas::time::HOUR_MS;
 use schemas::{Alert, Record, Reject};
 
-use rows::{AlertRow, ArchiveRow};
+use rows::{AlertColumns, Columns, RejectColumns, TelemetryColumns};
 use upload::{Upload, Uploader};
 
 /// When the estimated bytes buffered over all partitions of a writer exceed this many times
@@ -193,27 +194,33 @@ fn run_token(now_ms: i64) -> String {
 }
 
 /// Rows of one (dataset, hour) partition waiting to be written.
-struct Buffer<R> {
-    /// The rows, in arrival order.
-    rows: Vec<R>,
-    /// Estimated uncompressed bytes of `rows`.
+struct Buffer<C> {
+    /// The partition: hours since the epoch (UTC).
+    hour: i64,
+    /// The rows, in arrival order, as column builders.
+    columns: C,
+    /// Estimated uncompressed bytes of the rows.
     bytes: u64,
     /// Writer clock when the first row arrived.
     opened_ms: i64,
 }
 
-/// The open partitions of one dataset, keyed by hours since the epoch (UTC).
-struct Partitions<R> {
-    /// Buffered partitions by hour.
-    open: HashMap<i64, Buffer<R>>,
+/// The open partitions of one dataset.
+struct Partitions<C> {
+    /// Buffered partitions, in no particular order. Few are open at a time (the current hour,
+    /// late or early ones), so a scan is cheaper than hashing.
+    open: Vec<Buffer<C>>,
+    /// Index in `open` of the partition the last row went to: consecutive rows mostly hit
+    /// the same hour. Only a hint, checked against the hour before use.
+    last: usize,
     /// Writer settings of the dataset's files (compression, row groups, sorting columns).
     props: WriterProperties,
 }
 
-impl<R: ArchiveRow> Partitions<R> {
+impl<C: Columns> Partitions<C> {
     /// No open partitions; files will use `compression` and `row_group_rows`.
     fn new(compression: Compression, row_group_rows: usize) -> Self {
-        let sorting = R::SORT_COLUMNS
+        let sorting = C::SORT_COLUMNS
             .iter()
             .map(|&column_idx| SortingColumn {
                 column_idx,
@@ -225,13 +232,39 @@ impl<R: ArchiveRow> Partitions<R> {
             .set_compression(compression)
             .set_max_row_group_row_count(Some(row_group_rows))
             .set_sorting_columns(Some(sorting));
-        for &column in R::PLAIN_COLUMNS {
+        for &column in C::PLAIN_COLUMNS {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
         }
         Self {
-            open: HashMap::new(),
+            open: Vec::new(),
+            last: 0,
             props: props.build(),
         }
+    }
+
+    /// The partition of `hour`, opened (stamped `clock_ms`) if needed.
+    fn get_or_open(&mut self, hour: i64, clock_ms: i64) -> &mut Buffer<C> {
+        if self.open.get(self.last).is_none_or(|b| b.hour != hour) {
+            self.last = match self.open.iter().position(|b| b.hour == hour) {
+                Some(index) => index,
+                None => {
+                    self.open.push(Buffer {
+                        hour,
+                        columns: C::with_capacity(0),
+                        bytes: 0,
+                        opened_ms: clock_ms,
+                    });
+                    self.open.len() - 1
+                }
+            };
+        }
+        &mut self.open[self.last]
+    }
+
+    /// Takes the partition of `hour` out, if open.
+    fn remove(&mut self, hour: i64) -> Option<Buffer<C>> {
+        let index = self.open.iter().position(|b| b.hour == hour)?;
+        Some(self.open.swap_remove(index))
     }
 
     /// Hours of the partitions whose (hour, `opened_ms`) satisfies `due`, ascending.
@@ -239,8 +272,8 @@ impl<R: ArchiveRow> Partitions<R> {
         let mut hours: Vec<i64> = self
             .open
             .iter()
-            .filter(|(hour, b)| due(**hour, b.opened_ms))
-            .map(|(&hour, _)| hour)
+            .filter(|b| due(b.hour, b.opened_ms))
+            .map(|b| b.hour)
             .collect();
         hours.sort_unstable();
         hours
@@ -248,12 +281,12 @@ impl<R: ArchiveRow> Partitions<R> {
 
     /// Rows buffered over all partitions.
     fn buffered_rows(&self) -> usize {
-        self.open.values().map(|b| b.rows.len()).sum()
+        self.open.iter().map(|b| b.columns.len()).sum()
     }
 
     /// The partition with the most estimated bytes.
     fn largest(&self) -> Option<(u64, i64)> {
-        self.open.iter().map(|(&hour, b)| (b.bytes, hour)).max()
+        self.open.iter().map(|b| (b.bytes, b.hour)).max()
     }
 }
 
@@ -275,17 +308,17 @@ struct Output {
 
 impl Output {
     /// Sorts, encodes and queues one partition's rows as the writer's next file.
-    fn write<R: ArchiveRow>(
+    fn write<C: Columns>(
         &mut self,
         hour: i64,
-        rows: Vec<R>,
+        columns: C,
         props: &WriterProperties,
     ) -> Result<(), ArchiveError> {
         let start =
             DateTime::from_timestamp_millis(hour.saturating_mul(HOUR_MS)).unwrap_or_default();
         let path = Path::from(format!(
             "{}/date={}/hour={}/part-{}-{}-{}-{:06}.parquet",
-            R::DATASET.dir(),
+            C::DATASET.dir(),
             start.format("%Y-%m-%d"),
             start.format("%H"),
             self.process,
@@ -294,29 +327,33 @@ impl Output {
             self.seq,
         ));
         self.seq += 1;
-        let order = rows::file_order(&rows);
+        let arrow_err = |source| ArchiveError::Arrow {
+            dataset: C::DATASET.dir(),
+            source,
+        };
+        let arrival = columns.finish().map_err(arrow_err)?;
+        let batch = match rows::file_order(&arrival, C::SORT_COLUMNS) {
+            Some(order) => take_record_batch(&arrival, &order).map_err(arrow_err)?,
+            None => arrival,
+        };
         let parquet_err = |source| ArchiveError::Parquet {
             path: path.to_string(),
             source,
         };
-        let mut writer = ArrowWriter::try_new(Vec::new(), R::schema(), Some(props.clone()))
+        let mut writer = ArrowWriter::try_new(Vec::new(), C::schema(), Some(props.clone()))
             .map_err(parquet_err)?;
-        let mut chunk = Vec::with_capacity(self.row_group_rows.min(rows.len()));
-        for indices in order.chunks(self.row_group_rows) {
-            chunk.clear();
-            chunk.extend(indices.iter().map(|&i| &rows[i]));
-            let batch = R::to_batch(&chunk).map_err(|source| ArchiveError::Arrow {
-                dataset: R::DATASET.dir(),
-                source,
-            })?;
-            writer.write(&batch).map_err(parquet_err)?;
+        let rows = batch.num_rows();
+        for offset in (0..rows).step_by(self.row_group_rows) {
+            let chunk = batch.slice(offset, self.row_group_rows.min(rows - offset));
+            writer.write(&chunk).map_err(parquet_err)?;
         }
+        drop(batch);
         let bytes = Bytes::from(writer.into_inner().map_err(parquet_err)?);
         self.uploader.send(Upload {
             path,
             bytes,
-            dataset: R::DATASET,
-            rows: rows.len() as u64,
+            dataset: C::DATASET,
+            rows: rows as u64,
         })
     }
 }
@@ -325,9 +362,10 @@ impl Output {
 ///
 /// # Buffering and flush rules
 ///
-/// - Rows are kept as plain Rust rows, per dataset and per UTC date/hour of their event time
-///   (`telemetry`: `ts`, `alerts`: `event_time`, `rejects`: `received_at`), with a cheap
-///   estimate of their uncompressed size.
+/// - Rows are appended to Arrow column builders as they are pushed (the pushed row itself is
+///   not kept), per dataset and per UTC date/hour of their event time (`telemetry`: `ts`,
+///   `alerts`: `event_time`, `rejects`: `received_at`), with a cheap estimate of their
+///   uncompressed size.
 /// - A partition is written as one file when its estimate reaches `max_file_bytes` (checked
 ///   on every push), when it has been open `max_file_age_s` by the writer clock (checked by
 ///   [`roll_due`](Self::roll_due)), or at [`finish`](Self::finish). When the estimate over all
@@ -354,33 +392,28 @@ pub struct ArchiveWriter {
     /// Estimated bytes over all open partitions.
     buffered_bytes: u64,
     /// Open `telemetry` partitions.
-    telemetry: Partitions<Record>,
+    telemetry: Partitions<TelemetryColumns>,
     /// Open `alerts` partitions.
-    alerts: Partitions<AlertRow>,
+    alerts: Partitions<AlertColumns>,
     /// Open `rejects` partitions.
-    rejects: Partitions<Reject>,
+    rejects: Partitions<RejectColumns>,
     /// First error of a roll triggered by a push, returned by the next `roll_due`/`finish`.
     deferred: Option<ArchiveError>,
     /// File naming and the uploader.
     out: Output,
 }
 
-/// Buffers `row` into `parts`; returns the row's size estimate, its partition hour and
-/// whether that partition is now full.
-fn buffer<R: ArchiveRow>(
-    parts: &mut Partitions<R>,
-    row: R,
+/// Appends `row` to its partition in `parts`; returns the row's size estimate, its partition
+/// hour and whether that partition is now full.
+fn buffer<C: Columns>(
+    parts: &mut Partitions<C>,
+    row: &C::Row,
     clock_ms: i64,
     max_file_bytes: u64,
 ) -> (u64, i64, bool) {
-    let hour = row.partition_ms().div_euclid(HOUR_MS);
-    let estimate = row.estimated_bytes();
-    let buffer = parts.open.entry(hour).or_insert_with(|| Buffer {
-        rows: Vec::new(),
-        bytes: 0,
-        opened_ms: clock_ms,
-    });
-    buffer.rows.push(row);
+    let hour = C::partition_ms(row).div_euclid(HOUR_MS);
+    let buffer = parts.get_or_open(hour, clock_ms);
+    let estimate = buffer.columns.push(row);
     buffer.bytes += estimate;
     (estimate, hour, buffer.bytes >= max_file_bytes)
 }
@@ -427,11 +460,12 @@ impl ArchiveWriter {
         })
     }
 
-    /// Buffers one accepted telemetry record (taken by value: no copy on the hot path).
+    /// Buffers one accepted telemetry record (taken by value: its fields are appended to the
+    /// partition's columns and the record is dropped here).
     pub fn push_telemetry(&mut self, record: Record) {
         let pushed = buffer(
             &mut self.telemetry,
-            record,
+            &record,
             self.clock_ms,
             self.max_file_bytes,
         );
@@ -440,8 +474,7 @@ impl ArchiveWriter {
 
     /// Buffers one alert (its evidence is rendered as JSON text).
     pub fn push_alert(&mut self, alert: &Alert) {
-        let row = AlertRow::from(alert);
-        let pushed = buffer(&mut self.alerts, row, self.clock_ms, self.max_file_bytes);
+        let pushed = buffer(&mut self.alerts, alert, self.clock_ms, self.max_file_bytes);
         self.after_push(pushed, |w, hour| roll(&mut w.out, &mut w.alerts, hour));
     }
 
@@ -449,7 +482,7 @@ impl ArchiveWriter {
     pub fn push_reject(&mut self, reject: Reject) {
         let pushed = buffer(
             &mut self.rejects,
-            reject,
+            &reject,
             self.clock_ms,
             self.max_file_bytes,
         );
@@ -570,9 +603,9 @@ impl ArchiveWriter {
 type Rolled = (u64, Result<(), ArchiveError>);
 
 /// Takes partition `hour` out of `parts` and writes it.
-fn roll<R: ArchiveRow>(out: &mut Output, parts: &mut Partitions<R>, hour: i64) -> Rolled {
-    match parts.open.remove(&hour) {
-        Some(buffer) => (buffer.bytes, out.write(hour, buffer.rows, &parts.props)),
+fn roll<C: Columns>(out: &mut Output, parts: &mut Partitions<C>, hour: i64) -> Rolled {
+    match parts.remove(hour) {
+        Some(buffer) => (buffer.bytes, out.write(hour, buffer.columns, &parts.props)),
         None => (0, Ok(())),
     }
 }

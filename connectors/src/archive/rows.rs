@@ -1,17 +1,21 @@
-//! The three archived row types and how each becomes an Arrow [`RecordBatch`] matching its
-//! declared schema in [`schemas::arrow`]: the partitioning time, the sort order, a cheap size
-//! estimate and the column builders.
+//! The three archived datasets and how their rows are buffered: each open partition appends
+//! every pushed row straight into Arrow column builders matching the dataset's declared schema
+//! in [`schemas::arrow`], so the writer keeps about 100 bytes a telemetry row instead of the
+//! row itself. At roll time the columns become a [`RecordBatch`] in arrival order and
+//! [`file_order`] gives the permutation that sorts it into file order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, ListBuilder, StringBuilder,
-    TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
+    ArrayBuilder, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, ListBuilder,
+    StringBuilder, TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{ArrowError, SchemaRef};
-use schemas::{Alert, AlertKind, Phase, Record, Reject, Severity};
+use schemas::{Alert, Record, Reject};
 
 /// The archive datasets (SPEC §6), each a top-level directory under the root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,11 +39,15 @@ impl Dataset {
     }
 }
 
-/// A row type the archive buffers and encodes.
-pub(super) trait ArchiveRow: Sized {
+/// The column builders of one open partition of a dataset: rows are appended as they are
+/// pushed and become one batch, in arrival order, when the partition is rolled.
+pub(super) trait Columns {
+    /// The row type pushed into the dataset.
+    type Row;
     /// The dataset the rows go to.
     const DATASET: Dataset;
-    /// Leaf column indices the rows are sorted by, declared as Parquet `sorting_columns`.
+    /// Leaf column indices the rows are sorted by, declared as Parquet `sorting_columns`:
+    /// an optional string column, then a `Timestamp(Microsecond)` column (see [`file_order`]).
     const SORT_COLUMNS: &'static [i32];
     /// High-cardinality columns written without dictionary encoding (raw floats, times, bytes).
     const PLAIN_COLUMNS: &'static [&'static str];
@@ -48,18 +56,20 @@ pub(super) trait ArchiveRow: Sized {
     fn schema() -> SchemaRef;
 
     /// The event time (epoch ms) that picks the row's date/hour partition.
-    fn partition_ms(&self) -> i64;
+    fn partition_ms(row: &Self::Row) -> i64;
 
-    /// A cheap estimate of the row's uncompressed Arrow size: a fixed part per row plus the
-    /// lengths of its strings.
-    fn estimated_bytes(&self) -> u64;
+    /// Empty builders with room for about `rows` rows.
+    fn with_capacity(rows: usize) -> Self;
 
-    /// The file order ([`Self::SORT_COLUMNS`]): a string (`""` when the dataset sorts by
-    /// time only), then a time in ms.
-    fn sort_key(&self) -> (&str, i64);
+    /// Appends `row`; returns a cheap estimate of its uncompressed Arrow size: a fixed part per
+    /// row plus the lengths of its strings.
+    fn push(&mut self, row: &Self::Row) -> u64;
 
-    /// Builds one batch from `rows`, in order.
-    fn to_batch(rows: &[&Self]) -> Result<RecordBatch, ArrowError>;
+    /// Rows appended so far.
+    fn len(&self) -> usize;
+
+    /// The appended rows as one batch, in arrival order.
+    fn finish(self) -> Result<RecordBatch, ArrowError>;
 }
 
 /// Epoch milliseconds as the archive's microseconds; saturates instead of overflowing.
@@ -82,7 +92,45 @@ fn timestamps(capacity: usize) -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC")
 }
 
-impl ArchiveRow for Record {
+/// A string builder for `rows` values of about `bytes_per_row` bytes each.
+fn strings(rows: usize, bytes_per_row: usize) -> StringBuilder {
+    StringBuilder::with_capacity(rows, rows.saturating_mul(bytes_per_row))
+}
+
+/// Builders of the `telemetry` columns, in [`schemas::arrow::TELEMETRY`] order.
+pub(super) struct TelemetryColumns {
+    vehicle_id: StringBuilder,
+    loan_id: StringBuilder,
+    device_id: StringBuilder,
+    ts: TimestampMicrosecondBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    seq: UInt64Builder,
+    backfill: BooleanBuilder,
+    lat: Float64Builder,
+    lon: Float64Builder,
+    fix: BooleanBuilder,
+    gnss_speed_kmh: Float32Builder,
+    heading: Float32Builder,
+    alt_m: Float32Builder,
+    hdop: Float32Builder,
+    sats: UInt16Builder,
+    ignition: BooleanBuilder,
+    speed_kmh: Float32Builder,
+    odometer_km: Float64Builder,
+    rpm: Float32Builder,
+    vin: StringBuilder,
+    mil: BooleanBuilder,
+    dtc_count: UInt32Builder,
+    dist_since_clear_km: Float64Builder,
+    dist_mil_km: Float64Builder,
+    engine_hours: Float64Builder,
+    ext_v: Float32Builder,
+    battery_pct: Float32Builder,
+    alarms: ListBuilder<StringBuilder>,
+}
+
+impl Columns for TelemetryColumns {
+    type Row = Record;
     const DATASET: Dataset = Dataset::Telemetry;
     const SORT_COLUMNS: &'static [i32] = &[0, 3];
     const PLAIN_COLUMNS: &'static [&'static str] = &[
@@ -100,169 +148,154 @@ impl ArchiveRow for Record {
         Arc::clone(&schemas::arrow::TELEMETRY)
     }
 
-    fn partition_ms(&self) -> i64 {
-        self.reading.ts_ms
+    fn partition_ms(row: &Record) -> i64 {
+        row.reading.ts_ms
     }
 
-    fn estimated_bytes(&self) -> u64 {
-        // Fixed-width columns, offsets and validity bits come to about 136 bytes a row.
-        let r = &self.reading;
-        136 + len(&self.vehicle_id)
-            + opt_len(self.loan_id.as_ref())
-            + len(&r.device_id)
-            + opt_len(r.obd.as_ref().and_then(|o| o.vin.as_ref()))
-            + r.alarms.iter().map(|a| len(a) + 4).sum::<u64>()
-    }
-
-    fn sort_key(&self) -> (&str, i64) {
-        (&self.vehicle_id, self.reading.ts_ms)
-    }
-
-    fn to_batch(rows: &[&Self]) -> Result<RecordBatch, ArrowError> {
-        let n = rows.len();
-        let id_bytes: usize = rows.iter().map(|r| r.vehicle_id.len()).sum();
-        let mut vehicle_id = StringBuilder::with_capacity(n, id_bytes);
-        let mut loan_id = StringBuilder::with_capacity(n, id_bytes);
-        let mut device_id = StringBuilder::with_capacity(n, id_bytes);
-        let mut ts = timestamps(n);
-        let mut received_at = timestamps(n);
-        let mut seq = UInt64Builder::with_capacity(n);
-        let mut backfill = BooleanBuilder::with_capacity(n);
-        let mut lat = Float64Builder::with_capacity(n);
-        let mut lon = Float64Builder::with_capacity(n);
-        let mut fix = BooleanBuilder::with_capacity(n);
-        let mut gnss_speed_kmh = Float32Builder::with_capacity(n);
-        let mut heading = Float32Builder::with_capacity(n);
-        let mut alt_m = Float32Builder::with_capacity(n);
-        let mut hdop = Float32Builder::with_capacity(n);
-        let mut sats = UInt16Builder::with_capacity(n);
-        let mut ignition = BooleanBuilder::with_capacity(n);
-        let mut speed_kmh = Float32Builder::with_capacity(n);
-        let mut odometer_km = Float64Builder::with_capacity(n);
-        let mut rpm = Float32Builder::with_capacity(n);
-        let mut vin = StringBuilder::new();
-        let mut mil = BooleanBuilder::with_capacity(n);
-        let mut dtc_count = UInt32Builder::with_capacity(n);
-        let mut dist_since_clear_km = Float64Builder::with_capacity(n);
-        let mut dist_mil_km = Float64Builder::with_capacity(n);
-        let mut engine_hours = Float64Builder::with_capacity(n);
-        let mut ext_v = Float32Builder::with_capacity(n);
-        let mut battery_pct = Float32Builder::with_capacity(n);
-        let mut alarms = ListBuilder::with_capacity(StringBuilder::new(), n);
-
-        for &row in rows {
-            let r = &row.reading;
-            vehicle_id.append_value(&row.vehicle_id);
-            loan_id.append_option(row.loan_id.as_deref());
-            device_id.append_value(&r.device_id);
-            ts.append_value(micros(r.ts_ms));
-            received_at.append_value(micros(r.received_at_ms));
-            seq.append_option(r.seq);
-            backfill.append_value(r.backfill);
-            let g = r.gnss.as_ref();
-            lat.append_option(g.and_then(|g| g.lat));
-            lon.append_option(g.and_then(|g| g.lon));
-            fix.append_option(g.map(|g| g.fix));
-            gnss_speed_kmh.append_option(g.and_then(|g| g.speed_kmh));
-            heading.append_option(g.and_then(|g| g.heading));
-            alt_m.append_option(g.and_then(|g| g.alt_m));
-            hdop.append_option(g.and_then(|g| g.hdop));
-            sats.append_option(g.and_then(|g| g.sats));
-            ignition.append_option(r.ignition);
-            speed_kmh.append_option(r.speed_kmh);
-            odometer_km.append_option(r.odometer_km);
-            let o = r.obd.as_ref();
-            rpm.append_option(o.and_then(|o| o.rpm));
-            vin.append_option(o.and_then(|o| o.vin.as_deref()));
-            mil.append_option(o.and_then(|o| o.mil));
-            dtc_count.append_option(o.and_then(|o| o.dtc_count));
-            dist_since_clear_km.append_option(o.and_then(|o| o.dist_since_clear_km));
-            dist_mil_km.append_option(o.and_then(|o| o.dist_mil_km));
-            engine_hours.append_option(o.and_then(|o| o.engine_hours));
-            let p = r.power.as_ref();
-            ext_v.append_option(p.and_then(|p| p.ext_v));
-            battery_pct.append_option(p.and_then(|p| p.battery_pct));
-            for alarm in &r.alarms {
-                alarms.values().append_value(alarm);
-            }
-            alarms.append(true);
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            vehicle_id: strings(n, 12),
+            loan_id: strings(n, 12),
+            device_id: strings(n, 15),
+            ts: timestamps(n),
+            received_at: timestamps(n),
+            seq: UInt64Builder::with_capacity(n),
+            backfill: BooleanBuilder::with_capacity(n),
+            lat: Float64Builder::with_capacity(n),
+            lon: Float64Builder::with_capacity(n),
+            fix: BooleanBuilder::with_capacity(n),
+            gnss_speed_kmh: Float32Builder::with_capacity(n),
+            heading: Float32Builder::with_capacity(n),
+            alt_m: Float32Builder::with_capacity(n),
+            hdop: Float32Builder::with_capacity(n),
+            sats: UInt16Builder::with_capacity(n),
+            ignition: BooleanBuilder::with_capacity(n),
+            speed_kmh: Float32Builder::with_capacity(n),
+            odometer_km: Float64Builder::with_capacity(n),
+            rpm: Float32Builder::with_capacity(n),
+            vin: strings(n, 17),
+            mil: BooleanBuilder::with_capacity(n),
+            dtc_count: UInt32Builder::with_capacity(n),
+            dist_since_clear_km: Float64Builder::with_capacity(n),
+            dist_mil_km: Float64Builder::with_capacity(n),
+            engine_hours: Float64Builder::with_capacity(n),
+            ext_v: Float32Builder::with_capacity(n),
+            battery_pct: Float32Builder::with_capacity(n),
+            alarms: ListBuilder::with_capacity(StringBuilder::new(), n),
         }
+    }
 
+    fn push(&mut self, row: &Record) -> u64 {
+        let r = &*row.reading;
+        self.vehicle_id.append_value(&row.vehicle_id);
+        self.loan_id.append_option(row.loan_id.as_deref());
+        self.device_id.append_value(&r.device_id);
+        self.ts.append_value(micros(r.ts_ms));
+        self.received_at.append_value(micros(r.received_at_ms));
+        self.seq.append_option(r.seq);
+        self.backfill.append_value(r.backfill);
+        let g = r.gnss.as_ref();
+        self.lat.append_option(g.and_then(|g| g.lat));
+        self.lon.append_option(g.and_then(|g| g.lon));
+        self.fix.append_option(g.map(|g| g.fix));
+        self.gnss_speed_kmh
+            .append_option(g.and_then(|g| g.speed_kmh));
+        self.heading.append_option(g.and_then(|g| g.heading));
+        self.alt_m.append_option(g.and_then(|g| g.alt_m));
+        self.hdop.append_option(g.and_then(|g| g.hdop));
+        self.sats.append_option(g.and_then(|g| g.sats));
+        self.ignition.append_option(r.ignition);
+        self.speed_kmh.append_option(r.speed_kmh);
+        self.odometer_km.append_option(r.odometer_km);
+        let o = r.obd.as_ref();
+        let vin = o.and_then(|o| o.vin.as_ref());
+        self.rpm.append_option(o.and_then(|o| o.rpm));
+        self.vin.append_option(vin);
+        self.mil.append_option(o.and_then(|o| o.mil));
+        self.dtc_count.append_option(o.and_then(|o| o.dtc_count));
+        self.dist_since_clear_km
+            .append_option(o.and_then(|o| o.dist_since_clear_km));
+        self.dist_mil_km
+            .append_option(o.and_then(|o| o.dist_mil_km));
+        self.engine_hours
+            .append_option(o.and_then(|o| o.engine_hours));
+        let p = r.power.as_ref();
+        self.ext_v.append_option(p.and_then(|p| p.ext_v));
+        self.battery_pct
+            .append_option(p.and_then(|p| p.battery_pct));
+        let mut alarm_bytes = 0;
+        for alarm in &r.alarms {
+            self.alarms.values().append_value(alarm);
+            alarm_bytes += len(alarm) + 4;
+        }
+        self.alarms.append(true);
+        // Fixed-width columns, offsets and validity bits come to about 136 bytes a row.
+        136 + len(&row.vehicle_id)
+            + opt_len(row.loan_id.as_ref())
+            + len(&r.device_id)
+            + opt_len(vin)
+            + alarm_bytes
+    }
+
+    fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(vehicle_id.finish()),
-            Arc::new(loan_id.finish()),
-            Arc::new(device_id.finish()),
-            Arc::new(ts.finish()),
-            Arc::new(received_at.finish()),
-            Arc::new(seq.finish()),
-            Arc::new(backfill.finish()),
-            Arc::new(lat.finish()),
-            Arc::new(lon.finish()),
-            Arc::new(fix.finish()),
-            Arc::new(gnss_speed_kmh.finish()),
-            Arc::new(heading.finish()),
-            Arc::new(alt_m.finish()),
-            Arc::new(hdop.finish()),
-            Arc::new(sats.finish()),
-            Arc::new(ignition.finish()),
-            Arc::new(speed_kmh.finish()),
-            Arc::new(odometer_km.finish()),
-            Arc::new(rpm.finish()),
-            Arc::new(vin.finish()),
-            Arc::new(mil.finish()),
-            Arc::new(dtc_count.finish()),
-            Arc::new(dist_since_clear_km.finish()),
-            Arc::new(dist_mil_km.finish()),
-            Arc::new(engine_hours.finish()),
-            Arc::new(ext_v.finish()),
-            Arc::new(battery_pct.finish()),
-            Arc::new(alarms.finish()),
+            Arc::new(self.vehicle_id.finish()),
+            Arc::new(self.loan_id.finish()),
+            Arc::new(self.device_id.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.seq.finish()),
+            Arc::new(self.backfill.finish()),
+            Arc::new(self.lat.finish()),
+            Arc::new(self.lon.finish()),
+            Arc::new(self.fix.finish()),
+            Arc::new(self.gnss_speed_kmh.finish()),
+            Arc::new(self.heading.finish()),
+            Arc::new(self.alt_m.finish()),
+            Arc::new(self.hdop.finish()),
+            Arc::new(self.sats.finish()),
+            Arc::new(self.ignition.finish()),
+            Arc::new(self.speed_kmh.finish()),
+            Arc::new(self.odometer_km.finish()),
+            Arc::new(self.rpm.finish()),
+            Arc::new(self.vin.finish()),
+            Arc::new(self.mil.finish()),
+            Arc::new(self.dtc_count.finish()),
+            Arc::new(self.dist_since_clear_km.finish()),
+            Arc::new(self.dist_mil_km.finish()),
+            Arc::new(self.engine_hours.finish()),
+            Arc::new(self.ext_v.finish()),
+            Arc::new(self.battery_pct.finish()),
+            Arc::new(self.alarms.finish()),
         ];
         RecordBatch::try_new(Self::schema(), columns)
     }
 }
 
-/// An alert as archived: the [`Alert`] fields with `evidence` already rendered as JSON text,
-/// so the writer keeps no reference to the caller's alert.
-#[derive(Debug)]
-pub(super) struct AlertRow {
-    alert_id: String,
-    kind: AlertKind,
-    phase: Phase,
-    severity: Severity,
-    vehicle_id: String,
-    loan_id: Option<String>,
-    device_id: String,
-    event_time_ms: i64,
-    detected_at_ms: i64,
-    lat: Option<f64>,
-    lon: Option<f64>,
-    backfill: bool,
-    evidence: String,
+/// Builders of the `alerts` columns, in [`schemas::arrow::ALERTS`] order; `evidence` is
+/// rendered as JSON text on push, so the writer keeps no reference to the caller's alert.
+pub(super) struct AlertColumns {
+    alert_id: StringBuilder,
+    kind: StringBuilder,
+    phase: StringBuilder,
+    severity: StringBuilder,
+    vehicle_id: StringBuilder,
+    loan_id: StringBuilder,
+    device_id: StringBuilder,
+    event_time: TimestampMicrosecondBuilder,
+    detected_at: TimestampMicrosecondBuilder,
+    lat: Float64Builder,
+    lon: Float64Builder,
+    backfill: BooleanBuilder,
+    evidence: StringBuilder,
 }
 
-impl From<&Alert> for AlertRow {
-    fn from(alert: &Alert) -> Self {
-        Self {
-            alert_id: alert.alert_id.clone(),
-            kind: alert.kind,
-            phase: alert.phase,
-            severity: alert.severity,
-            vehicle_id: alert.vehicle_id.clone(),
-            loan_id: alert.loan_id.clone(),
-            device_id: alert.device_id.clone(),
-            event_time_ms: alert.event_time_ms,
-            detected_at_ms: alert.detected_at_ms,
-            lat: alert.lat,
-            lon: alert.lon,
-            backfill: alert.backfill,
-            evidence: serde_json::to_string(&alert.evidence)
-                .expect("a map of string keys to JSON values always serializes"),
-        }
-    }
-}
-
-impl ArchiveRow for AlertRow {
+impl Columns for AlertColumns {
+    type Row = Alert;
     const DATASET: Dataset = Dataset::Alerts;
     const SORT_COLUMNS: &'static [i32] = &[4, 7];
     const PLAIN_COLUMNS: &'static [&'static str] =
@@ -272,76 +305,91 @@ impl ArchiveRow for AlertRow {
         Arc::clone(&schemas::arrow::ALERTS)
     }
 
-    fn partition_ms(&self) -> i64 {
-        self.event_time_ms
+    fn partition_ms(row: &Alert) -> i64 {
+        row.event_time_ms
     }
 
-    fn estimated_bytes(&self) -> u64 {
-        // Seven string offsets, four 8-byte values, validity bits.
-        64 + len(&self.alert_id)
-            + len(self.kind.as_str())
-            + len(self.phase.as_str())
-            + len(self.severity.as_str())
-            + len(&self.vehicle_id)
-            + opt_len(self.loan_id.as_ref())
-            + len(&self.device_id)
-            + len(&self.evidence)
-    }
-
-    fn sort_key(&self) -> (&str, i64) {
-        (&self.vehicle_id, self.event_time_ms)
-    }
-
-    fn to_batch(rows: &[&Self]) -> Result<RecordBatch, ArrowError> {
-        let n = rows.len();
-        let mut alert_id = StringBuilder::with_capacity(n, 32 * n);
-        let mut kind = StringBuilder::new();
-        let mut phase = StringBuilder::new();
-        let mut severity = StringBuilder::new();
-        let mut vehicle_id = StringBuilder::new();
-        let mut loan_id = StringBuilder::new();
-        let mut device_id = StringBuilder::new();
-        let mut event_time = timestamps(n);
-        let mut detected_at = timestamps(n);
-        let mut lat = Float64Builder::with_capacity(n);
-        let mut lon = Float64Builder::with_capacity(n);
-        let mut backfill = BooleanBuilder::with_capacity(n);
-        let mut evidence = StringBuilder::new();
-        for &row in rows {
-            alert_id.append_value(&row.alert_id);
-            kind.append_value(row.kind.as_str());
-            phase.append_value(row.phase.as_str());
-            severity.append_value(row.severity.as_str());
-            vehicle_id.append_value(&row.vehicle_id);
-            loan_id.append_option(row.loan_id.as_deref());
-            device_id.append_value(&row.device_id);
-            event_time.append_value(micros(row.event_time_ms));
-            detected_at.append_value(micros(row.detected_at_ms));
-            lat.append_option(row.lat);
-            lon.append_option(row.lon);
-            backfill.append_value(row.backfill);
-            evidence.append_value(&row.evidence);
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            alert_id: strings(n, 32),
+            kind: strings(n, 12),
+            phase: strings(n, 6),
+            severity: strings(n, 6),
+            vehicle_id: strings(n, 12),
+            loan_id: strings(n, 12),
+            device_id: strings(n, 15),
+            event_time: timestamps(n),
+            detected_at: timestamps(n),
+            lat: Float64Builder::with_capacity(n),
+            lon: Float64Builder::with_capacity(n),
+            backfill: BooleanBuilder::with_capacity(n),
+            evidence: strings(n, 64),
         }
+    }
+
+    fn push(&mut self, row: &Alert) -> u64 {
+        let evidence = serde_json::to_string(&row.evidence)
+            .expect("a map of string keys to JSON values always serializes");
+        self.alert_id.append_value(&row.alert_id);
+        self.kind.append_value(row.kind.as_str());
+        self.phase.append_value(row.phase.as_str());
+        self.severity.append_value(row.severity.as_str());
+        self.vehicle_id.append_value(&row.vehicle_id);
+        self.loan_id.append_option(row.loan_id.as_deref());
+        self.device_id.append_value(&row.device_id);
+        self.event_time.append_value(micros(row.event_time_ms));
+        self.detected_at.append_value(micros(row.detected_at_ms));
+        self.lat.append_option(row.lat);
+        self.lon.append_option(row.lon);
+        self.backfill.append_value(row.backfill);
+        self.evidence.append_value(&evidence);
+        // Seven string offsets, four 8-byte values, validity bits.
+        64 + len(&row.alert_id)
+            + len(row.kind.as_str())
+            + len(row.phase.as_str())
+            + len(row.severity.as_str())
+            + len(&row.vehicle_id)
+            + opt_len(row.loan_id.as_ref())
+            + len(&row.device_id)
+            + len(&evidence)
+    }
+
+    fn len(&self) -> usize {
+        self.event_time.len()
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(alert_id.finish()),
-            Arc::new(kind.finish()),
-            Arc::new(phase.finish()),
-            Arc::new(severity.finish()),
-            Arc::new(vehicle_id.finish()),
-            Arc::new(loan_id.finish()),
-            Arc::new(device_id.finish()),
-            Arc::new(event_time.finish()),
-            Arc::new(detected_at.finish()),
-            Arc::new(lat.finish()),
-            Arc::new(lon.finish()),
-            Arc::new(backfill.finish()),
-            Arc::new(evidence.finish()),
+            Arc::new(self.alert_id.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.phase.finish()),
+            Arc::new(self.severity.finish()),
+            Arc::new(self.vehicle_id.finish()),
+            Arc::new(self.loan_id.finish()),
+            Arc::new(self.device_id.finish()),
+            Arc::new(self.event_time.finish()),
+            Arc::new(self.detected_at.finish()),
+            Arc::new(self.lat.finish()),
+            Arc::new(self.lon.finish()),
+            Arc::new(self.backfill.finish()),
+            Arc::new(self.evidence.finish()),
         ];
         RecordBatch::try_new(Self::schema(), columns)
     }
 }
 
-impl ArchiveRow for Reject {
+/// Builders of the `rejects` columns, in [`schemas::arrow::REJECTS`] order.
+pub(super) struct RejectColumns {
+    received_at: TimestampMicrosecondBuilder,
+    reason: StringBuilder,
+    detail: StringBuilder,
+    device_id: StringBuilder,
+    ts: TimestampMicrosecondBuilder,
+    raw: BinaryBuilder,
+}
+
+impl Columns for RejectColumns {
+    type Row = Reject;
     const DATASET: Dataset = Dataset::Rejects;
     const SORT_COLUMNS: &'static [i32] = &[0];
     const PLAIN_COLUMNS: &'static [&'static str] = &["received_at", "ts", "raw"];
@@ -350,82 +398,135 @@ impl ArchiveRow for Reject {
         Arc::clone(&schemas::arrow::REJECTS)
     }
 
-    fn partition_ms(&self) -> i64 {
-        self.received_at_ms
+    fn partition_ms(row: &Reject) -> i64 {
+        row.received_at_ms
     }
 
-    fn estimated_bytes(&self) -> u64 {
-        // Two timestamps, four offsets, validity bits.
-        34 + len(&self.reason)
-            + len(&self.detail)
-            + opt_len(self.device_id.as_ref())
-            + self.raw.len() as u64
-    }
-
-    fn sort_key(&self) -> (&str, i64) {
-        ("", self.received_at_ms)
-    }
-
-    fn to_batch(rows: &[&Self]) -> Result<RecordBatch, ArrowError> {
-        let n = rows.len();
-        let raw_bytes: usize = rows.iter().map(|r| r.raw.len()).sum();
-        let mut received_at = timestamps(n);
-        let mut reason = StringBuilder::new();
-        let mut detail = StringBuilder::new();
-        let mut device_id = StringBuilder::new();
-        let mut ts = timestamps(n);
-        let mut raw = BinaryBuilder::with_capacity(n, raw_bytes);
-        for &row in rows {
-            received_at.append_value(micros(row.received_at_ms));
-            reason.append_value(&row.reason);
-            detail.append_value(&row.detail);
-            device_id.append_option(row.device_id.as_deref());
-            ts.append_option(row.ts_ms.map(micros));
-            raw.append_value(&row.raw);
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            received_at: timestamps(n),
+            reason: strings(n, 16),
+            detail: strings(n, 32),
+            device_id: strings(n, 15),
+            ts: timestamps(n),
+            raw: BinaryBuilder::with_capacity(n, n.saturating_mul(64)),
         }
+    }
+
+    fn push(&mut self, row: &Reject) -> u64 {
+        self.received_at.append_value(micros(row.received_at_ms));
+        self.reason.append_value(&row.reason);
+        self.detail.append_value(&row.detail);
+        self.device_id.append_option(row.device_id.as_deref());
+        self.ts.append_option(row.ts_ms.map(micros));
+        self.raw.append_value(&row.raw);
+        // Two timestamps, four offsets, validity bits.
+        34 + len(&row.reason)
+            + len(&row.detail)
+            + opt_len(row.device_id.as_ref())
+            + row.raw.len() as u64
+    }
+
+    fn len(&self) -> usize {
+        self.received_at.len()
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(received_at.finish()),
-            Arc::new(reason.finish()),
-            Arc::new(detail.finish()),
-            Arc::new(device_id.finish()),
-            Arc::new(ts.finish()),
-            Arc::new(raw.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.detail.finish()),
+            Arc::new(self.device_id.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.raw.finish()),
         ];
         RecordBatch::try_new(Self::schema(), columns)
     }
 }
 
-/// The indices of `rows` in file order: by [`ArchiveRow::sort_key`], ties in arrival order.
+/// The permutation that puts `batch` (rows in arrival order) in file order: by the
+/// `sort_columns` (an optional string column, then a timestamp column), ties in arrival
+/// order; `None` when the rows already are in file order.
 ///
-/// Sorting moves small integer keys, not rows: each distinct key string gets a rank (one
-/// hash lookup per row, one sort of the distinct strings), then `(rank, time, index)`
-/// triples are sorted, so string comparisons do not chase pointers `n log n` times.
-pub(super) fn file_order<R: ArchiveRow>(rows: &[R]) -> Vec<usize> {
+/// Sorting moves small fixed-size keys, not rows: each string becomes a `u128` with the same
+/// order (the string's bytes and length packed when it has at most [`PACKED`] bytes, else its
+/// rank among the distinct strings), then `(string key, time, index)` triples are sorted, so
+/// string comparisons do not chase pointers `n log n` times.
+pub(super) fn file_order(batch: &RecordBatch, sort_columns: &[i32]) -> Option<UInt64Array> {
+    let (&time, group) = sort_columns
+        .split_last()
+        .expect("a dataset sorts by at least its time column");
+    let times = batch
+        .column(time as usize)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values();
+    let mut keys: Vec<(u128, i64, u64)> = match group {
+        [] => times.iter().zip(0..).map(|(&t, i)| (0, t, i)).collect(),
+        [group] => {
+            let strings = batch.column(*group as usize).as_string::<i32>();
+            string_keys(strings)
+                .into_iter()
+                .zip(times.iter())
+                .zip(0..)
+                .map(|((g, &t), i)| (g, t, i))
+                .collect()
+        }
+        _ => unreachable!("at most one string sort column"),
+    };
+    if keys.is_sorted() {
+        return None;
+    }
+    keys.sort_unstable();
+    Some(keys.into_iter().map(|(_, _, index)| index).collect())
+}
+
+/// Strings of at most this many bytes are packed into their sort key.
+const PACKED: usize = 15;
+
+/// One `u128` per string, ordered as the strings are (nulls as `""`).
+///
+/// When every string has at most [`PACKED`] bytes, the key is the bytes zero-padded to 15,
+/// big-endian, then the length: zero padding alone would tie `"a"` and `"a\0"`, the length
+/// breaks such ties the way string order does (a prefix first). Otherwise each distinct string
+/// gets its rank (one hash lookup per row, one sort of the distinct strings).
+fn string_keys(strings: &StringArray) -> Vec<u128> {
+    let offsets = strings.value_offsets();
+    let bytes = strings.value_data();
+    let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    if longest as usize <= PACKED {
+        return offsets
+            .windows(2)
+            .map(|w| {
+                let value = &bytes[w[0] as usize..w[1] as usize];
+                let mut key = [0; 16];
+                key[..value.len()].copy_from_slice(value);
+                key[PACKED] = value.len() as u8;
+                u128::from_be_bytes(key)
+            })
+            .collect();
+    }
     let mut ids: HashMap<&str, usize> = HashMap::new();
-    let mut keys: Vec<(usize, i64, usize)> = Vec::with_capacity(rows.len());
-    for (index, row) in rows.iter().enumerate() {
-        let (group, time) = row.sort_key();
+    let mut keys: Vec<u128> = Vec::with_capacity(strings.len());
+    for index in 0..strings.len() {
         let next = ids.len();
-        keys.push((*ids.entry(group).or_insert(next), time, index));
+        keys.push(*ids.entry(strings.value(index)).or_insert(next) as u128);
     }
     let mut groups: Vec<(&str, usize)> = ids.into_iter().collect();
     groups.sort_unstable();
     let mut rank = vec![0; groups.len()];
     for (r, &(_, id)) in groups.iter().enumerate() {
-        rank[id] = r;
+        rank[id] = r as u128;
     }
     for key in &mut keys {
-        key.0 = rank[key.0];
+        *key = rank[*key as usize];
     }
-    keys.sort_unstable();
-    keys.into_iter().map(|(_, _, index)| index).collect()
+    keys
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::TimestampMicrosecondType;
+    use arrow_select::take::take_record_batch;
     use schemas::{Gnss, Reading};
 
     fn record(vehicle: &str, ts_ms: i64) -> Record {
@@ -451,6 +552,23 @@ mod tests {
         }
     }
 
+    /// `rows` as one batch, in the given order.
+    fn batch(rows: &[Record]) -> RecordBatch {
+        let mut columns = TelemetryColumns::with_capacity(0);
+        for row in rows {
+            columns.push(row);
+        }
+        columns.finish().unwrap()
+    }
+
+    /// `batch` in file order, as the writer encodes it.
+    fn sorted(batch: &RecordBatch, sort_columns: &[i32]) -> RecordBatch {
+        match file_order(batch, sort_columns) {
+            Some(order) => take_record_batch(batch, &order).unwrap(),
+            None => batch.clone(),
+        }
+    }
+
     #[test]
     fn telemetry_batch_matches_schema_and_values() {
         let rows = vec![
@@ -459,11 +577,15 @@ mod tests {
             record("A", 1),
             record("A", 1),
         ];
-        let order = file_order(&rows);
-        assert_eq!(order, [2, 3, 1, 0], "ties keep arrival order");
-        let sorted: Vec<&Record> = order.iter().map(|&i| &rows[i]).collect();
-        let batch = Record::to_batch(&sorted).unwrap();
-        assert_eq!(batch.schema(), Record::schema());
+        let arrival = batch(&rows);
+        let order = file_order(&arrival, TelemetryColumns::SORT_COLUMNS).unwrap();
+        assert_eq!(
+            order.values().to_vec(),
+            [2, 3, 1, 0],
+            "ties keep arrival order"
+        );
+        let batch = sorted(&arrival, TelemetryColumns::SORT_COLUMNS);
+        assert_eq!(batch.schema(), TelemetryColumns::schema());
         let ids = batch.column(0).as_string::<i32>();
         assert_eq!(
             ids.iter().flatten().collect::<Vec<_>>(),
@@ -475,6 +597,101 @@ mod tests {
         assert!(batch.column(9).is_valid(0), "fix present with gnss");
         let alarms = batch.column(27).as_list::<i32>();
         assert_eq!(alarms.value(0).len(), 2);
+        assert!(file_order(&batch, TelemetryColumns::SORT_COLUMNS).is_none());
+    }
+
+    /// The file order of the row-based writer: a stable sort of the rows by (vehicle, ts).
+    fn reference(rows: &[Record]) -> RecordBatch {
+        let mut refs: Vec<&Record> = rows.iter().collect();
+        refs.sort_by(|a, b| {
+            (a.vehicle_id.as_str(), a.reading.ts_ms).cmp(&(&b.vehicle_id, b.reading.ts_ms))
+        });
+        let mut columns = TelemetryColumns::with_capacity(rows.len());
+        for row in refs {
+            columns.push(row);
+        }
+        columns.finish().unwrap()
+    }
+
+    /// Mixed rows over `ids`: repeated and tied keys (told apart by `seq`), times out of order.
+    fn mixed(ids: &[&str]) -> Vec<Record> {
+        (0..600_u64)
+            .map(|i| {
+                let id = ids[(i * 7 % ids.len() as u64) as usize];
+                let mut row = record(id, ((i * 37) % 50) as i64 - 20);
+                row.reading.seq = Some(i);
+                row
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sorted_columns_equal_the_row_sort_for_short_ids() {
+        let ids = [
+            "B",
+            "A",
+            "A\0",
+            "AB",
+            "",
+            "A\0\0",
+            "VHSH00001",
+            "VHSH00010",
+            "VHSH0001",
+            "869491514656371",
+            "869491514656370",
+            "車両1",
+            "\u{7f}",
+            "ÿ",
+        ];
+        let rows = mixed(&ids);
+        assert_eq!(
+            sorted(&batch(&rows), TelemetryColumns::SORT_COLUMNS),
+            reference(&rows)
+        );
+    }
+
+    #[test]
+    fn sorted_columns_equal_the_row_sort_for_long_ids() {
+        let ids = [
+            "B",
+            "A",
+            "VEHICLE-LONG-ID-0001",
+            "VEHICLE-LONG-ID-0002",
+            "VEHICLE-LONG-ID-00010",
+            "VEHICLE-LONG-ID-",
+            "869491514656371",
+            "8694915146563710",
+            "",
+        ];
+        let rows = mixed(&ids);
+        assert_eq!(
+            sorted(&batch(&rows), TelemetryColumns::SORT_COLUMNS),
+            reference(&rows)
+        );
+    }
+
+    #[test]
+    fn rows_in_file_order_are_not_permuted() {
+        let rows: Vec<Record> = (0..10).map(|i| record("V", i)).collect();
+        assert!(file_order(&batch(&rows), TelemetryColumns::SORT_COLUMNS).is_none());
+    }
+
+    #[test]
+    fn rejects_sort_by_arrival_time_only() {
+        let mut columns = RejectColumns::with_capacity(0);
+        for received_at_ms in [5, 3, 5, 1] {
+            columns.push(&Reject {
+                reason: "invalid_json".into(),
+                detail: format!("{received_at_ms}"),
+                device_id: None,
+                ts_ms: None,
+                received_at_ms,
+                raw: vec![],
+            });
+        }
+        let batch = columns.finish().unwrap();
+        let order = file_order(&batch, RejectColumns::SORT_COLUMNS).unwrap();
+        assert_eq!(order.values().to_vec(), [3, 1, 0, 2]);
     }
 
     #[test]
@@ -482,6 +699,10 @@ mod tests {
         let small = record("A", 0);
         let mut big = record("A", 0);
         big.reading.alarms.push("x".repeat(100));
-        assert!(big.estimated_bytes() >= small.estimated_bytes() + 100);
+        let mut columns = TelemetryColumns::with_capacity(2);
+        let small = columns.push(&small);
+        let big = columns.push(&big);
+        assert!(big >= small + 100);
+        assert_eq!(columns.len(), 2);
     }
 }
