@@ -496,6 +496,30 @@ pub fn assert_scores(
     }
 }
 
+/// Runs `sql` in DuckDB (the `.venv` made by `scripts/python-env`) and returns the rows as
+/// JSON arrays, one per line — the archive is read exactly as SPEC §6 tells analysts to.
+pub fn duckdb_rows(sql: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    anyhow::ensure!(
+        python.exists(),
+        "{} is missing: run scripts/python-env (scripts/test does)",
+        python.display()
+    );
+    let script = "import duckdb, json, sys\nfor row in duckdb.sql(sys.argv[1]).fetchall():\n    print(json.dumps([str(v) if not isinstance(v, (int, float, str, type(None))) else v for v in row]))\n";
+    let out = std::process::Command::new(&python)
+        .args(["-c", script, sql])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "duckdb failed on {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -663,28 +687,4 @@ mod tests {
         assert_eq!(summary.rejects["invalid_json"], 2);
         assert_eq!(summary.archive.files, 3);
     }
-}
-
-/// Runs `sql` in DuckDB (the `.venv` made by `scripts/python-env`) and returns the rows as
-/// JSON arrays, one per line — the archive is read exactly as SPEC §6 tells analysts to.
-pub fn duckdb_rows(sql: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    anyhow::ensure!(
-        python.exists(),
-        "{} is missing: run scripts/python-env (scripts/test does)",
-        python.display()
-    );
-    let script = "import duckdb, json, sys\nfor row in duckdb.sql(sys.argv[1]).fetchall():\n    print(json.dumps([str(v) if not isinstance(v, (int, float, str, type(None))) else v for v in row]))\n";
-    let out = std::process::Command::new(&python)
-        .args(["-c", script, sql])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)?
-        .lines()
-        .map(|l| Ok(serde_json::from_str(l)?))
-        .collect()
 }

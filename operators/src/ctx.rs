@@ -78,21 +78,6 @@ fn round_fractions(value: Value) -> Value {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn evidence_rounds_f32_noise() {
-        let e = evidence(json!({ "ext_v": 12.3f32, "n": 3, "nested": [0.27f32], "s": "x" }));
-        assert_eq!(
-            Value::Object(e),
-            json!({ "ext_v": 12.3, "n": 3, "nested": [0.27], "s": "x" })
-        );
-    }
-}
-
 impl Ctx<'_> {
     /// Emits an alert. `incident_start_ms` identifies the incident (the open's or instant's
     /// event time); `event_time_ms` is when this phase happened.
@@ -182,6 +167,21 @@ impl Ctx<'_> {
             opened_ms,
             event_time_ms,
             evidence,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn evidence_rounds_f32_noise() {
+        let e = evidence(json!({ "ext_v": 12.3f32, "n": 3, "nested": [0.27f32], "s": "x" }));
+        assert_eq!(
+            Value::Object(e),
+            json!({ "ext_v": 12.3, "n": 3, "nested": [0.27], "s": "x" })
         );
     }
 }

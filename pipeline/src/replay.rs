@@ -349,7 +349,7 @@ fn replay_source<'scope>(
 ) -> Streams<'scope> {
     let mut builder = OperatorBuilder::new("ReplaySource".to_owned(), scope);
     let info = builder.operator_info();
-    let activator = scope.activator_for(info.address.clone());
+    let activator = scope.activator_for(Rc::clone(&info.address));
     let (records_out, records) = builder.new_output::<Vec<Record>>();
     let (rejects_out, rejects) = builder.new_output::<Vec<Reject>>();
     let (samples_out, samples) = builder.new_output::<Vec<EpochSample>>();
@@ -481,10 +481,10 @@ fn sinks<'scope>(
                 }
             }
         });
-        if let Some(log) = &alert_log {
-            if let Err(e) = log.write(&alerts) {
-                error.borrow_mut().get_or_insert(e.to_string());
-            }
+        if let Some(log) = &alert_log
+            && let Err(e) = log.write(&alerts)
+        {
+            error.borrow_mut().get_or_insert(e.to_string());
         }
         alerts.clear();
         if let Some(a) = archive.as_mut() {
@@ -495,13 +495,13 @@ fn sinks<'scope>(
                 error.borrow_mut().get_or_insert(e.to_string());
             }
         }
-        if frontier.is_empty() {
-            if let Some(a) = archive.take() {
-                match a.finish() {
-                    Ok(stats) => report.archive = stats,
-                    Err(e) => {
-                        error.borrow_mut().get_or_insert(e.to_string());
-                    }
+        if frontier.is_empty()
+            && let Some(a) = archive.take()
+        {
+            match a.finish() {
+                Ok(stats) => report.archive = stats,
+                Err(e) => {
+                    error.borrow_mut().get_or_insert(e.to_string());
                 }
             }
         }

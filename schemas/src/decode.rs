@@ -123,6 +123,19 @@ impl Default for DecodeLimits {
 /// Decodes one payload into readings and rejects, pushed onto `out` in payload order.
 ///
 /// `topic_device_id` is the device id taken from the MQTT topic (None in replay).
+///
+/// # Examples
+///
+/// ```
+/// use schemas::{DecodeLimits, decode_payload};
+///
+/// let mut out = Vec::new();
+/// let batch = br#"[{"device_id":"d1","ts":1764403200000,"gnss":{"lat":31.2,"lon":121.5}},
+///                  {"device_id":"d1","ts":"soon"}]"#;
+/// decode_payload(batch, None, 0, &DecodeLimits::default(), &mut out);
+/// assert_eq!(out[0].as_ref().unwrap().valid_position(5.0), Some((31.2, 121.5)));
+/// assert_eq!(out[1].as_ref().unwrap_err().reason, "invalid_ts");
+/// ```
 pub fn decode_payload(
     payload: &[u8],
     topic_device_id: Option<&str>,
