@@ -598,3 +598,172 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod noise {
+    //! SPEC §4a noise cases, each on a vehicle parked (or driving) quietly for a day: none of
+    //! them may raise an alert.
+
+    use super::*;
+    use schemas::{Gnss, Obd, Power, Reading};
+
+    const T0: i64 = 1_764_000_000_000;
+    const HOME: (f64, f64) = (31.2304, 121.4737);
+
+    /// A wired device reporting every 5 minutes, parked at home with ignition off.
+    fn parked(i: i64) -> Reading {
+        Reading {
+            device_id: "D1".into(),
+            ts_ms: T0 + i * 300_000,
+            seq: Some(i as u64),
+            gnss: Some(Gnss {
+                lat: Some(HOME.0 + (i % 3) as f64 * 0.00005),
+                lon: Some(HOME.1),
+                fix: true,
+                hdop: Some(1.0),
+                ..Gnss::default()
+            }),
+            ignition: Some(false),
+            speed_kmh: Some(0.0),
+            odometer_km: Some(45_210.4),
+            obd: Some(Obd {
+                vin: Some("VIN1".into()),
+                dist_since_clear_km: Some(800.0),
+                ..Obd::default()
+            }),
+            power: Some(Power {
+                ext_v: Some(12.6),
+                battery_pct: Some(97.0),
+            }),
+            content_hash: i as u64,
+            ..Reading::default()
+        }
+    }
+
+    fn at(mut r: Reading, lat: f64, lon: f64) -> Reading {
+        let g = r.gnss.as_mut().expect("parked readings have a fix");
+        g.lat = Some(lat);
+        g.lon = Some(lon);
+        r
+    }
+
+    /// Replays `readings` in the given arrival order, one epoch per reading, and returns the
+    /// alerts (with a permitted fence around home, so geofence rules are armed).
+    fn alerts(readings: Vec<Reading>) -> Vec<Alert> {
+        let fences = FenceIndex::from_geojson_str(
+            r#"{"type":"FeatureCollection","features":[{"type":"Feature",
+            "properties":{"id":"city","role":"permitted","radius_m":30000},
+            "geometry":{"type":"Point","coordinates":[121.4737,31.2304]}}]}"#,
+            "test",
+        )
+        .expect("valid fence");
+        let rules = RulesConfig::default();
+        let env = Env {
+            rules: &rules,
+            fences: &fences,
+            detected_at_ms: 0,
+        };
+        let profile = Profile {
+            loan_id: Some("L1".into()),
+            vin: Some("VIN1".into()),
+            permitted: vec![fences.lookup("city").expect("fence")],
+        };
+        let mut v = VehicleState::new("V1".into(), profile);
+        let mut out = Outputs::default();
+        let mut max_ts = i64::MIN;
+        for (i, reading) in readings.into_iter().enumerate() {
+            max_ts = max_ts.max(reading.ts_ms);
+            let record = Record {
+                vehicle_id: "V1".into(),
+                loan_id: Some("L1".into()),
+                class: DeviceClass::Wired,
+                registered: true,
+                ingest_seq: i as u64,
+                reading: Box::new(reading),
+            };
+            v.arrive(record, &env, &mut out);
+            v.advance(max_ts - rules.reorder_window_ms(), &env, &mut out);
+        }
+        v.flush(&env, &mut out);
+        out.alerts
+    }
+
+    fn day() -> Vec<Reading> {
+        (0..288).map(parked).collect()
+    }
+
+    #[test]
+    fn the_quiet_day_itself_raises_nothing() {
+        assert!(alerts(day()).is_empty());
+    }
+
+    #[test]
+    fn single_drift_fix_while_parked() {
+        for (lat, lon) in [(31.40, 121.4737), (31.2404, 121.4737), (31.0, 121.0)] {
+            let mut d = day();
+            d[100] = at(d[100].clone(), lat, lon);
+            assert!(alerts(d).is_empty(), "drift to {lat},{lon}");
+        }
+    }
+
+    #[test]
+    fn unknown_ignition_while_moving() {
+        let mut d = day();
+        for (k, r) in d.iter_mut().enumerate().skip(100).take(12) {
+            r.ignition = None;
+            r.speed_kmh = None;
+            let g = r.gnss.as_mut().expect("fix");
+            g.lat = Some(HOME.0 + 0.002 * (k - 99) as f64);
+        }
+        for r in d.iter_mut().skip(112) {
+            r.ignition = None;
+            r.gnss.as_mut().expect("fix").lat = Some(HOME.0 + 0.024);
+        }
+        assert!(alerts(d).is_empty());
+    }
+
+    #[test]
+    fn no_fix_repeats_of_the_stale_position() {
+        let mut d = day();
+        for r in d.iter_mut().skip(50).take(20) {
+            let g = r.gnss.as_mut().expect("fix");
+            g.fix = false;
+            g.lat = Some(HOME.0 + 0.05);
+        }
+        assert!(alerts(d).is_empty());
+    }
+
+    #[test]
+    fn duplicates() {
+        let d: Vec<Reading> = day().into_iter().flat_map(|r| [r.clone(), r]).collect();
+        assert!(alerts(d).is_empty());
+        let mut no_seq = day();
+        for r in &mut no_seq {
+            r.seq = None;
+        }
+        let d: Vec<Reading> = no_seq.into_iter().flat_map(|r| [r.clone(), r]).collect();
+        assert!(alerts(d).is_empty());
+    }
+
+    #[test]
+    fn late_and_backfilled_data() {
+        let mut d = day();
+        // A reading delivered 40 minutes late, with an older odometer and a far position.
+        let late = at(d.remove(100), 31.30, 121.4737);
+        d.insert(108, late);
+        // A back-filled batch of old readings after live data resumed.
+        let backfill: Vec<Reading> = (60..66)
+            .map(|i| Reading {
+                backfill: true,
+                seq: Some(10_000 + i as u64),
+                content_hash: 10_000 + i as u64,
+                odometer_km: Some(45_000.0),
+                ..at(parked(i), 31.25, 121.50)
+            })
+            .collect();
+        d.splice(200..200, backfill);
+        // Neighbours swapped within the reorder window.
+        d.swap(150, 151);
+        assert!(alerts(d).is_empty());
+    }
+}
