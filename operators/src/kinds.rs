@@ -26,6 +26,8 @@ pub struct Dev<'a> {
     pub id: &'a str,
     /// Device class.
     pub class: DeviceClass,
+    /// Whether the device has ever reported `ignition` (wireless units never do).
+    pub reports_ignition: bool,
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ struct DeviceState {
     last_ts: Option<i64>,
     /// Last valid position of this device.
     last_fix: Option<(f64, f64)>,
+    /// Whether any in-order reading of the device carried `ignition`.
+    reports_ignition: bool,
     kinds: DeviceKinds,
 }
 
@@ -100,6 +102,7 @@ impl DeviceState {
         Dev {
             id: &self.device_id,
             class: self.class,
+            reports_ignition: self.reports_ignition,
         }
     }
 }
@@ -190,6 +193,7 @@ impl VehicleState {
             max_ts: None,
             last_ts: None,
             last_fix: None,
+            reports_ignition: false,
             kinds: DeviceKinds::default(),
         });
         self.devices.len() - 1
@@ -227,6 +231,7 @@ impl VehicleState {
         let dev = Dev {
             id: &device.device_id,
             class: device.class,
+            reports_ignition: device.reports_ignition,
         };
         device.kinds.device_tamper.on_late(r, dev, &mut ctx);
         kinds.tow_suspected.on_late(r, dev, &mut ctx);
@@ -326,6 +331,7 @@ impl VehicleState {
             let dev = Dev {
                 id: &device.device_id,
                 class: device.class,
+                reports_ignition: device.reports_ignition,
             };
             device
                 .kinds
@@ -362,9 +368,11 @@ impl VehicleState {
         let mut ctx = make_ctx(vehicle_id, profile, env, position, false, &mut out.alerts);
         {
             let device = &mut devices[d];
+            device.reports_ignition |= r.ignition.is_some();
             let dev = Dev {
                 id: &device.device_id,
                 class: device.class,
+                reports_ignition: device.reports_ignition,
             };
             let k = &mut device.kinds;
             k.offline.on_reading(

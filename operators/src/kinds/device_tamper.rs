@@ -78,6 +78,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let mut t = reading(10);
         t.alarm_set.insert(Alarm::Removal);
@@ -112,6 +113,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let mut late = reading(10);
         late.alarm_set.insert(Alarm::Tamper);

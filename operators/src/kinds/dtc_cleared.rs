@@ -59,6 +59,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Obd,
+            reports_ignition: true,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             for (ts, km) in [(0, 800.0), (10, 801.0), (20, 0.0), (30, 0.4), (40, 0.3)] {

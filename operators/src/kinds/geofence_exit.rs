@@ -104,6 +104,7 @@ mod tests {
         let dev = |_| Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let fixes: Vec<Fix> = lats
             .iter()

@@ -28,14 +28,17 @@ impl GnssJamming {
             r.alarm_set.contains(Alarm::Jamming) || r.alarm_set.contains(Alarm::GnssAntennaCut);
         let driving =
             r.ignition == Some(true) && r.speed_kmh.is_some_and(|s| s > rules.min_speed_kmh);
+        // A reading without a `gnss` block says nothing about the receiver (an OBD-only
+        // message): it neither starts nor ends a streak.
+        let no_fix = r.gnss.is_some() && !valid_fix;
         if valid_fix || r.ignition == Some(false) {
             self.no_fix_since = None;
-        } else if driving && self.no_fix_since.is_none() {
+        } else if no_fix && driving && self.no_fix_since.is_none() {
             self.no_fix_since = Some(r.ts_ms);
         }
         let streak = self
             .no_fix_since
-            .filter(|s| driving && r.ts_ms - s >= secs_ms(rules.no_fix_s));
+            .filter(|s| no_fix && driving && r.ts_ms - s >= secs_ms(rules.no_fix_s));
         match self.open_since {
             None if alarm || streak.is_some() => {
                 ctx.open(
@@ -80,8 +83,24 @@ mod tests {
         Reading {
             ignition,
             speed_kmh: Some(speed),
+            gnss: Some(schemas::Gnss {
+                fix: false,
+                ..schemas::Gnss::default()
+            }),
             ..reading(ts)
         }
+    }
+
+    #[test]
+    fn readings_without_gnss_are_neutral() {
+        let steps: Vec<_> = (0..40)
+            .map(|i| {
+                let mut r = drive(i * 30, Some(true), 60.0);
+                r.gnss = None;
+                (r, false)
+            })
+            .collect();
+        assert!(run(&steps).is_empty());
     }
 
     fn run(steps: &[(Reading, bool)]) -> Vec<(AlertKind, Phase, i64)> {
@@ -91,6 +110,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for (r, fix) in steps {

@@ -74,6 +74,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             let mut k = LocationJump;

@@ -64,6 +64,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wireless,
+            reports_ignition: true,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             for (ts, pct) in [(0, 40.0), (10, 14.0), (20, 16.0), (30, 13.0), (40, 25.0)] {

@@ -65,6 +65,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Obd,
+            reports_ignition: true,
         };
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for (i, km) in kms.iter().enumerate() {

@@ -96,6 +96,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Obd,
+            reports_ignition: true,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             assert_eq!(k.due(Some(1_000), dev, ctx.rules), Some(1_801_000));
@@ -131,6 +132,7 @@ mod tests {
         let dev = Dev {
             id: "W1",
             class: DeviceClass::Wireless,
+            reports_ignition: true,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             k.on_timer(10 * 3_600_000, Some(0), dev, ctx);

@@ -101,6 +101,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for r in readings {

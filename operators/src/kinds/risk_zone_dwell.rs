@@ -122,6 +122,7 @@ mod tests {
         let dev = |_| Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let s = Step::lone(Fix {
             ts_ms: ts_min * 60_000,
@@ -149,6 +150,7 @@ mod tests {
         let dev = |_| Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             step(0, true, yard, &mut visits, &mut dwell, ctx);

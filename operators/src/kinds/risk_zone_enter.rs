@@ -133,6 +133,7 @@ mod tests {
         let dev = |_| Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let mut left = Vec::new();
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {

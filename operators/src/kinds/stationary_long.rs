@@ -151,6 +151,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             k.on_step(&step(0, 31.0), dev, ctx);
@@ -176,6 +177,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             k.on_step(&step(0, 31.0), dev, ctx);

@@ -63,10 +63,11 @@ impl TowSuspected {
     }
 
     /// Handles an accepted fix. `gap` is true when the step from the previous accepted fix
-    /// spans more than the device's offline threshold.
+    /// spans more than the device's offline threshold. Fixes of devices that never report
+    /// ignition (wireless units) are ignored: they can neither arm nor reset the rule.
     pub fn on_step(&mut self, step: &Step, gap: bool, dev: Dev<'_>, ctx: &mut Ctx<'_>) {
         let rules = &ctx.rules.tow_suspected;
-        if !rules.enabled {
+        if !rules.enabled || !dev.reports_ignition {
             return;
         }
         let fix = step.fix;
@@ -131,6 +132,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Wired,
+            reports_ignition: true,
         };
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for (s, gap) in steps {

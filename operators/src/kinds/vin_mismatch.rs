@@ -72,6 +72,7 @@ mod tests {
         let dev = Dev {
             id: "D1",
             class: DeviceClass::Obd,
+            reports_ignition: true,
         };
         let vin = |ts, v: &str| Reading {
             obd: Some(Obd {
