@@ -373,8 +373,8 @@ impl Output {
 /// - Writing sorts the rows (telemetry by `(vehicle_id, ts)`, alerts by
 ///   `(vehicle_id, event_time)`, rejects by `received_at`), encodes row groups of
 ///   `row_group_rows` rows with zstd on the calling thread and queues the file for the
-///   uploader thread. At most 4 encoded files wait in the queue; a full queue blocks the
-///   caller (back-pressure).
+///   uploader thread. At most 64 MiB of encoded files wait in the queue (one larger file
+///   may wait alone); a full queue blocks the caller (back-pressure).
 /// - The uploader publishes each file with one create-only `put` (never overwriting),
 ///   retrying failures with backoff; files it gives up on are logged and reported by
 ///   [`finish`](Self::finish).

@@ -1,9 +1,10 @@
-//! The uploader thread: takes finished Parquet files from the worker through a bounded
-//! channel and puts each into the object store as one object, so the worker never waits on
-//! storage I/O unless [`QUEUE_FILES`] files are already waiting (back-pressure).
+//! The uploader thread: takes finished Parquet files from the worker through a queue bounded
+//! in bytes and puts each into the object store as one object, so the worker never waits on
+//! storage I/O (a slow fsync, a slow S3) unless [`QUEUE_BYTES`] of files are already waiting
+//! (back-pressure).
 
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -15,9 +16,11 @@ use tokio::runtime::Runtime;
 use super::rows::Dataset;
 use super::{ArchiveError, ArchiveStats};
 
-/// Finished files that may wait for the uploader; a full queue blocks the worker. Bounds the
-/// memory of encoded-but-unwritten files to this many files per writer.
-pub(super) const QUEUE_FILES: usize = 4;
+/// Encoded bytes that may wait for the uploader; a full queue blocks the worker. Bounds the
+/// memory of encoded-but-unwritten files per writer (one larger file may always wait alone).
+/// A replay of many days writes hundreds of small hourly files, so the bound is in bytes:
+/// a count of files would make the worker wait on every fsync.
+pub(super) const QUEUE_BYTES: u64 = 64 << 20;
 
 /// Attempts per file before it is reported as failed.
 const MAX_ATTEMPTS: u32 = 4;
@@ -56,10 +59,40 @@ pub(super) struct Report {
     pub(super) failures: Vec<Failure>,
 }
 
+/// Bytes queued for the uploader, and a signal when some are published.
+#[derive(Default)]
+struct Queued {
+    bytes: Mutex<u64>,
+    published: Condvar,
+}
+
+impl Queued {
+    /// Waits until `size` more bytes fit (or nothing is queued), then counts them.
+    fn reserve(&self, size: u64) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        while *bytes > 0 && *bytes + size > QUEUE_BYTES {
+            bytes = self
+                .published
+                .wait(bytes)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *bytes += size;
+    }
+
+    /// Releases `size` bytes after their file was published (or given up on).
+    fn release(&self, size: u64) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        *bytes = bytes.saturating_sub(size);
+        self.published.notify_all();
+    }
+}
+
 /// Handle to the uploader thread. Dropping it closes the queue and waits for queued files.
 pub(super) struct Uploader {
     /// The queue; `None` once closed.
-    tx: Option<SyncSender<Upload>>,
+    tx: Option<Sender<Upload>>,
+    /// Bytes in the queue.
+    queued: Arc<Queued>,
     /// The thread; `None` once joined.
     thread: Option<JoinHandle<Report>>,
 }
@@ -70,20 +103,24 @@ impl Uploader {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(ArchiveError::Thread)?;
-        let (tx, rx) = sync_channel(QUEUE_FILES);
+        let (tx, rx) = channel();
+        let queued = Arc::new(Queued::default());
+        let released = Arc::clone(&queued);
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || run(&runtime, store.as_ref(), &rx))
+            .spawn(move || run(&runtime, store.as_ref(), &rx, &released))
             .map_err(ArchiveError::Thread)?;
         Ok(Self {
             tx: Some(tx),
+            queued,
             thread: Some(thread),
         })
     }
 
-    /// Queues a file; blocks while [`QUEUE_FILES`] files are already waiting.
+    /// Queues a file; blocks while [`QUEUE_BYTES`] are already waiting.
     pub(super) fn send(&self, upload: Upload) -> Result<(), ArchiveError> {
         let tx = self.tx.as_ref().ok_or(ArchiveError::UploaderGone)?;
+        self.queued.reserve(upload.bytes.len() as u64);
         tx.send(upload).map_err(|_| ArchiveError::UploaderGone)
     }
 
@@ -107,11 +144,18 @@ impl Drop for Uploader {
 }
 
 /// The uploader thread's loop: publishes queued files until the queue is closed.
-fn run(runtime: &Runtime, store: &dyn ObjectStore, rx: &Receiver<Upload>) -> Report {
+fn run(
+    runtime: &Runtime,
+    store: &dyn ObjectStore,
+    rx: &Receiver<Upload>,
+    queued: &Queued,
+) -> Report {
     let mut report = Report::default();
     for upload in rx {
         let size = upload.bytes.len() as u64;
-        match put_with_retries(runtime, store, &upload) {
+        let published = put_with_retries(runtime, store, &upload);
+        queued.release(size);
+        match published {
             Ok(()) => {
                 tracing::debug!(path = %upload.path, bytes = size, rows = upload.rows, "Archive file published.");
                 let stats = &mut report.stats;
@@ -229,5 +273,25 @@ mod tests {
                 .unwrap()
         });
         assert_eq!(&got[..], b"first");
+    }
+
+    #[test]
+    fn queue_admits_by_bytes_and_waits_for_releases() {
+        let queued = Arc::new(Queued::default());
+        queued.reserve(QUEUE_BYTES + 10);
+        assert_eq!(
+            *queued.bytes.lock().unwrap(),
+            QUEUE_BYTES + 10,
+            "one big file waits alone"
+        );
+        let waiter = {
+            let queued = Arc::clone(&queued);
+            std::thread::spawn(move || queued.reserve(5))
+        };
+        queued.release(QUEUE_BYTES + 10);
+        waiter.join().unwrap();
+        assert_eq!(*queued.bytes.lock().unwrap(), 5);
+        queued.reserve(QUEUE_BYTES - 5);
+        assert_eq!(*queued.bytes.lock().unwrap(), QUEUE_BYTES);
     }
 }
