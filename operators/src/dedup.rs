@@ -16,12 +16,27 @@ pub const RECENT: usize = 8;
 const WORDS: usize = (SEQ_WINDOW / 64) as usize;
 
 /// Duplicate detector of one device.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Dedup {
     max_seq: Option<u64>,
+    /// Event time of the reading with `max_seq`.
+    max_seq_ts: i64,
     seen: [u64; WORDS],
     recent: [(i64, u64); RECENT],
     recent_next: u8,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self {
+            max_seq: None,
+            max_seq_ts: i64::MIN,
+            seen: [0; WORDS],
+            // No reading has this time, so the empty slots match nothing.
+            recent: [(i64::MIN, 0); RECENT],
+            recent_next: 0,
+        }
+    }
 }
 
 impl Dedup {
@@ -30,7 +45,7 @@ impl Dedup {
         if self.recent.contains(&(ts_ms, content_hash)) {
             return true;
         }
-        if seq.is_some_and(|seq| self.seq_seen(seq)) {
+        if seq.is_some_and(|seq| self.seq_seen(seq, ts_ms)) {
             return true;
         }
         self.recent[usize::from(self.recent_next)] = (ts_ms, content_hash);
@@ -38,10 +53,16 @@ impl Dedup {
         false
     }
 
-    /// Checks `seq` against the window and records it.
-    fn seq_seen(&mut self, seq: u64) -> bool {
+    /// Checks `seq` against the window and records it. A seen `seq` with an event time after
+    /// the newest sequence number's is not a re-delivery but a device that restarted its
+    /// sequence (a re-delivered reading keeps its original, older time).
+    fn seq_seen(&mut self, seq: u64, ts_ms: i64) -> bool {
         match self.max_seq {
             Some(max) if seq <= max && max - seq < SEQ_WINDOW => {
+                if self.bit(seq) && ts_ms > self.max_seq_ts {
+                    self.restart(seq, ts_ms);
+                    return false;
+                }
                 let seen = self.bit(seq);
                 self.set_bit(seq);
                 seen
@@ -55,17 +76,23 @@ impl Dedup {
                     }
                 }
                 self.max_seq = Some(seq);
+                self.max_seq_ts = ts_ms;
                 self.set_bit(seq);
                 false
             }
             _ => {
                 // First reading, or a jump far back: a (re)started sequence.
-                self.seen = [0; WORDS];
-                self.max_seq = Some(seq);
-                self.set_bit(seq);
+                self.restart(seq, ts_ms);
                 false
             }
         }
+    }
+
+    fn restart(&mut self, seq: u64, ts_ms: i64) {
+        self.seen = [0; WORDS];
+        self.max_seq = Some(seq);
+        self.max_seq_ts = ts_ms;
+        self.set_bit(seq);
     }
 
     fn slot(seq: u64) -> (usize, u64) {
@@ -99,12 +126,15 @@ mod tests {
         let mut d = Dedup::default();
         assert!(!d.is_duplicate(Some(10), 1, 1));
         assert!(!d.is_duplicate(Some(11), 2, 2));
-        assert!(d.is_duplicate(Some(10), 3, 3));
         assert!(
-            !d.is_duplicate(Some(9), 4, 4),
+            d.is_duplicate(Some(10), 1, 3),
+            "a re-delivery keeps its time"
+        );
+        assert!(
+            !d.is_duplicate(Some(9), 0, 4),
             "an unseen older seq is late, not a duplicate"
         );
-        assert!(d.is_duplicate(Some(9), 4, 5));
+        assert!(d.is_duplicate(Some(9), 0, 5));
     }
 
     #[test]
@@ -127,15 +157,32 @@ mod tests {
         assert!(d.is_duplicate(Some(5), 1, 1));
     }
 
+    #[test]
+    fn short_reboot_within_the_window_is_a_new_sequence() {
+        let mut d = Dedup::default();
+        for s in 0..300 {
+            assert!(!d.is_duplicate(Some(s), s as i64 * 1000, s));
+        }
+        // Restarted 3 hours later at seq 0: new readings, not duplicates.
+        for s in 0..300 {
+            let ts = 10_800_000 + s as i64 * 1000;
+            assert!(!d.is_duplicate(Some(s), ts, 1000 + s), "seq {s}");
+        }
+        // A re-delivery of a reading of the new sequence is still a duplicate.
+        assert!(d.is_duplicate(Some(5), 10_805_000, 9999));
+    }
+
     proptest! {
-        /// Against a reference that remembers every seq: within the window the answers agree.
+        /// Against a reference that remembers every seq: within the window the answers agree
+        /// (a re-delivered reading keeps the time it was made at).
         #[test]
         fn matches_a_set_within_the_window(seqs in proptest::collection::vec(0u64..600, 1..400)) {
             let mut d = Dedup::default();
             let mut seen = std::collections::HashSet::new();
             for (i, s) in seqs.into_iter().enumerate() {
                 let expected = !seen.insert(s);
-                prop_assert_eq!(d.is_duplicate(Some(s), i as i64, i as u64 + 1_000_000), expected);
+                let ts = s as i64 * 1000;
+                prop_assert_eq!(d.is_duplicate(Some(s), ts, i as u64 + 1_000_000), expected);
             }
         }
     }

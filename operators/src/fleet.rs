@@ -16,32 +16,31 @@ use crate::fences::FenceIndex;
 use crate::registry::Registry;
 use crate::vehicle::{Arrival, Env, Outputs, Profile, VehicleState};
 
-/// How many of an epoch's largest event times a source reports. A few are enough to skip
-/// readings that will be rejected as future timestamps and still know the epoch's maximum.
+/// How many devices a source reports per epoch: those with the largest event times.
 pub const SAMPLE_SIZE: usize = 16;
 
-/// The largest event times one source decoded in one epoch, descending, at most
-/// [`SAMPLE_SIZE`].
-pub type EpochSample = Vec<i64>;
+/// What one source saw in one epoch: the largest event time of each of the [`SAMPLE_SIZE`]
+/// devices with the largest event times, as (event time, device key), descending. Merging
+/// the samples of all sources gives the same top devices whatever the number of sources.
+pub type EpochSample = Vec<(i64, u64)>;
 
-/// Keeps the [`SAMPLE_SIZE`] largest values of a stream of event times.
+/// Collects a source's per-device maxima during an epoch.
 #[derive(Clone, Debug, Default)]
-pub struct TopTimes(Vec<i64>);
+pub struct TopTimes(HashMap<u64, i64>);
 
 impl TopTimes {
-    /// Offers an event time.
-    pub fn offer(&mut self, ts_ms: i64) {
-        if self.0.len() == SAMPLE_SIZE && self.0[SAMPLE_SIZE - 1] >= ts_ms {
-            return;
-        }
-        let at = self.0.partition_point(|t| *t > ts_ms);
-        self.0.insert(at, ts_ms);
-        self.0.truncate(SAMPLE_SIZE);
+    /// Offers the event time of a reading of the device with key `device`.
+    pub fn offer(&mut self, device: u64, ts_ms: i64) {
+        let max = self.0.entry(device).or_insert(ts_ms);
+        *max = (*max).max(ts_ms);
     }
 
-    /// Takes the sample, leaving this empty.
+    /// Takes the epoch's sample, leaving this empty.
     pub fn take(&mut self) -> EpochSample {
-        std::mem::take(&mut self.0)
+        let mut all: EpochSample = self.0.drain().map(|(d, t)| (t, d)).collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all.truncate(SAMPLE_SIZE);
+        all
     }
 
     /// Whether nothing was offered.
@@ -50,7 +49,25 @@ impl TopTimes {
     }
 }
 
+/// The largest event time per device over all samples, descending.
+fn device_maxima<'a>(samples: impl IntoIterator<Item = &'a EpochSample>) -> Vec<i64> {
+    let mut per_device: HashMap<u64, i64> = HashMap::new();
+    for &(ts, device) in samples.into_iter().flatten() {
+        let max = per_device.entry(device).or_insert(ts);
+        *max = (*max).max(ts);
+    }
+    let mut maxima: Vec<i64> = per_device.into_values().collect();
+    maxima.sort_unstable_by(|a, b| b.cmp(a));
+    maxima.truncate(SAMPLE_SIZE);
+    maxima
+}
+
 /// The pipeline clock, driven by epoch samples (replay: event time only, no wall clock).
+///
+/// SPEC §4 defines it from the largest event time seen; here the largest is taken over
+/// devices and the single most advanced device is left out when another one reported, so one
+/// tracker with a fast clock can neither drag the whole fleet into `offline` nor make every
+/// other device's data late.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PipelineClock {
     max_accepted_ms: Option<i64>,
@@ -58,20 +75,16 @@ pub struct PipelineClock {
 
 impl PipelineClock {
     /// Readings of the epoch with a later event time are rejected as `future_ts`. The
-    /// reference is the largest accepted event time of the previous epochs; in the first epoch,
-    /// the smallest of the epoch's [`SAMPLE_SIZE`] largest event times, which a handful of
-    /// future readings cannot move.
+    /// reference is the clock's event time so far; in the first epoch, the smallest of the
+    /// [`SAMPLE_SIZE`] largest device maxima, which a few future-dated devices cannot move.
     pub fn future_limit_ms<'a>(
         &self,
         rules: &RulesConfig,
         samples: impl IntoIterator<Item = &'a EpochSample>,
     ) -> i64 {
-        let reference = self.max_accepted_ms.unwrap_or_else(|| {
-            let mut top: Vec<i64> = samples.into_iter().flatten().copied().collect();
-            top.sort_unstable_by(|a, b| b.cmp(a));
-            top.truncate(SAMPLE_SIZE);
-            top.last().copied().unwrap_or(i64::MAX)
-        });
+        let reference = self
+            .max_accepted_ms
+            .unwrap_or_else(|| device_maxima(samples).last().copied().unwrap_or(i64::MAX));
         reference.saturating_add(secs_ms(rules.max_future_s))
     }
 
@@ -82,12 +95,12 @@ impl PipelineClock {
         samples: impl IntoIterator<Item = &'a EpochSample>,
         future_limit_ms: i64,
     ) {
-        let epoch_max = samples
+        let maxima: Vec<i64> = device_maxima(samples)
             .into_iter()
-            .flat_map(|s| s.iter().copied())
             .filter(|t| *t <= future_limit_ms)
-            .max();
-        if let Some(m) = epoch_max {
+            .collect();
+        let epoch_time = maxima.get(1).or(maxima.first()).copied();
+        if let Some(m) = epoch_time {
             self.max_accepted_ms = Some(self.max_accepted_ms.map_or(m, |c| c.max(m)));
         }
     }
@@ -174,7 +187,7 @@ impl Fleet {
         }
         let entry = self.registry.vehicle(&record.vehicle_id);
         let profile = Profile {
-            loan_id: record.loan_id.clone(),
+            loan_id: entry.map(|e| e.loan_id.clone()),
             vin: entry.and_then(|e| e.vin.clone()),
             permitted: entry
                 .map(|e| {
@@ -205,6 +218,7 @@ impl Fleet {
     ) {
         records.sort_unstable_by_key(|r| r.ingest_seq);
         let limit = self.clock.future_limit_ms(&self.rules, samples);
+        let clock = self.clock.watermark_ms(&self.rules);
         let (rules, fences) = (Arc::clone(&self.rules), Arc::clone(&self.fences));
         let env = Env {
             rules: &rules,
@@ -223,7 +237,7 @@ impl Fleet {
             let v = self.vehicle_index(&record);
             let vehicle = &mut self.vehicles[v as usize];
             let had_buffered = vehicle.has_buffered();
-            match vehicle.arrive(record, &env, &mut out.vehicle) {
+            match vehicle.arrive(record, clock, &env, &mut out.vehicle) {
                 Arrival::Duplicate => self.stats.duplicates += 1,
                 Arrival::Late => {
                     self.stats.accepted += 1;
@@ -316,34 +330,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn top_times_keeps_the_largest() {
+    fn top_times_keeps_the_devices_with_the_largest_times() {
         let mut t = TopTimes::default();
-        for v in 0..100 {
-            t.offer((v * 37) % 101);
+        for v in 0..100u64 {
+            t.offer(v % 40, ((v * 37) % 101) as i64);
         }
         let s = t.take();
         assert_eq!(s.len(), SAMPLE_SIZE);
         assert!(s.windows(2).all(|w| w[0] >= w[1]));
-        assert_eq!(s[0], 100);
+        assert_eq!(s[0].0, 100);
         assert!(t.is_empty());
     }
 
     #[test]
-    fn clock_skips_future_samples() {
+    fn one_fast_device_does_not_move_the_clock() {
         let rules = RulesConfig::default();
         let mut c = PipelineClock::default();
         let day = 86_400_000;
-        // First epoch: one reading 5 days ahead among ordinary ones does not move the clock.
-        let first = [vec![15 * day, 10 * day], vec![10 * day - 5, 9 * day]];
+        // First epoch: device 9 is 5 days ahead; device 8 is 20 h ahead (within the future
+        // limit) but alone, so the clock follows the second most advanced device.
+        let first = [
+            vec![(15 * day, 9), (10 * day, 1)],
+            vec![(10 * day + 72_000_000, 8), (10 * day - 5, 2)],
+        ];
         let limit = c.future_limit_ms(&rules, &first);
-        assert_eq!(limit, 10 * day);
+        assert_eq!(limit, 11 * day - 5);
         c.close_epoch(&first, limit);
         assert_eq!(c.watermark_ms(&rules), Some(10 * day - 120_000));
-        // Later epochs check against the clock so far, not against their own samples.
-        let second = [vec![15 * day], vec![10 * day + 5]];
+        // Later epochs check against the clock so far.
+        let second = [
+            vec![(15 * day, 9), (10 * day + 9, 1)],
+            vec![(10 * day + 5, 2)],
+        ];
         let limit = c.future_limit_ms(&rules, &second);
         assert_eq!(limit, 11 * day);
         c.close_epoch(&second, limit);
         assert_eq!(c.watermark_ms(&rules), Some(10 * day + 5 - 120_000));
+        // A single device moves it alone.
+        let mut solo = PipelineClock::default();
+        let only = [vec![(day, 3)]];
+        let limit = solo.future_limit_ms(&rules, &only);
+        solo.close_epoch(&only, limit);
+        assert_eq!(solo.watermark_ms(&rules), Some(day - 120_000));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod device_tamper;
 pub mod dtc_cleared;
+pub mod forward_counter;
 pub mod geofence_exit;
 pub mod gnss_jamming;
 pub mod location_jump;

@@ -98,6 +98,11 @@ impl PositionChain {
         self.accepted.as_ref()
     }
 
+    /// The valid fix held back until the next one decides it.
+    pub fn held(&self) -> Option<&Fix> {
+        self.pending.as_ref()
+    }
+
     /// Feeds the next valid fix. Returns the step of the fix this one confirmed, if the held
     /// fix was not a drift outlier.
     pub fn push(&mut self, fix: Fix, rules: &RulesConfig) -> Option<Step> {

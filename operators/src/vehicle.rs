@@ -86,8 +86,6 @@ struct DeviceState {
     class: DeviceClass,
     dedup: Dedup,
     buffer: Vec<Record>,
-    /// Largest event time received (in-order or not).
-    max_ts: Option<i64>,
     /// Event time of the last reading processed in order.
     last_ts: Option<i64>,
     /// Last valid position of this device.
@@ -190,7 +188,6 @@ impl VehicleState {
             class: record.class,
             dedup: Dedup::default(),
             buffer: Vec::new(),
-            max_ts: None,
             last_ts: None,
             last_fix: None,
             reports_ignition: false,
@@ -200,19 +197,24 @@ impl VehicleState {
     }
 
     /// Takes an arriving reading: drops duplicates, handles late readings at once, buffers
-    /// the rest until the pipeline clock passes them.
-    pub fn arrive(&mut self, record: Record, env: &Env<'_>, out: &mut Outputs) -> Arrival {
+    /// the rest until the pipeline clock passes them. `clock_ms` is the pipeline clock the
+    /// reading arrives at: a reading it has already passed is late.
+    pub fn arrive(
+        &mut self,
+        record: Record,
+        clock_ms: Option<i64>,
+        env: &Env<'_>,
+        out: &mut Outputs,
+    ) -> Arrival {
         let d = self.device_index(&record);
         let r = &record.reading;
         let device = &mut self.devices[d];
         if device.dedup.is_duplicate(r.seq, r.ts_ms, r.content_hash) {
             return Arrival::Duplicate;
         }
-        let window = env.rules.reorder_window_ms();
         let late = r.backfill
-            || device.max_ts.is_some_and(|m| r.ts_ms < m - window)
+            || clock_ms.is_some_and(|c| r.ts_ms <= c)
             || device.last_ts.is_some_and(|l| r.ts_ms <= l);
-        device.max_ts = Some(device.max_ts.map_or(r.ts_ms, |m| m.max(r.ts_ms)));
         if !late {
             device.buffer.push(record);
             self.buffered += 1;
@@ -344,12 +346,13 @@ impl VehicleState {
         });
         let mut ctx = make_ctx(vehicle_id, profile, env, last, false, &mut out.alerts);
         let names = device_of(devices);
+        let held = chain.held();
         kinds
             .risk_zone_dwell
-            .on_timer(now, &kinds.risk_zone_enter.visits, &names, &mut ctx);
+            .on_timer(now, &kinds.risk_zone_enter.visits, held, &names, &mut ctx);
         kinds
             .stationary_long
-            .on_timer(now, online, &names, &mut ctx);
+            .on_timer(now, online, held, &names, &mut ctx);
     }
 
     /// Processes one in-order reading of device `d`.
@@ -440,6 +443,7 @@ fn on_step(
     kinds
         .risk_zone_enter
         .on_step(step, &inside, &names, ctx, &mut left);
+    kinds.risk_zone_dwell.on_step();
     for l in &left {
         kinds.risk_zone_dwell.on_left(l, &names, ctx);
     }
@@ -553,15 +557,17 @@ mod tests {
         let mut v = VehicleState::new("V".into(), Profile::default());
         let mut out = Outputs::default();
         let mut max_ts = i64::MIN;
+        let mut clock = None;
         let mut cut = cuts.iter().cycle();
         let mut in_epoch = 0;
         let epoch_len = |c: Option<&usize>| c.copied().unwrap_or(usize::MAX).max(1);
         let mut this_epoch = epoch_len(cut.next());
         for record in arrivals {
             max_ts = max_ts.max(record.reading.ts_ms);
-            v.arrive(record, &env, &mut out);
+            v.arrive(record, clock, &env, &mut out);
             in_epoch += 1;
             if in_epoch == this_epoch {
+                clock = Some(max_ts - rules.reorder_window_ms());
                 v.advance(max_ts - rules.reorder_window_ms(), &env, &mut out);
                 in_epoch = 0;
                 this_epoch = epoch_len(cut.next());
@@ -679,6 +685,7 @@ mod noise {
         let mut v = VehicleState::new("V1".into(), profile);
         let mut out = Outputs::default();
         let mut max_ts = i64::MIN;
+        let mut clock = None;
         for (i, reading) in readings.into_iter().enumerate() {
             max_ts = max_ts.max(reading.ts_ms);
             let record = Record {
@@ -689,7 +696,8 @@ mod noise {
                 ingest_seq: i as u64,
                 reading: Box::new(reading),
             };
-            v.arrive(record, &env, &mut out);
+            v.arrive(record, clock, &env, &mut out);
+            clock = Some(max_ts - rules.reorder_window_ms());
             v.advance(max_ts - rules.reorder_window_ms(), &env, &mut out);
         }
         v.flush(&env, &mut out);

@@ -105,6 +105,10 @@ pub struct Reject {
     pub raw: Vec<u8>,
 }
 
+/// The last representable event time: 9999-12-31T23:59:59.999Z. Later values are
+/// `invalid_ts` (they are garbage, and timer arithmetic on them could overflow).
+pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+
 /// Limits applied while decoding.
 #[derive(Clone, Copy, Debug)]
 pub struct DecodeLimits {
@@ -248,16 +252,16 @@ fn decode_object(
     reject.device_id = Some(device_id.clone());
     let ts_ms = match wire.ts {
         None => return Err(fail(reject, RejectReason::MissingTs, "no ts".to_owned())),
-        Some(WireTs::Millis(ms)) if ms >= 0 => ms,
+        Some(WireTs::Millis(ms)) if (0..=MAX_TS_MS).contains(&ms) => ms,
         Some(WireTs::Millis(ms)) => {
             return Err(fail(
                 reject,
                 RejectReason::InvalidTs,
-                format!("negative ts {ms}"),
+                format!("ts {ms} is not between 1970 and 9999"),
             ));
         }
         Some(WireTs::Text(s)) => match crate::time::parse_rfc3339_ms(&s) {
-            Some(ms) if ms >= 0 => ms,
+            Some(ms) if (0..=MAX_TS_MS).contains(&ms) => ms,
             _ => {
                 return Err(fail(
                     reject,
@@ -546,6 +550,10 @@ mod tests {
         assert_eq!(reason(r#"{"device_id":"d"}"#), "missing_ts");
         assert_eq!(reason(r#"{"device_id":"d","ts":"soon"}"#), "invalid_ts");
         assert_eq!(reason(r#"{"device_id":"d","ts":-5}"#), "invalid_ts");
+        assert_eq!(
+            reason(r#"{"device_id":"d","ts":9223372036854775807}"#),
+            "invalid_ts"
+        );
         assert_eq!(reason(r#"{"device_id":"d","ts":true}"#), "invalid_ts");
         assert_eq!(
             reason(r#"{"device_id":"d","ts":1,"gnss":{"lat":91,"lon":0}}"#),

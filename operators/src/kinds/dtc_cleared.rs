@@ -8,11 +8,12 @@ use schemas::{AlertKind, Reading};
 
 use crate::ctx::{Ctx, evidence};
 use crate::kinds::Dev;
+use crate::kinds::forward_counter::ForwardCounter;
 
 /// State of one device.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DtcCleared {
-    last_km: Option<f64>,
+    since_clear: ForwardCounter,
 }
 
 impl DtcCleared {
@@ -27,19 +28,14 @@ impl DtcCleared {
         else {
             return;
         };
-        if let Some(last) = self.last_km.filter(|last| km < last - rules.min_drop_km) {
-            ctx.instant(
-                AlertKind::DtcCleared,
-                dev.id,
-                r.ts_ms,
-                evidence(json!({
-                    "before_km": last,
-                    "after_km": km,
-                    "dtc_count": r.obd.as_ref().and_then(|o| o.dtc_count),
-                })),
-            );
+        if let Some(d) = self.since_clear.observe(r.ts_ms, km, rules.min_drop_km) {
+            let ev = evidence(json!({
+                "before_km": d.before,
+                "after_km": d.after,
+                "dtc_count": r.obd.as_ref().and_then(|o| o.dtc_count),
+            }));
+            ctx.instant(AlertKind::DtcCleared, dev.id, d.at_ms, ev);
         }
-        self.last_km = Some(km);
     }
 }
 

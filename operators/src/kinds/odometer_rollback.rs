@@ -8,12 +8,12 @@ use schemas::{AlertKind, Reading};
 
 use crate::ctx::{Ctx, evidence};
 use crate::kinds::Dev;
+use crate::kinds::forward_counter::ForwardCounter;
 
 /// State of one device.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OdometerRollback {
-    last_km: Option<f64>,
-    suspect: Option<(i64, f64)>,
+    odometer: ForwardCounter,
 }
 
 impl OdometerRollback {
@@ -23,29 +23,15 @@ impl OdometerRollback {
         let Some(km) = r.odometer_km.filter(|k| rules.enabled && k.is_finite()) else {
             return;
         };
-        let Some(last) = self.last_km else {
-            self.last_km = Some(km);
-            return;
-        };
-        let low = km < last - rules.min_drop_km;
-        match self.suspect.take() {
-            None if low => self.suspect = Some((r.ts_ms, km)),
-            Some((ts, first_km)) if low => {
-                ctx.instant(
-                    AlertKind::OdometerRollback,
-                    dev.id,
-                    ts,
-                    evidence(json!({
-                        "before_km": last,
-                        "after_km": first_km,
-                        "confirmed_km": km,
-                        "drop_km": last - first_km,
-                        "min_drop_km": rules.min_drop_km,
-                    })),
-                );
-                self.last_km = Some(km);
-            }
-            _ => self.last_km = Some(km),
+        if let Some(d) = self.odometer.observe(r.ts_ms, km, rules.min_drop_km) {
+            let ev = evidence(json!({
+                "before_km": d.before,
+                "after_km": d.after,
+                "confirmed_km": d.confirmed_by,
+                "drop_km": d.before - d.after,
+                "min_drop_km": rules.min_drop_km,
+            }));
+            ctx.instant(AlertKind::OdometerRollback, dev.id, d.at_ms, ev);
         }
     }
 }
@@ -87,7 +73,8 @@ mod tests {
     }
 
     #[test]
-    fn single_glitch_and_small_jitter_are_quiet() {
+    fn single_glitch_spike_and_small_jitter_are_quiet() {
         assert!(run(&[50_000.0, 0.0, 50_001.0, 50_000.5, 50_002.0]).is_empty());
+        assert!(run(&[45_210.0, 45_210.5, 999_999.0, 45_211.0, 45_211.5]).is_empty());
     }
 }

@@ -24,7 +24,7 @@ impl Offline {
         if !rules.offline.enabled || self.open_since.is_some() {
             return None;
         }
-        Some(last_ts? + rules.offline_after_ms(dev.class))
+        Some(last_ts?.saturating_add(rules.offline_after_ms(dev.class)))
     }
 
     /// Fires the timer at `now` if due.

@@ -13,6 +13,8 @@ use crate::kinds::Dev;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PowerCut {
     open_since: Option<i64>,
+    /// The previous reading carried the alarm (the alarm opens on its edge).
+    alarm_before: bool,
     last_ext_v: Option<f32>,
     clean_streak: u8,
 }
@@ -30,7 +32,7 @@ impl PowerCut {
         match self.open_since {
             None => {
                 let dropped = low && self.last_ext_v.is_some_and(|p| p >= rules.supply_ok_v);
-                if alarm || dropped {
+                if (alarm && !self.alarm_before) || dropped {
                     ctx.open(
                         AlertKind::PowerCut,
                         dev.class,
@@ -73,6 +75,7 @@ impl PowerCut {
         if ext_v.is_some() {
             self.last_ext_v = ext_v;
         }
+        self.alarm_before = alarm;
     }
 }
 
@@ -130,6 +133,25 @@ mod tests {
     #[test]
     fn low_voltage_without_healthy_history_is_not_a_cut() {
         assert!(run(&[volts(0, 2.0), volts(10, 1.0)]).is_empty());
+    }
+
+    #[test]
+    fn a_lingering_alarm_with_supply_back_does_not_flap() {
+        let mut r = volts(0, 12.6);
+        r.alarm_set.insert(Alarm::PowerCut);
+        let lingering: Vec<Reading> = (0..10)
+            .map(|i| Reading {
+                ts_ms: i * 10_000,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(
+            run(&lingering),
+            vec![
+                (AlertKind::PowerCut, Phase::Open, 0),
+                (AlertKind::PowerCut, Phase::Close, 10)
+            ]
+        );
     }
 
     #[test]

@@ -12,11 +12,15 @@ use crate::ctx::{Ctx, evidence};
 use crate::fences::{FenceIdx, FenceIndex};
 use crate::kinds::Dev;
 use crate::kinds::risk_zone_enter::{Left, Visit};
+use crate::position::Fix;
 
 /// State of one vehicle: the visits whose dwell incident is open, with its start.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RiskZoneDwell {
     open: Vec<(FenceIdx, i64)>,
+    /// Visits whose threshold passed while the held fix was outside: decided by the next
+    /// accepted fix.
+    held: Vec<FenceIdx>,
 }
 
 fn dwell_ms(fence: FenceIdx, rules: &RulesConfig, fences: &FenceIndex) -> i64 {
@@ -28,6 +32,15 @@ fn dwell_ms(fence: FenceIdx, rules: &RulesConfig, fences: &FenceIndex) -> i64 {
 }
 
 impl RiskZoneDwell {
+    fn is_open_or_held(&self, fence: FenceIdx) -> bool {
+        self.open.iter().any(|(f, _)| *f == fence) || self.held.contains(&fence)
+    }
+
+    /// A fix was accepted: held visits are decided now (they left, or their timer runs again).
+    pub fn on_step(&mut self) {
+        self.held.clear();
+    }
+
     /// The earliest time a current visit reaches its dwell threshold.
     pub fn due(&self, visits: &[Visit], rules: &RulesConfig, fences: &FenceIndex) -> Option<i64> {
         if !rules.risk_zone_dwell.enabled {
@@ -35,16 +48,22 @@ impl RiskZoneDwell {
         }
         visits
             .iter()
-            .filter(|v| !self.open.iter().any(|(f, _)| *f == v.fence))
-            .map(|v| v.entered_ms + dwell_ms(v.fence, rules, fences))
+            .filter(|v| !self.is_open_or_held(v.fence))
+            .map(|v| {
+                v.entered_ms
+                    .saturating_add(dwell_ms(v.fence, rules, fences))
+            })
             .min()
     }
 
-    /// Opens the incidents of visits whose threshold is `≤ now`.
+    /// Opens the incidents of visits whose threshold is `≤ now`. `held` is the valid fix the
+    /// chain still holds (released, not yet confirmed): a visit it already shows left waits
+    /// for that fix to be decided.
     pub fn on_timer<'d>(
         &mut self,
         now: i64,
         visits: &[Visit],
+        held: Option<&Fix>,
         device_id: impl Fn(u16) -> Dev<'d>,
         ctx: &mut Ctx<'_>,
     ) {
@@ -52,8 +71,19 @@ impl RiskZoneDwell {
             return;
         }
         for v in visits {
-            let due = v.entered_ms + dwell_ms(v.fence, ctx.rules, ctx.fences);
-            if due > now || self.open.iter().any(|(f, _)| *f == v.fence) {
+            let due = v
+                .entered_ms
+                .saturating_add(dwell_ms(v.fence, ctx.rules, ctx.fences));
+            if due > now || self.is_open_or_held(v.fence) {
+                continue;
+            }
+            let leaving_before_due = v.outside_since().is_some_and(|t| t <= due);
+            let left = leaving_before_due
+                || held.is_some_and(|h| {
+                    h.ts_ms <= due && ctx.fences.signed_distance_m(v.fence, h.lat, h.lon) > 0.0
+                });
+            if left {
+                self.held.push(v.fence);
                 continue;
             }
             let f = ctx.fences.fence(v.fence);
@@ -104,7 +134,7 @@ mod tests {
     use super::*;
     use crate::kinds::risk_zone_enter::RiskZoneEnter;
     use crate::kinds::testing::{summary, with_ctx};
-    use crate::position::{Fix, Step};
+    use crate::position::Step;
     use schemas::{DeviceClass, Phase};
 
     const FENCES: &str = r#"{"type":"FeatureCollection","features":[{"type":"Feature",
@@ -158,8 +188,8 @@ mod tests {
                 dwell.due(&visits.visits, ctx.rules, ctx.fences),
                 Some(20 * 60_000)
             );
-            dwell.on_timer(19 * 60_000, &visits.visits, dev, ctx);
-            dwell.on_timer(25 * 60_000, &visits.visits, dev, ctx);
+            dwell.on_timer(19 * 60_000, &visits.visits, None, dev, ctx);
+            dwell.on_timer(25 * 60_000, &visits.visits, None, dev, ctx);
             assert_eq!(dwell.due(&visits.visits, ctx.rules, ctx.fences), None);
             step(50, false, yard, &mut visits, &mut dwell, ctx);
             step(51, false, yard, &mut visits, &mut dwell, ctx);

@@ -28,6 +28,14 @@ pub struct Visit {
     outside: Option<(i64, u32)>,
 }
 
+impl Visit {
+    /// Time of the first fix of the current run outside the fence, if the vehicle may be
+    /// leaving (the visit ends when the run is long enough).
+    pub fn outside_since(&self) -> Option<i64> {
+        self.outside.map(|(since, _)| since)
+    }
+}
+
 /// A visit that just ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Left {

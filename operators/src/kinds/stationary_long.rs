@@ -32,21 +32,32 @@ impl StationaryLong {
         if !rules.stationary_long.enabled || self.open_since.is_some() || self.awaiting_reading {
             return None;
         }
-        Some(self.anchor?.ts_ms + after_ms(rules))
+        Some(self.anchor?.ts_ms.saturating_add(after_ms(rules)))
     }
 
-    /// Fires the timer at `now`; `online` tells whether the vehicle is online then.
+    /// Fires the timer at `now`; `online` tells whether the vehicle is online then. `held` is
+    /// the valid fix the chain still holds (released, not yet confirmed): if it already shows
+    /// the vehicle away from the anchor, the incident waits for that fix to be decided.
     pub fn on_timer<'d>(
         &mut self,
         now: i64,
         online: bool,
+        held: Option<&Fix>,
         device_id: impl Fn(u16) -> Dev<'d>,
         ctx: &mut Ctx<'_>,
     ) {
         let Some(due) = self.due(ctx.rules).filter(|d| *d <= now) else {
             return;
         };
-        if online {
+        let moved = match (self.anchor, held) {
+            (Some(a), Some(h)) => {
+                h.ts_ms <= now && a.distance_m(h) > ctx.rules.stationary_long.radius_m
+            }
+            _ => false,
+        };
+        if moved {
+            self.awaiting_reading = true;
+        } else if online {
             self.open(due, device_id, ctx);
         } else {
             self.awaiting_reading = true;
@@ -157,7 +168,7 @@ mod tests {
             k.on_step(&step(0, 31.0), dev, ctx);
             k.on_step(&step(10, 31.001), dev, ctx);
             assert_eq!(k.due(ctx.rules), Some(72 * 3_600_000));
-            k.on_timer(72 * 3_600_000, true, |_| dev, ctx);
+            k.on_timer(72 * 3_600_000, true, None, |_| dev, ctx);
             k.on_step(&step(80, 31.01), dev, ctx);
         });
         assert_eq!(
@@ -167,6 +178,25 @@ mod tests {
                 (AlertKind::StationaryLong, Phase::Close, 80 * 3600)
             ]
         );
+    }
+
+    #[test]
+    fn a_held_fix_away_from_the_anchor_defers_the_incident() {
+        let rules = RulesConfig::default();
+        let fences = FenceIndex::empty();
+        let mut k = StationaryLong::default();
+        let dev = Dev {
+            id: "D1",
+            class: DeviceClass::Wired,
+            reports_ignition: true,
+        };
+        let out = with_ctx(&rules, &fences, &[], None, |ctx| {
+            k.on_step(&step(0, 31.0), dev, ctx);
+            let away = step(71, 31.05).fix;
+            k.on_timer(72 * 3_600_000, true, Some(&away), |_| dev, ctx);
+            k.on_step(&step(71, 31.05), dev, ctx);
+        });
+        assert!(out.is_empty(), "{:?}", summary(&out));
     }
 
     #[test]
@@ -181,7 +211,7 @@ mod tests {
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             k.on_step(&step(0, 31.0), dev, ctx);
-            k.on_timer(72 * 3_600_000, false, |_| dev, ctx);
+            k.on_timer(72 * 3_600_000, false, None, |_| dev, ctx);
             assert_eq!(k.due(ctx.rules), None);
             k.on_reading(75 * 3_600_000, Some((31.0005, 121.0)), |_| dev, ctx);
         });
