@@ -86,6 +86,8 @@ struct DeviceState {
     class: DeviceClass,
     dedup: Dedup,
     buffer: Vec<Record>,
+    /// The two largest event times received, largest first (`i64::MIN` = none yet).
+    newest: [i64; 2],
     /// Event time of the last reading processed in order.
     last_ts: Option<i64>,
     /// Last valid position of this device.
@@ -96,6 +98,26 @@ struct DeviceState {
 }
 
 impl DeviceState {
+    /// Whether `ts_ms` is older than the device's own newest readings by more than the reorder
+    /// window (SPEC §4a: the window is per device). The reference is the second newest time, so
+    /// a single reading from a clock far ahead does not make everything after it late.
+    fn beyond_reorder_window(&self, ts_ms: i64, window_ms: i64) -> bool {
+        let reference = if self.newest[1] > i64::MIN {
+            self.newest[1]
+        } else {
+            self.newest[0]
+        };
+        reference > i64::MIN && ts_ms < reference.saturating_sub(window_ms)
+    }
+
+    fn note_newest(&mut self, ts_ms: i64) {
+        if ts_ms > self.newest[0] {
+            self.newest = [ts_ms, self.newest[0]];
+        } else if ts_ms > self.newest[1] {
+            self.newest[1] = ts_ms;
+        }
+    }
+
     fn dev(&self) -> Dev<'_> {
         Dev {
             id: &self.device_id,
@@ -188,6 +210,7 @@ impl VehicleState {
             class: record.class,
             dedup: Dedup::default(),
             buffer: Vec::new(),
+            newest: [i64::MIN; 2],
             last_ts: None,
             last_fix: None,
             reports_ignition: false,
@@ -214,7 +237,9 @@ impl VehicleState {
         }
         let late = r.backfill
             || clock_ms.is_some_and(|c| r.ts_ms <= c)
-            || device.last_ts.is_some_and(|l| r.ts_ms <= l);
+            || device.last_ts.is_some_and(|l| r.ts_ms <= l)
+            || device.beyond_reorder_window(r.ts_ms, env.rules.reorder_window_ms());
+        device.note_newest(r.ts_ms);
         if !late {
             device.buffer.push(record);
             self.buffered += 1;
@@ -237,6 +262,21 @@ impl VehicleState {
         };
         device.kinds.device_tamper.on_late(r, dev, &mut ctx);
         kinds.tow_suspected.on_late(r, dev, &mut ctx);
+        if let Some((lat, lon)) = position {
+            let fix = Fix {
+                ts_ms: r.ts_ms,
+                lat,
+                lon,
+                device: d as u16,
+                ignition: r.ignition,
+                speed_kmh: r.speed_kmh,
+            };
+            let mut inside = Vec::new();
+            env.fences.risk_fences_at(lat, lon, &mut inside);
+            kinds
+                .risk_zone_enter
+                .on_late_fix(&fix, &inside, device_of(devices), &mut ctx);
+        }
         out.archive.push(record);
         Arrival::Late
     }

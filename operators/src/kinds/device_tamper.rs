@@ -13,6 +13,9 @@ use crate::kinds::Dev;
 pub struct DeviceTamper {
     active: bool,
     last_fired_ms: Option<i64>,
+    /// Time of the last incident raised from late data: the live readings of the same incident
+    /// may arrive after it and must not raise it again.
+    late_fired_ms: Option<i64>,
 }
 
 fn tamper_alarms(r: &Reading) -> Vec<&'static str> {
@@ -30,8 +33,15 @@ impl DeviceTamper {
             return;
         }
         let alarms = tamper_alarms(r);
-        if !alarms.is_empty() && !self.active {
+        let window = crate::config::secs_ms(ctx.rules.late_known_window_s);
+        let raised_late = self
+            .late_fired_ms
+            .is_some_and(|t| r.ts_ms >= t && r.ts_ms - t <= window);
+        if !alarms.is_empty() && !self.active && !raised_late {
             self.fire(r, &alarms, dev, ctx);
+        }
+        if !alarms.is_empty() {
+            self.late_fired_ms = None;
         }
         self.active = !alarms.is_empty();
     }
@@ -48,6 +58,7 @@ impl DeviceTamper {
             .is_some_and(|t| (r.ts_ms - t).abs() <= window);
         if !alarms.is_empty() && !known {
             self.fire(r, &alarms, dev, ctx);
+            self.late_fired_ms = Some(r.ts_ms);
         }
     }
 

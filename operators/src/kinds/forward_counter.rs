@@ -31,9 +31,13 @@ impl ForwardCounter {
     /// Reads the next value; returns a drop of more than `min_drop` once it is confirmed.
     pub fn observe(&mut self, ts_ms: i64, value: f64, min_drop: f64) -> Option<Drop> {
         let mut drop = None;
+        // A value below the confirmed one is confirmed only by a reading that is low too: a
+        // reading back at the earlier level makes it a glitch.
+        let still_low = self.confirmed.is_none_or(|b| value < b - min_drop);
         if let Some((at_ms, candidate)) = self.previous
             && value >= candidate - min_drop
             && value <= candidate + CONFIRM_SPAN_KM
+            && (still_low || self.confirmed.is_none_or(|b| candidate >= b - min_drop))
         {
             if let Some(before) = self.confirmed.filter(|b| candidate < b - min_drop) {
                 drop = Some(Drop {

@@ -11,7 +11,7 @@ use schemas::time::DAY_MS;
 use crate::ctx::{Ctx, evidence};
 use crate::fences::FenceIdx;
 use crate::kinds::Dev;
-use crate::position::Step;
+use crate::position::{Fix, Step};
 
 /// A current stay inside one risk fence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,9 +52,77 @@ pub struct RiskZoneEnter {
     pub visits: Vec<Visit>,
     /// Entries of the last `history_days`, for the `entries_30d` evidence.
     entries: Vec<(FenceIdx, i64)>,
+    /// The last late fix, if it was inside risk fences.
+    late_inside: Option<LateInside>,
 }
 
+/// A late fix inside risk fences, waiting for the next late fix to confirm it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct LateInside {
+    ts_ms: i64,
+    device: u16,
+    at: (f64, f64),
+    fences: Vec<FenceIdx>,
+}
+
+/// Two late fixes further apart than this do not confirm each other.
+const LATE_CONFIRM_MS: i64 = 15 * 60_000;
+
 impl RiskZoneEnter {
+    /// Handles a late (or back-filled) valid fix. A visit seen only in late data raises
+    /// `risk_zone_enter` marked `backfill` when two consecutive late fixes are inside the
+    /// fence (one fix could be drift) and no visit of that fence is known near that time.
+    pub fn on_late_fix<'d>(
+        &mut self,
+        fix: &Fix,
+        inside: &[FenceIdx],
+        device_id: impl Fn(u16) -> Dev<'d>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let known_ms = crate::config::secs_ms(ctx.rules.late_known_window_s);
+        if let Some(first) = self.late_inside.take()
+            && ctx.rules.risk_zone_enter.enabled
+            && (fix.ts_ms - first.ts_ms).abs() <= LATE_CONFIRM_MS
+        {
+            let first_ms = first.ts_ms;
+            for &fence in inside.iter().filter(|f| first.fences.contains(f)) {
+                let known = self.visits.iter().any(|v| v.fence == fence)
+                    || self
+                        .entries
+                        .iter()
+                        .any(|&(f, t)| f == fence && (t - first_ms).abs() <= known_ms);
+                if known {
+                    continue;
+                }
+                self.entries.push((fence, first_ms));
+                let f = ctx.fences.fence(fence);
+                let entries = self.entries.iter().filter(|(e, _)| *e == fence).count();
+                let ev = evidence(json!({
+                    "fence_id": f.id,
+                    "category": f.category,
+                    "name": f.name,
+                    "entries_30d": entries,
+                }));
+                let saved = ctx.position.replace(first.at);
+                ctx.instant(
+                    AlertKind::RiskZoneEnter,
+                    device_id(first.device).id,
+                    first_ms,
+                    ev,
+                );
+                ctx.position = saved;
+            }
+        }
+        if !inside.is_empty() {
+            self.late_inside = Some(LateInside {
+                ts_ms: fix.ts_ms,
+                device: fix.device,
+                at: (fix.lat, fix.lon),
+                fences: inside.to_vec(),
+            });
+        }
+    }
+
     /// Handles an accepted fix. `inside` lists the risk fences containing it (ascending);
     /// visits that end are appended to `left`.
     pub fn on_step<'d>(
@@ -125,7 +193,6 @@ mod tests {
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
     use crate::kinds::testing::with_ctx;
-    use crate::position::Fix;
     use schemas::DeviceClass;
 
     const FENCES: &str = r#"{"type":"FeatureCollection","features":[{"type":"Feature",
@@ -177,5 +244,39 @@ mod tests {
         assert_eq!(out[1].evidence["entries_30d"], 2);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].left_ms, 300_000);
+    }
+
+    #[test]
+    fn a_visit_seen_only_in_late_data_raises_once_marked_backfill() {
+        let rules = RulesConfig::default();
+        let fences = FenceIndex::from_geojson_str(FENCES, "test").unwrap();
+        let pawn = fences.lookup("pawn").unwrap();
+        let mut k = RiskZoneEnter::default();
+        let dev = |_| Dev {
+            id: "D1",
+            class: DeviceClass::Wired,
+            reports_ignition: true,
+        };
+        let fix = |min: i64| Fix {
+            ts_ms: min * 60_000,
+            lat: 31.0,
+            lon: 121.0,
+            device: 0,
+            ignition: None,
+            speed_kmh: None,
+        };
+        let out = with_ctx(&rules, &fences, &[], None, |ctx| {
+            ctx.backfill = true;
+            // A single late fix inside is not enough (drift).
+            k.on_late_fix(&fix(0), &[pawn], dev, ctx);
+            k.on_late_fix(&fix(1), &[], dev, ctx);
+            // Two consecutive ones are; more fixes of the same visit add nothing.
+            k.on_late_fix(&fix(100), &[pawn], dev, ctx);
+            k.on_late_fix(&fix(101), &[pawn], dev, ctx);
+            k.on_late_fix(&fix(102), &[pawn], dev, ctx);
+        });
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event_time_ms, 100 * 60_000);
+        assert!(out[0].backfill);
     }
 }
