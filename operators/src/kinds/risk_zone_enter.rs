@@ -95,21 +95,8 @@ impl RiskZoneEnter {
                     continue;
                 }
                 self.entries.push((fence, first_ms));
-                let f = ctx.fences.fence(fence);
-                let entries = self.entries.iter().filter(|(e, _)| *e == fence).count();
-                let ev = evidence(json!({
-                    "fence_id": f.id,
-                    "category": f.category,
-                    "name": f.name,
-                    "entries_30d": entries,
-                }));
                 let saved = ctx.position.replace(first.at);
-                ctx.instant(
-                    AlertKind::RiskZoneEnter,
-                    device_id(first.device).id,
-                    first_ms,
-                    ev,
-                );
+                self.raise(fence, first_ms, device_id(first.device).id, ctx);
                 ctx.position = saved;
             }
         }
@@ -166,24 +153,23 @@ impl RiskZoneEnter {
                 outside: None,
             });
             self.entries.push((fence, fix.ts_ms));
-            if !rules.enabled {
-                continue;
+            if rules.enabled {
+                self.raise(fence, fix.ts_ms, device_id(fix.device).id, ctx);
             }
-            let f = ctx.fences.fence(fence);
-            let entries = self.entries.iter().filter(|(e, _)| *e == fence).count();
-            let ev = evidence(json!({
-                "fence_id": f.id,
-                "category": f.category,
-                "name": f.name,
-                "entries_30d": entries,
-            }));
-            ctx.instant(
-                AlertKind::RiskZoneEnter,
-                device_id(fix.device).id,
-                fix.ts_ms,
-                ev,
-            );
         }
+    }
+
+    /// Emits the entry into `fence` at `at_ms`, with the fence and the recent entries.
+    fn raise(&self, fence: FenceIdx, at_ms: i64, device_id: &str, ctx: &mut Ctx<'_>) {
+        let f = ctx.fences.fence(fence);
+        let entries = self.entries.iter().filter(|(e, _)| *e == fence).count();
+        let ev = evidence(json!({
+            "fence_id": f.id,
+            "category": f.category,
+            "name": f.name,
+            "entries_30d": entries,
+        }));
+        ctx.instant(AlertKind::RiskZoneEnter, device_id, at_ms, ev);
     }
 }
 
