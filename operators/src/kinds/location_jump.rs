@@ -23,7 +23,10 @@ impl LocationJump {
             return;
         };
         let speed = step.speed_kmh();
-        if step.dist_m >= rules.min_distance_m && speed > rules.min_speed_kmh {
+        // The next valid fix must confirm the new place (SPEC §4a), not be back at the old one:
+        // a drift fix slow enough on the way back is no outlier but is no jump either.
+        let confirmed = step.next.distance_m(&step.fix) < step.next.distance_m(&prev);
+        if step.dist_m >= rules.min_distance_m && speed > rules.min_speed_kmh && confirmed {
             ctx.instant(
                 AlertKind::LocationJump,
                 dev.id,
@@ -59,7 +62,11 @@ mod tests {
             speed_kmh: None,
         };
         Step {
-            prev: Some(Fix { ts_ms: 0, ..fix }),
+            prev: Some(Fix {
+                ts_ms: 0,
+                lat: 31.0 - dist_m / 111_195.0,
+                ..fix
+            }),
             fix,
             next: fix,
             dist_m,
@@ -82,6 +89,9 @@ mod tests {
             k.on_step(&step(20_000.0, 600), false, dev, ctx);
             k.on_step(&step(4_000.0, 10), false, dev, ctx);
             k.on_step(&step(90_000.0, 60), true, dev, ctx);
+            let mut back = step(20_000.0, 60);
+            back.next = back.prev.unwrap();
+            k.on_step(&back, false, dev, ctx);
         });
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].evidence["distance_m"], json!(20_000.0));
