@@ -249,12 +249,15 @@ impl VehicleState {
             vehicle_id,
             profile,
             devices,
+            chain,
             kinds,
             ..
         } = self;
         let device = &mut devices[d];
         let position = r.valid_position(env.rules.max_hdop);
-        let mut ctx = make_ctx(vehicle_id, profile, env, position, true, &mut out.alerts);
+        // Late alerts carry the reading's own position, else the vehicle's last known one.
+        let shown = position.or(chain.last_accepted().map(|f| (f.lat, f.lon)));
+        let mut ctx = make_ctx(vehicle_id, profile, env, shown, true, &mut out.alerts);
         let dev = Dev {
             id: &device.device_id,
             class: device.class,

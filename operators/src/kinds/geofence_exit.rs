@@ -14,8 +14,8 @@ use crate::position::{Fix, Step};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GeofenceExit {
     open_since: Option<i64>,
-    /// Signed distance of the last `next` fix, reused when that fix is accepted.
-    next_distance: Option<(i64, f64)>,
+    /// The last `next` fix and its signed distance, reused when that fix is accepted.
+    next_distance: Option<(Fix, f64)>,
 }
 
 impl GeofenceExit {
@@ -39,11 +39,11 @@ impl GeofenceExit {
         };
         let fix = step.fix;
         let here = match self.next_distance {
-            Some((ts, d)) if ts == fix.ts_ms => d,
+            Some((f, d)) if f == fix => d,
             _ => distance(&fix),
         };
         let next = distance(&step.next);
-        self.next_distance = Some((step.next.ts_ms, next));
+        self.next_distance = Some((step.next, next));
         let crossed = |d: f64| {
             if self.open_since.is_none() {
                 d > 0.0
