@@ -149,6 +149,9 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
     config.validate()?;
     let summary = replay(&config, args.input)?;
     if let Some(path) = args.summary_out {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

@@ -170,6 +170,10 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
     let (registry, fences) = load_reference(config)?;
     let alert_log = match &config.alerts.jsonl_path {
         Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("alerts directory {}", dir.display()))?;
+            }
             Some(Arc::new(AlertLog::create(path).with_context(|| {
                 format!("alerts file {}", path.display())
             })?))
