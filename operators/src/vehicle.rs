@@ -125,6 +125,16 @@ impl DeviceState {
             reports_ignition: self.reports_ignition,
         }
     }
+
+    /// The device's identity and its kinds, borrowed apart so the kinds can change.
+    fn parts(&mut self) -> (Dev<'_>, &mut DeviceKinds) {
+        let dev = Dev {
+            id: &self.device_id,
+            class: self.class,
+            reports_ignition: self.reports_ignition,
+        };
+        (dev, &mut self.kinds)
+    }
 }
 
 /// Vehicle-scope kinds.
@@ -258,12 +268,8 @@ impl VehicleState {
         // Late alerts carry the reading's own position, else the vehicle's last known one.
         let shown = position.or(chain.last_accepted().map(|f| (f.lat, f.lon)));
         let mut ctx = make_ctx(vehicle_id, profile, env, shown, true, &mut out.alerts);
-        let dev = Dev {
-            id: &device.device_id,
-            class: device.class,
-            reports_ignition: device.reports_ignition,
-        };
-        device.kinds.device_tamper.on_late(r, dev, &mut ctx);
+        let (dev, k) = device.parts();
+        k.device_tamper.on_late(r, dev, &mut ctx);
         kinds.tow_suspected.on_late(r, dev, &mut ctx);
         if let Some((lat, lon)) = position {
             let fix = Fix {
@@ -350,11 +356,10 @@ impl VehicleState {
             .filter(|d| *d < until || (inclusive && *d == until))
         {
             self.fire_timers(due, env, out);
-            debug_assert!(
-                self.next_due(env.rules, env.fences) != Some(due),
-                "timers must make progress"
-            );
-            if self.next_due(env.rules, env.fences) == Some(due) {
+            // Every timer that fires moves its due time; a stuck one must not spin.
+            let stuck = self.next_due(env.rules, env.fences) == Some(due);
+            debug_assert!(!stuck, "timers must make progress");
+            if stuck {
                 break;
             }
         }
@@ -373,15 +378,9 @@ impl VehicleState {
         for device in devices.iter_mut() {
             let position = device.last_fix.or(last);
             let mut ctx = make_ctx(vehicle_id, profile, env, position, false, &mut out.alerts);
-            let dev = Dev {
-                id: &device.device_id,
-                class: device.class,
-                reports_ignition: device.reports_ignition,
-            };
-            device
-                .kinds
-                .offline
-                .on_timer(now, device.last_ts, dev, &mut ctx);
+            let last_ts = device.last_ts;
+            let (dev, k) = device.parts();
+            k.offline.on_timer(now, last_ts, dev, &mut ctx);
         }
         let online = devices.iter().any(|d| {
             d.last_ts
@@ -415,19 +414,10 @@ impl VehicleState {
         {
             let device = &mut devices[d];
             device.reports_ignition |= r.ignition.is_some();
-            let dev = Dev {
-                id: &device.device_id,
-                class: device.class,
-                reports_ignition: device.reports_ignition,
-            };
-            let k = &mut device.kinds;
-            k.offline.on_reading(
-                r.ts_ms,
-                (device.last_ts, device.last_fix),
-                fix_pos,
-                dev,
-                &mut ctx,
-            );
+            let before = (device.last_ts, device.last_fix);
+            let (dev, k) = device.parts();
+            k.offline
+                .on_reading(r.ts_ms, before, fix_pos, dev, &mut ctx);
             k.power_cut.on_reading(r, dev, &mut ctx);
             k.device_tamper.on_reading(r, dev, &mut ctx);
             k.gnss_jamming
@@ -437,6 +427,7 @@ impl VehicleState {
             k.dtc_cleared.on_reading(r, dev, &mut ctx);
             k.vin_mismatch.on_reading(r, dev, &mut ctx);
             kinds.tow_suspected.on_reading(r, d as u16, dev, &mut ctx);
+            let device = &mut devices[d];
             device.last_ts = Some(r.ts_ms);
             if fix_pos.is_some() {
                 device.last_fix = fix_pos;
