@@ -415,10 +415,7 @@ fn replay_source<'scope>(
                             let seq = (line << 16) | element.min(0xffff) as u64;
                             pending_records.push(identify(reading, seq, &setup.registry));
                         }
-                        Err(reject) => {
-                            *report.rejects.entry(reject.reason.clone()).or_default() += 1;
-                            pending_rejects.push(reject);
-                        }
+                        Err(reject) => pending_rejects.push(reject),
                     }
                 }
             }
@@ -442,7 +439,7 @@ fn replay_source<'scope>(
 }
 
 /// Writes the fleet's outputs: alerts to the JSON Lines sink and the archive, accepted
-/// readings and rejects to the archive; counts alerts by kind and fleet rejects by reason.
+/// readings and rejects to the archive; counts alerts by kind and rejects by reason.
 fn sinks<'scope>(
     outputs: StreamVec<'scope, u64, Output>,
     mut archive: Option<ArchiveWriter>,
@@ -473,10 +470,7 @@ fn sinks<'scope>(
                         }
                     }
                     Output::Reject(reject) => {
-                        // Source rejects were counted where they were decoded.
-                        if reject.reason == schemas::RejectReason::FutureTs.as_str() {
-                            *report.rejects.entry(reject.reason.clone()).or_default() += 1;
-                        }
+                        *report.rejects.entry(reject.reason.clone()).or_default() += 1;
                         if let Some(a) = archive.as_mut() {
                             a.push_reject(reject);
                         }
