@@ -28,10 +28,10 @@ pub enum Output {
     Watermark(i64),
 }
 
-/// The exchange key of a vehicle: a well-mixed hash, so timely's masking of low bits for
-/// power-of-two worker counts still spreads vehicles evenly.
-pub fn vehicle_hash(vehicle_id: &str) -> u64 {
-    xxh3_64(vehicle_id.as_bytes())
+/// A well-mixed 64-bit key of an id: vehicles are exchanged by it (timely masks low bits for
+/// power-of-two worker counts, so the hash must mix well), devices keyed by it in clock samples.
+pub fn id_key(id: &str) -> u64 {
+    xxh3_64(id.as_bytes())
 }
 
 /// Runs the per-vehicle rules.
@@ -56,7 +56,7 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
         wall_clock: fn() -> i64,
         stats: Rc<RefCell<FleetStats>>,
     ) -> StreamVec<'scope, u64, Output> {
-        let by_vehicle = Exchange::new(|r: &Record| vehicle_hash(&r.vehicle_id));
+        let by_vehicle = Exchange::new(|r: &Record| id_key(&r.vehicle_id));
         self.binary_frontier(
             samples.broadcast(),
             by_vehicle,

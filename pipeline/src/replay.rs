@@ -29,7 +29,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{Scope, StreamVec};
 
 use connectors::{AlertLog, ArchiveStats, ArchiveWriter, LineBatch, LineSource};
-use operators::dataflow::{Output, RunFleet, vehicle_hash};
+use operators::dataflow::{Output, RunFleet, id_key};
 use operators::fences::FenceIndex;
 use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
 use operators::registry::Registry;
@@ -411,7 +411,7 @@ fn replay_source<'scope>(
                     match item {
                         Ok(reading) => {
                             report.readings += 1;
-                            top.offer(vehicle_hash(&reading.device_id), reading.ts_ms);
+                            top.offer(id_key(&reading.device_id), reading.ts_ms);
                             let seq = (line << 16) | element.min(0xffff) as u64;
                             pending_records.push(identify(reading, seq, &setup.registry));
                         }
