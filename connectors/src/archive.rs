@@ -22,9 +22,12 @@ use arrow_schema::ArrowError;
 use arrow_select::take::take_record_batch;
 use bytes::Bytes;
 use chrono::DateTime;
-use object_store::ObjectStore;
+use object_store::RetryConfig;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -45,9 +48,14 @@ const BUFFER_BUDGET_FILES: u64 = 2;
 /// Settings of the archive sink (SPEC §6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArchiveConfig {
-    /// Where the datasets go: a local directory (created if missing; `file://` prefix allowed).
-    /// Object-store URLs such as `s3://bucket/prefix` are not supported yet.
+    /// Where the datasets go: a local directory (created if missing; `file://` prefix
+    /// allowed) or `s3://bucket/prefix` on any S3-compatible store (see [`S3Options`]).
     pub root: String,
+    /// How to reach an `s3://` root; unused for local directories.
+    pub s3: S3Options,
+    /// Files larger than this go up as multipart uploads in parts of this size; smaller ones
+    /// in a single create-only put.
+    pub multipart_part_bytes: usize,
     /// Roll a partition's file when its estimated uncompressed size reaches this many bytes.
     pub max_file_bytes: u64,
     /// Roll a partition's file when it has been open this many seconds (wall clock).
@@ -62,10 +70,36 @@ impl Default for ArchiveConfig {
     fn default() -> Self {
         Self {
             root: "./lienwatch-data".into(),
+            s3: S3Options::default(),
+            multipart_part_bytes: 16 << 20,
             max_file_bytes: 128 << 20,
             max_file_age_s: 300,
             row_group_rows: 128 << 10,
             zstd_level: 3,
+        }
+    }
+}
+
+/// How to reach an S3-compatible store. Credentials never appear here: they come from the
+/// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or the
+/// other variables `object_store`'s `AmazonS3Builder::from_env` reads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Options {
+    /// Endpoint URL of a non-AWS store, e.g. `http://127.0.0.1:9000`; `None` = AWS. An
+    /// `http://` endpoint allows plain HTTP.
+    pub endpoint: Option<String>,
+    /// Region; `None` = `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), which most S3-compatible servers need.
+    pub path_style: bool,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            path_style: true,
         }
     }
 }
@@ -92,7 +126,9 @@ pub enum ArchiveError {
     #[error("invalid archive config: {0}")]
     Config(String),
     /// The root names a store this build cannot open.
-    #[error("unsupported archive root {0:?}: only local directories are supported")]
+    #[error(
+        "unsupported archive root {0:?}: expected a local directory, file://DIR or s3://BUCKET/PREFIX"
+    )]
     UnsupportedRoot(String),
     /// The local root directory could not be created.
     #[error("cannot create archive root {path}: {source}")]
@@ -103,12 +139,14 @@ pub enum ArchiveError {
         source: std::io::Error,
     },
     /// The object store could not be opened.
-    #[error("cannot open archive store at {root}: {source}")]
+    #[error("cannot open archive store at {root}: {source}{hint}")]
     Store {
         /// The configured root.
         root: String,
         /// The cause.
         source: object_store::Error,
+        /// What to check, if known.
+        hint: &'static str,
     },
     /// The uploader thread or its runtime could not be started.
     #[error("cannot start the archive uploader: {0}")]
@@ -148,12 +186,12 @@ pub enum ArchiveError {
     },
 }
 
-/// Opens the store for `root`. Local directories only for now; this is the one place a
-/// `s3://` (or `gs://`, `az://`) branch will be added.
-fn open_store(root: &str) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
+/// Opens the store for `root`: a local directory or an `s3://bucket/prefix` URL.
+fn open_store(root: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
     let dir = match root.split_once("://") {
         None => root,
         Some(("file", path)) => path,
+        Some(("s3", rest)) => return open_s3(root, rest, s3),
         Some(_) => return Err(ArchiveError::UnsupportedRoot(root.into())),
     };
     std::fs::create_dir_all(dir).map_err(|source| ArchiveError::CreateRoot {
@@ -163,9 +201,79 @@ fn open_store(root: &str) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
     let store = LocalFileSystem::new_with_prefix(dir).map_err(|source| ArchiveError::Store {
         root: root.into(),
         source,
+        hint: "",
     })?;
     // fsync file and directory before a put returns, as an object store would guarantee.
     Ok(Arc::new(store.with_fsync(true)))
+}
+
+/// Opens `s3://bucket/prefix` (`rest` = `bucket/prefix`) with credentials from the
+/// environment; the prefix becomes the root of every key.
+fn open_s3(root: &str, rest: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(ArchiveError::UnsupportedRoot(root.into()));
+    }
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(!s3.path_style);
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint);
+    }
+    let region = s3
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    // Bounded per-request retries: a bad endpoint or credentials fail the start-up probe in
+    // seconds, and the uploader retries whole files on top.
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(15),
+        ..RetryConfig::default()
+    };
+    let store = builder
+        .with_retry(retry)
+        .with_region(region)
+        .build()
+        .map_err(|source| ArchiveError::Store {
+            root: root.into(),
+            source,
+            hint: "",
+        })?;
+    let prefix = prefix.trim_matches('/');
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    };
+    probe(root, store.as_ref())?;
+    Ok(store)
+}
+
+/// Asks the store for an object that does not exist, so a wrong endpoint, bucket or
+/// credentials fail at start rather than at the first file.
+fn probe(root: &str, store: &dyn ObjectStore) -> Result<(), ArchiveError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ArchiveError::Thread)?;
+    let key = Path::from("_lienwatch/probe");
+    match runtime.block_on(store.head(&key)) {
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(ArchiveError::Store {
+            root: root.into(),
+            source,
+            hint: if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                " (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set in the environment)"
+            } else {
+                ""
+            },
+        }),
+    }
 }
 
 /// The last run time handed out in this process: run tokens strictly increase, so two writers
@@ -434,9 +542,13 @@ impl ArchiveWriter {
         let level = ZstdLevel::try_new(config.zstd_level)
             .map_err(|e| ArchiveError::Config(format!("zstd_level: {e}")))?;
         let compression = Compression::ZSTD(level);
-        let store = open_store(&config.root)?;
+        let store = open_store(&config.root, &config.s3)?;
         let now_ms = schemas::time::now_ms();
-        let uploader = Uploader::spawn(store, format!("archive-upload-{process}-{worker}"))?;
+        let uploader = Uploader::spawn(
+            store,
+            config.multipart_part_bytes.max(5 << 20),
+            format!("archive-upload-{process}-{worker}"),
+        )?;
         let rows = config.row_group_rows;
         Ok(Self {
             max_file_bytes: config.max_file_bytes,

@@ -1,8 +1,10 @@
-//! lienwatch's edges to the outside world: the JSON Lines replay input and alert file, and
-//! the Parquet history archive in an object store (SPEC §4, §6, §7). MQTT and Kafka come later.
+//! lienwatch's edges to the outside world: the MQTT source, the Kafka alert sink, the JSON
+//! Lines replay input and alert file, and the Parquet history archive in an object store
+//! (SPEC §2, §4, §6, §7).
 //!
 //! Everything here is driven from synchronous timely worker threads; where I/O must not block
-//! a worker (archive uploads) the module owns a helper thread.
+//! a worker the module owns a helper thread (archive uploads) or tasks on the process's tokio
+//! runtime (MQTT, Kafka).
 //!
 //! # Layout
 //! - [`archive`]: [`ArchiveWriter`], one per worker: buffers `telemetry`, `alerts` and
@@ -10,9 +12,16 @@
 //!   publishes each with a single create-only put on an uploader thread.
 //! - [`jsonl`]: [`LineSource`], a worker's block-cyclic share of the replay input lines, and
 //!   [`AlertLog`], the JSON Lines alert sink shared by the workers of a process.
+//! - [`mqtt`]: [`MqttSource`], one MQTT session per process feeding a [`WorkerInlet`] per
+//!   worker, with receipt-ordered QoS 1 acks.
+//! - [`kafka`]: [`AlertProducer`], idempotent alert delivery with retries.
 
 pub mod archive;
 pub mod jsonl;
+pub mod kafka;
+pub mod mqtt;
 
 pub use archive::{ArchiveConfig, ArchiveError, ArchiveStats, ArchiveWriter};
 pub use jsonl::{AlertLog, JsonlError, LineBatch, LineSource};
+pub use kafka::{AlertProducer, KafkaError, KafkaSettings};
+pub use mqtt::{Inlet, Message, MqttError, MqttSettings, MqttSource, Protocol, WorkerInlet};

@@ -19,6 +19,10 @@ use crate::vehicle::{Arrival, Env, Outputs, Profile, VehicleState};
 /// How many devices a source reports per epoch: those with the largest event times.
 pub const SAMPLE_SIZE: usize = 16;
 
+/// How many devices must have reported in an epoch for the epoch's own event times to move
+/// the future limit (see [`PipelineClock::future_limit_ms`]).
+pub const EPOCH_REFERENCE_RANK: usize = 8;
+
 /// What one source saw in one epoch: the largest event time of each of the [`SAMPLE_SIZE`]
 /// devices with the largest event times, as (event time, device key), descending. Merging
 /// the samples of all sources gives the same top devices whatever the number of sources.
@@ -75,16 +79,23 @@ pub struct PipelineClock {
 
 impl PipelineClock {
     /// Readings of the epoch with a later event time are rejected as `future_ts`. The
-    /// reference is the clock's event time so far; in the first epoch, the smallest of the
-    /// [`SAMPLE_SIZE`] largest device maxima, which a few future-dated devices cannot move.
+    /// reference is the clock's event time so far, or, if later, the epoch's own
+    /// [`EPOCH_REFERENCE_RANK`]-th largest device maximum when that many devices reported
+    /// (an epoch may span more than `max_future_s` of event time: a replay of a small fleet
+    /// with long epochs); in the first epoch, the smallest of the [`SAMPLE_SIZE`] largest
+    /// device maxima. A few future-dated devices can move neither.
     pub fn future_limit_ms<'a>(
         &self,
         rules: &RulesConfig,
         samples: impl IntoIterator<Item = &'a EpochSample>,
     ) -> i64 {
-        let reference = self
-            .max_accepted_ms
-            .unwrap_or_else(|| device_maxima(samples).last().copied().unwrap_or(i64::MAX));
+        let maxima = device_maxima(samples);
+        let reference = match self.max_accepted_ms {
+            None => maxima.last().copied().unwrap_or(i64::MAX),
+            Some(clock) => maxima
+                .get(EPOCH_REFERENCE_RANK - 1)
+                .map_or(clock, |&epoch| clock.max(epoch)),
+        };
         reference.saturating_add(secs_ms(rules.max_future_s))
     }
 
@@ -366,6 +377,14 @@ mod tests {
         assert_eq!(limit, 11 * day);
         c.close_epoch(&second, limit);
         assert_eq!(c.watermark_ms(&rules), Some(10 * day + 5 - 120_000));
+        // An epoch where enough devices moved far ahead (a long epoch) moves the limit.
+        let mut wide = c.clone();
+        let many: Vec<EpochSample> = (0..8).map(|d| vec![(13 * day + d, d as u64)]).collect();
+        assert_eq!(wide.future_limit_ms(&rules, &many), 14 * day);
+        let few: Vec<EpochSample> = (0..7).map(|d| vec![(13 * day + d, d as u64)]).collect();
+        assert_eq!(wide.future_limit_ms(&rules, &few), 11 * day + 5);
+        wide.close_epoch(&many, 14 * day);
+        assert_eq!(wide.watermark_ms(&rules), Some(13 * day + 6 - 120_000));
         // A single device moves it alone.
         let mut solo = PipelineClock::default();
         let only = [vec![(day, 3)]];

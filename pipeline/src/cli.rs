@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use schemas::Alert;
 
 use crate::config::Config;
+use connectors::MqttSettings;
+
+use crate::publish::{PublishOptions, publish, read_messages};
 use crate::replay::{load_reference, replay};
+use crate::run::{ServeOptions, serve};
 use crate::simulate::{SimOptions, SimOutputs, simulate};
 
 /// lienwatch: watches vehicles pledged as loan collateral.
@@ -24,6 +28,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The service: MQTT in, Kafka and Parquet out, metrics and health on HTTP.
+    Run(RunArgs),
     /// Runs the dataflow over JSON Lines files with the event-time clock, then prints a summary.
     Replay(ReplayArgs),
     /// Validates a config, its registry and fences, and prints what would run.
@@ -52,7 +58,7 @@ pub struct ReplayArgs {
     /// Alerts JSON Lines file, `-` for stdout (overrides `alerts.jsonl_path`).
     #[arg(long)]
     pub alerts_out: Option<PathBuf>,
-    /// Archive root directory (overrides `archive.root`).
+    /// Archive root directory (overrides `archive.url`).
     #[arg(long)]
     pub archive: Option<String>,
     /// Do not write the Parquet archive.
@@ -64,6 +70,17 @@ pub struct ReplayArgs {
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     pub summary_out: Option<PathBuf>,
+}
+
+/// `lienwatch run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config (defaults without one: Mosquitto and Kafka on loopback).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Worker threads (overrides `pipeline.workers`).
+    #[arg(short = 'w', long)]
+    pub workers: Option<usize>,
 }
 
 /// `lienwatch check`.
@@ -78,9 +95,26 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Messages file to write; the truth, registry and fences go beside it
-    /// (`F.truth.jsonl`, `F.vehicles.csv`, `F.fences.geojson`).
+    /// (`F.truth.jsonl`, `F.vehicles.csv`, `F.fences.geojson`). Default with `--mqtt`:
+    /// `lienwatch-data/sim/fleet.jsonl`.
+    #[arg(long, required_unless_present = "mqtt")]
+    pub out: Option<PathBuf>,
+    /// Also publish the messages to this MQTT broker (`mqtt://host:port`), one per line,
+    /// on `<topic-prefix>/<device_id>`.
     #[arg(long)]
-    pub out: PathBuf,
+    pub mqtt: Option<String>,
+    /// Messages per second to publish (0 = as fast as the broker takes them).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// QoS of the published messages.
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// Topic prefix of the published messages.
+    #[arg(long, default_value = "telemetry")]
+    pub topic_prefix: String,
+    /// Publish this existing messages file instead of generating a fleet.
+    #[arg(long, requires = "mqtt")]
+    pub from: Option<PathBuf>,
     /// Vehicles in the fleet.
     #[arg(long)]
     pub vehicles: Option<usize>,
@@ -118,6 +152,7 @@ pub fn run_from(args: Vec<String>) -> anyhow::Result<()> {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run_service(args),
         Command::Replay(args) => run_replay(args),
         Command::Check(args) => run_check(&args.config),
         Command::Simulate(args) => run_simulate(args),
@@ -137,7 +172,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
         config.alerts.jsonl_path = Some(a);
     }
     if let Some(root) = args.archive {
-        config.archive.root = root;
+        config.archive.url = root;
         config.archive.enabled = true;
     }
     if args.no_archive {
@@ -164,6 +199,26 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_service(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(w) = args.workers {
+        config.pipeline.workers = w;
+    }
+    config.validate()?;
+    let summary = serve(&config, ServeOptions::default())?;
+    tracing::info!(
+        messages = summary.messages,
+        accepted = summary.accepted,
+        duplicates = summary.duplicates,
+        rejects = summary.rejects_total,
+        alerts = summary.alerts_total,
+        archive_files = summary.archive.files,
+        "lienwatch stopped cleanly"
+    );
+    print!("{}", summary.render());
+    Ok(())
+}
+
 fn run_check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(Some(path))?;
     let (registry, fences) = load_reference(&config)?;
@@ -182,7 +237,7 @@ fn run_check(path: &Path) -> anyhow::Result<()> {
         "workers: {}; archive: {}",
         config.pipeline.workers,
         if config.archive.enabled {
-            config.archive.root.as_str()
+            config.archive.url.as_str()
         } else {
             "off"
         }
@@ -215,8 +270,52 @@ fn sim_options(
 }
 
 fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let messages = match &args.from {
+        Some(file) => file.clone(),
+        None => generate(&args)?,
+    };
+    if let Some(url) = &args.mqtt {
+        let options = PublishOptions {
+            mqtt: MqttSettings {
+                url: url.clone(),
+                client_id: format!("lienwatch-sim-{}", std::process::id()),
+                qos: args.qos,
+                ..MqttSettings::default()
+            },
+            topic_prefix: args.topic_prefix.clone(),
+            rate_per_s: Some(args.rate).filter(|r| *r > 0.0),
+        };
+        let lines = read_messages(&messages, &options.topic_prefix)?;
+        println!(
+            "publishing {} messages to {url} on {}/<device_id> at {}",
+            lines.len(),
+            options.topic_prefix,
+            options
+                .rate_per_s
+                .map_or("full speed".to_owned(), |r| format!("{r} msg/s"))
+        );
+        let started = std::time::Instant::now();
+        let sent = publish(&options, lines)?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "published {sent} messages in {secs:.1} s ({:.0} msg/s)",
+            sent as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+/// Generates the fleet of `args`; returns the messages file.
+fn generate(args: &SimulateArgs) -> anyhow::Result<PathBuf> {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("lienwatch-data/sim/fleet.jsonl"));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let options = sim_options(args.vehicles, args.days, args.seed, args.start.as_deref())?;
-    let outputs = SimOutputs::beside(&args.out);
+    let outputs = SimOutputs::beside(&out);
     let summary = simulate(&options, &outputs)?;
     println!(
         "wrote {} lines ({} readings, {} duplicates, {} malformed) to {}",
@@ -235,7 +334,7 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     for (kind, n) in &summary.incidents {
         println!("  {kind:<22} {n}");
     }
-    Ok(())
+    Ok(out)
 }
 
 fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -265,7 +364,7 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     config.registry.vehicles_csv = Some(outputs.vehicles_csv.clone());
     config.registry.fences_geojson = Some(outputs.fences.clone());
     config.alerts.jsonl_path = Some(alerts_path.clone());
-    config.archive.root = args.dir.join("archive").display().to_string();
+    config.archive.url = args.dir.join("archive").display().to_string();
     config.pipeline.workers = 2;
     if alerts_path.exists() {
         std::fs::remove_file(&alerts_path)?;
@@ -283,11 +382,11 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("\n{}", summary.render());
     println!("alerts (JSON Lines): {}", alerts_path.display());
-    println!("archive (Parquet):   {}", config.archive.root);
+    println!("archive (Parquet):   {}", config.archive.url);
     let sql = format!(
         "SELECT kind, severity, count(*) FROM read_parquet('{}/alerts/**/*.parquet', \
          hive_partitioning=1) GROUP BY ALL ORDER BY 3 DESC",
-        config.archive.root
+        config.archive.url
     );
     println!("try it in DuckDB (scripts/setup installs it in .venv; or `pip install duckdb`):");
     println!("  python3 -c \"import duckdb; duckdb.sql(\\\"{sql}\\\").show()\"");

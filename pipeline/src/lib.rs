@@ -3,11 +3,17 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration with environment overrides.
+//! - `dataflow`: what `replay` and `run` share: identities, sinks, metrics, the worker.
 //! - [`replay`]: the dataflow over JSON Lines files and its summary.
+//! - [`run`]: the service: MQTT in, Kafka and Parquet out, metrics and health over HTTP.
+//! - [`publish`]: publishing a messages file to MQTT (`simulate --mqtt`, the demo).
 //! - [`simulate`]: the fleet generator with injected incidents and a truth file.
 //! - [`cli`]: the commands (`replay`, `check`, `simulate`, `demo`).
 
 pub mod cli;
 pub mod config;
+mod dataflow;
+pub mod publish;
 pub mod replay;
+pub mod run;
 pub mod simulate;

@@ -16,27 +16,27 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Concat;
+use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::{Scope, StreamVec};
 
-use connectors::{AlertLog, ArchiveStats, ArchiveWriter, LineBatch, LineSource};
-use operators::dataflow::{Output, RunFleet, id_key};
+use connectors::{AlertLog, ArchiveStats, LineBatch, LineSource};
+use operators::dataflow::id_key;
 use operators::fences::FenceIndex;
-use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
+use operators::fleet::{EpochSample, TopTimes};
 use operators::registry::Registry;
 use schemas::time::now_ms;
-use schemas::{DecodeLimits, DeviceClass, Reading, Record, Reject, decode_payload};
+use schemas::{Record, Reject, decode_payload};
 
 use crate::config::Config;
+use crate::dataflow::{
+    AlertSinks, ErrorSlot, Source, SourceSetup, Streams, WorkerReport, identify, run_worker,
+};
 
 /// Lines a source decodes per activation, so one source cannot starve the other operators.
 const LINES_PER_ACTIVATION: usize = 4096;
@@ -140,17 +140,6 @@ impl Summary {
     }
 }
 
-/// Per-worker counters merged into the [`Summary`].
-#[derive(Debug, Default)]
-struct WorkerReport {
-    messages: u64,
-    readings: u64,
-    fleet: FleetStats,
-    rejects: BTreeMap<String, u64>,
-    alerts: BTreeMap<String, u64>,
-    archive: ArchiveStats,
-}
-
 /// Loads the registry and fences named in the config, checking one against the other.
 pub fn load_reference(config: &Config) -> anyhow::Result<(Arc<Registry>, Arc<FenceIndex>)> {
     let fences = match &config.registry.fences_geojson {
@@ -168,28 +157,32 @@ pub fn load_reference(config: &Config) -> anyhow::Result<(Arc<Registry>, Arc<Fen
 /// Replays `inputs` through the dataflow with `config`; returns the summary.
 pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> {
     let (registry, fences) = load_reference(config)?;
-    let alert_log = match &config.alerts.jsonl_path {
-        Some(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("alerts directory {}", dir.display()))?;
-            }
-            Some(Arc::new(AlertLog::create(path).with_context(|| {
-                format!("alerts file {}", path.display())
-            })?))
-        }
-        None => None,
-    };
-    if config.archive.enabled {
-        std::fs::create_dir_all(&config.archive.root)
-            .with_context(|| format!("archive root {}", config.archive.root))?;
-    }
+    let alert_log = open_alert_log(config)?;
     let workers = config.pipeline.workers;
     let config = Arc::new(config.clone());
     let started = Instant::now();
-    let log = alert_log.clone();
+    let alert_sinks = AlertSinks {
+        log: alert_log.clone(),
+        ..AlertSinks::default()
+    };
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        run_worker(worker, &config, &inputs, &registry, &fences, log.clone())
+        let source = ReplaySource {
+            lines: LineSource::new(
+                inputs.clone(),
+                worker.index(),
+                worker.peers(),
+                config.pipeline.replay_block_lines,
+            ),
+            epoch_lines: config.pipeline.replay_epoch_lines,
+        };
+        run_worker(
+            worker,
+            &config,
+            &registry,
+            &fences,
+            alert_sinks.clone(),
+            source,
+        )
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
     let mut summary = Summary {
@@ -210,7 +203,21 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
     Ok(summary)
 }
 
-fn merge(summary: &mut Summary, report: WorkerReport) {
+/// Opens the JSON Lines alert file of the config, if any, creating its directory.
+pub(crate) fn open_alert_log(config: &Config) -> anyhow::Result<Option<Arc<AlertLog>>> {
+    let Some(path) = &config.alerts.jsonl_path else {
+        return Ok(None);
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("alerts directory {}", dir.display()))?;
+    }
+    let log = AlertLog::create(path).with_context(|| format!("alerts file {}", path.display()))?;
+    Ok(Some(Arc::new(log)))
+}
+
+/// Adds a worker's counters to the summary.
+pub(crate) fn merge(summary: &mut Summary, report: WorkerReport) {
     summary.messages += report.messages;
     summary.readings += report.readings;
     summary.accepted += report.fleet.accepted;
@@ -233,120 +240,31 @@ fn merge(summary: &mut Summary, report: WorkerReport) {
     summary.archive.reject_rows += report.archive.reject_rows;
 }
 
-/// The shared slot where operators leave the first fatal error of a worker.
-type ErrorSlot = Rc<RefCell<Option<String>>>;
-
-fn run_worker(
-    worker: &mut timely::worker::Worker,
-    config: &Config,
-    inputs: &[PathBuf],
-    registry: &Arc<Registry>,
-    fences: &Arc<FenceIndex>,
-    alert_log: Option<Arc<AlertLog>>,
-) -> Result<WorkerReport, String> {
-    let index = worker.index();
-    let peers = worker.peers();
-    let error: ErrorSlot = Rc::default();
-    let report = Rc::new(RefCell::new(WorkerReport::default()));
-    let fleet_stats = Rc::new(RefCell::new(FleetStats::default()));
-    let archive = if config.archive.enabled {
-        Some(
-            ArchiveWriter::open(&config.archive.connector(), 0, index)
-                .map_err(|e| e.to_string())?,
-        )
-    } else {
-        None
-    };
-    let lines = LineSource::new(
-        inputs.to_vec(),
-        index,
-        peers,
-        config.pipeline.replay_block_lines,
-    );
-    let fleet = Fleet::new(
-        config.rules.clone(),
-        Arc::clone(registry),
-        Arc::clone(fences),
-    );
-    worker.dataflow::<u64, _, _>(|scope| {
-        let (records, rejects, samples) = replay_source(
-            scope,
-            lines,
-            SourceSetup {
-                registry: Arc::clone(registry),
-                limits: DecodeLimits {
-                    max_reject_raw_bytes: config.decode.max_reject_raw_bytes,
-                },
-                epoch_lines: config.pipeline.replay_epoch_lines,
-            },
-            Rc::clone(&report),
-            Rc::clone(&error),
-        );
-        let outputs = records
-            .run_fleet(samples, fleet, now_ms, Rc::clone(&fleet_stats))
-            .concat(rejects.map(Output::Reject));
-        sinks(
-            outputs,
-            archive,
-            alert_log,
-            Rc::clone(&report),
-            Rc::clone(&error),
-        );
-    });
-    while worker.has_dataflows() {
-        worker.step_or_park(Some(Duration::from_millis(20)));
-    }
-    if let Some(e) = error.borrow_mut().take() {
-        return Err(e);
-    }
-    let mut report = std::mem::take(&mut *report.borrow_mut());
-    report.fleet = *fleet_stats.borrow();
-    Ok(report)
-}
-
-/// What the source needs besides its lines.
-struct SourceSetup {
-    registry: Arc<Registry>,
-    limits: DecodeLimits,
+/// A worker's share of the replay input: its blocks of lines, in epochs of `epoch_lines`
+/// input lines.
+struct ReplaySource {
+    lines: LineSource,
     epoch_lines: u64,
 }
 
-/// Resolves a reading's identity in the registry (SPEC §3): unregistered devices are their
-/// own vehicle, with the `wired` thresholds and no loan.
-fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -> Record {
-    match registry.device(&reading.device_id) {
-        Some(device) => Record {
-            vehicle_id: device.vehicle_id.clone(),
-            loan_id: registry
-                .vehicle(&device.vehicle_id)
-                .map(|v| v.loan_id.clone()),
-            class: device.class,
-            registered: true,
-            ingest_seq,
-            reading: Box::new(reading),
-        },
-        None => Record {
-            vehicle_id: reading.device_id.clone(),
-            loan_id: None,
-            class: DeviceClass::Wired,
-            registered: false,
-            ingest_seq,
-            reading: Box::new(reading),
-        },
+impl Source for ReplaySource {
+    /// Reads and decodes this worker's lines: records, rejects, and one sample of event times
+    /// per epoch for the pipeline clock.
+    fn build<'scope>(
+        self,
+        scope: Scope<'scope, u64>,
+        setup: SourceSetup,
+        report: Rc<RefCell<WorkerReport>>,
+        error: ErrorSlot,
+    ) -> Streams<'scope> {
+        replay_source(scope, self.lines, self.epoch_lines, setup, report, error)
     }
 }
 
-type Streams<'scope> = (
-    StreamVec<'scope, u64, Record>,
-    StreamVec<'scope, u64, Reject>,
-    StreamVec<'scope, u64, EpochSample>,
-);
-
-/// Reads and decodes this worker's lines: records, rejects, and one sample of event times per
-/// epoch for the pipeline clock.
 fn replay_source<'scope>(
     scope: Scope<'scope, u64>,
     mut lines: LineSource,
+    epoch_lines: u64,
     setup: SourceSetup,
     report: Rc<RefCell<WorkerReport>>,
     error: ErrorSlot,
@@ -389,7 +307,7 @@ fn replay_source<'scope>(
             let mut samples_h = samples_out.activate();
             let mut report = report.borrow_mut();
             for (line, bytes) in batch.iter() {
-                let line_epoch = line / setup.epoch_lines;
+                let line_epoch = line / epoch_lines;
                 if line_epoch > epoch {
                     records_h
                         .session(&caps[0])
@@ -438,74 +356,6 @@ fn replay_source<'scope>(
     (records, rejects, samples)
 }
 
-/// Writes the fleet's outputs: alerts to the JSON Lines sink and the archive, accepted
-/// readings and rejects to the archive; counts alerts by kind and rejects by reason.
-fn sinks<'scope>(
-    outputs: StreamVec<'scope, u64, Output>,
-    mut archive: Option<ArchiveWriter>,
-    alert_log: Option<Arc<AlertLog>>,
-    report: Rc<RefCell<WorkerReport>>,
-    error: ErrorSlot,
-) {
-    let mut alerts = Vec::new();
-    let mut watermark = None;
-    outputs.sink(Pipeline, "Sinks", move |(input, frontier)| {
-        let mut report = report.borrow_mut();
-        input.for_each(|_cap, data| {
-            for item in data.drain(..) {
-                match item {
-                    Output::Alert(alert) => {
-                        *report
-                            .alerts
-                            .entry(alert.kind.as_str().to_owned())
-                            .or_default() += 1;
-                        if let Some(a) = archive.as_mut() {
-                            a.push_alert(&alert);
-                        }
-                        alerts.push(alert);
-                    }
-                    Output::Archive(record) => {
-                        if let Some(a) = archive.as_mut() {
-                            a.push_telemetry(record);
-                        }
-                    }
-                    Output::Reject(reject) => {
-                        *report.rejects.entry(reject.reason.clone()).or_default() += 1;
-                        if let Some(a) = archive.as_mut() {
-                            a.push_reject(reject);
-                        }
-                    }
-                    Output::Watermark(w) => watermark = Some(w),
-                }
-            }
-        });
-        if let Some(log) = &alert_log
-            && let Err(e) = log.write(&alerts)
-        {
-            error.borrow_mut().get_or_insert(e.to_string());
-        }
-        alerts.clear();
-        if let Some(a) = archive.as_mut() {
-            let rolled = a
-                .roll_due(now_ms())
-                .and_then(|()| watermark.take().map_or(Ok(()), |w| a.roll_event_time(w)));
-            if let Err(e) = rolled {
-                error.borrow_mut().get_or_insert(e.to_string());
-            }
-        }
-        if frontier.is_empty()
-            && let Some(a) = archive.take()
-        {
-            match a.finish() {
-                Ok(stats) => report.archive = stats,
-                Err(e) => {
-                    error.borrow_mut().get_or_insert(e.to_string());
-                }
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,7 +377,7 @@ mod tests {
         config.pipeline.replay_epoch_lines = 16;
         config.pipeline.replay_block_lines = 4;
         config.alerts.jsonl_path = Some(alerts.clone());
-        config.archive.root = dir.path().join("archive").display().to_string();
+        config.archive.url = dir.path().join("archive").display().to_string();
         let summary = replay(&config, vec![input]).unwrap();
         let mut out: Vec<Alert> = std::fs::read_to_string(&alerts)
             .unwrap()

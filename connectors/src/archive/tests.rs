@@ -382,12 +382,12 @@ fn rejects_bad_configs() {
         ArchiveWriter::open(&bad_level, 0, 0),
         Err(ArchiveError::Config(_))
     ));
-    let s3 = ArchiveConfig {
-        root: "s3://bucket/prefix".into(),
+    let gcs = ArchiveConfig {
+        root: "gs://bucket/prefix".into(),
         ..Default::default()
     };
     assert!(matches!(
-        ArchiveWriter::open(&s3, 0, 0),
+        ArchiveWriter::open(&gcs, 0, 0),
         Err(ArchiveError::UnsupportedRoot(_))
     ));
     let nested = dir.path().join("a/b");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
 use tokio::runtime::Runtime;
 
 use super::rows::Dataset;
@@ -99,8 +99,14 @@ pub(super) struct Uploader {
 
 impl Uploader {
     /// Starts the uploader thread `name` with its own current-thread tokio runtime.
-    pub(super) fn spawn(store: Arc<dyn ObjectStore>, name: String) -> Result<Self, ArchiveError> {
+    /// Files above `part_bytes` go up as multipart uploads in parts of that size.
+    pub(super) fn spawn(
+        store: Arc<dyn ObjectStore>,
+        part_bytes: usize,
+        name: String,
+    ) -> Result<Self, ArchiveError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .map_err(ArchiveError::Thread)?;
         let (tx, rx) = channel();
@@ -108,7 +114,7 @@ impl Uploader {
         let released = Arc::clone(&queued);
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || run(&runtime, store.as_ref(), &rx, &released))
+            .spawn(move || run(&runtime, store.as_ref(), part_bytes, &rx, &released))
             .map_err(ArchiveError::Thread)?;
         Ok(Self {
             tx: Some(tx),
@@ -147,17 +153,24 @@ impl Drop for Uploader {
 fn run(
     runtime: &Runtime,
     store: &dyn ObjectStore,
+    part_bytes: usize,
     rx: &Receiver<Upload>,
     queued: &Queued,
 ) -> Report {
     let mut report = Report::default();
     for upload in rx {
         let size = upload.bytes.len() as u64;
-        let published = put_with_retries(runtime, store, &upload);
+        let published = put_with_retries(runtime, store, part_bytes, &upload);
         queued.release(size);
         match published {
             Ok(()) => {
                 tracing::debug!(path = %upload.path, bytes = size, rows = upload.rows, "Archive file published.");
+                metrics::counter!("lienwatch_archive_files_total", "dataset" => upload.dataset.dir())
+                    .increment(1);
+                metrics::counter!("lienwatch_archive_bytes_total", "dataset" => upload.dataset.dir())
+                    .increment(size);
+                metrics::counter!("lienwatch_archive_rows_total", "dataset" => upload.dataset.dir())
+                    .increment(upload.rows);
                 let stats = &mut report.stats;
                 stats.files += 1;
                 stats.bytes += size;
@@ -172,6 +185,8 @@ fn run(
                     path = %upload.path, rows = upload.rows, attempts, %error,
                     "Archive file could not be published; its rows are not archived."
                 );
+                metrics::counter!("lienwatch_archive_failed_files_total", "dataset" => upload.dataset.dir())
+                    .increment(1);
                 report.failures.push(Failure {
                     path: upload.path.to_string(),
                     attempts,
@@ -183,6 +198,28 @@ fn run(
     report
 }
 
+/// Uploads `upload` in parts of `part_bytes`, unless the key already exists.
+async fn put_multipart(
+    store: &dyn ObjectStore,
+    part_bytes: usize,
+    upload: &Upload,
+) -> Result<(), object_store::Error> {
+    match store.head(&upload.path).await {
+        Ok(_) => {
+            return Err(object_store::Error::AlreadyExists {
+                path: upload.path.to_string(),
+                source: "the object exists before its multipart upload".into(),
+            });
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let parts = store.put_multipart(&upload.path).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(parts, part_bytes);
+    writer.put(upload.bytes.clone());
+    writer.finish().await.map(drop)
+}
+
 /// Publishes one file with a single create-only `put`, retrying with exponential backoff.
 ///
 /// `PutMode::Create` never replaces an existing object. On `LocalFileSystem` (object_store
@@ -192,20 +229,30 @@ fn run(
 /// only once complete. A crash can leave a `#<n>` staging file behind, which `*.parquet` globs
 /// do not match. On S3 a single PUT is atomic as well.
 ///
+/// Files above `part_bytes` go up as a multipart upload, which S3 makes visible only on
+/// completion; S3 has no create-only completion everywhere, so an existing object is checked
+/// for first (keys carry a per-run token, so only a bug or a second writer could collide).
+///
 /// If a retry finds the object already there with our size, an earlier attempt published it
 /// before failing (e.g. on the directory fsync), and that counts as success; an existing
 /// object on the first attempt is an error, never overwritten.
 fn put_with_retries(
     runtime: &Runtime,
     store: &dyn ObjectStore,
+    part_bytes: usize,
     upload: &Upload,
 ) -> Result<(), (u32, object_store::Error)> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
-        let payload = PutPayload::from_bytes(upload.bytes.clone());
-        let result =
-            runtime.block_on(store.put_opts(&upload.path, payload, PutMode::Create.into()));
+        let result = if upload.bytes.len() > part_bytes {
+            runtime.block_on(put_multipart(store, part_bytes, upload))
+        } else {
+            let payload = PutPayload::from_bytes(upload.bytes.clone());
+            runtime
+                .block_on(store.put_opts(&upload.path, payload, PutMode::Create.into()))
+                .map(drop)
+        };
         let error = match result {
             Ok(_) => return Ok(()),
             Err(error @ object_store::Error::AlreadyExists { .. }) if attempt == 1 => {
@@ -249,7 +296,8 @@ mod tests {
     #[test]
     fn publishes_and_counts_and_never_overwrites() {
         let store = Arc::new(InMemory::new());
-        let mut uploader = Uploader::spawn(Arc::clone(&store) as _, "test-upload".into()).unwrap();
+        let mut uploader =
+            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, "test-upload".into()).unwrap();
         uploader.send(upload("alerts/a.parquet", b"first")).unwrap();
         uploader
             .send(upload("alerts/a.parquet", b"second"))
@@ -273,6 +321,39 @@ mod tests {
                 .unwrap()
         });
         assert_eq!(&got[..], b"first");
+    }
+
+    #[test]
+    fn large_files_go_up_in_parts_and_never_overwrite() {
+        let store = Arc::new(InMemory::new());
+        let part = 5 << 20;
+        let body: Vec<u8> = (0..part * 2 + 17).map(|i| (i % 251) as u8).collect();
+        let big = |key: &str| Upload {
+            path: Path::from(key),
+            bytes: Bytes::from(body.clone()),
+            dataset: Dataset::Telemetry,
+            rows: 9,
+        };
+        let mut uploader =
+            Uploader::spawn(Arc::clone(&store) as _, part, "test-multipart".into()).unwrap();
+        uploader.send(big("telemetry/big.parquet")).unwrap();
+        uploader.send(big("telemetry/big.parquet")).unwrap();
+        let report = uploader.finish().unwrap();
+        assert_eq!(report.stats.files, 1);
+        assert_eq!(report.stats.telemetry_rows, 9);
+        assert_eq!(report.failures.len(), 1);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let got = runtime.block_on(async {
+            let object = store
+                .get(&Path::from("telemetry/big.parquet"))
+                .await
+                .unwrap();
+            object.bytes().await.unwrap()
+        });
+        assert_eq!(got.len(), body.len());
+        assert!(got[..] == body[..]);
     }
 
     #[test]

@@ -1,0 +1,782 @@
+//! The MQTT source (SPEC §2, §8): one MQTT session per process (rumqttc, MQTT 5 or 3.1.1),
+//! messages spread over the timely workers by device, QoS 1 acks in receipt order as each
+//! message enters the dataflow.
+//!
+//! ```text
+//!  broker ──▶ poll task ──bounded channel per worker──▶ worker's source operator
+//!               acks ◀─┘ (once the message is in its worker's channel)
+//! ```
+//!
+//! The poll task hands each message to its worker's bounded channel, then acknowledges it:
+//! acks therefore go out in receipt order (MQTT-4.6.0-2) and at the rate the dataflow takes
+//! messages. A full channel stops the poll task reading the socket, so the broker's inflight
+//! window fills and the broker queues (back-pressure). A worker never waits on the network:
+//! it drains its channel with `try_recv`. Messages of one device always go to the same worker,
+//! which keeps their order.
+//!
+//! An ack means "in this process's memory": a clean shutdown processes every acknowledged
+//! message, a crash loses them (durability before the ack is a later step). After a reconnect
+//! the broker redelivers what was not acknowledged; the dataflow drops the duplicates.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::Packet as PacketV5;
+use rumqttc::v5::mqttbytes::v5::Publish as PublishV5;
+use rumqttc::{Event as EventV4, Packet as PacketV4, Publish as PublishV4, QoS, Transport};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// MQTT protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 5.
+    V5,
+    /// MQTT 3.1.1.
+    V311,
+}
+
+/// Settings of the MQTT source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttSettings {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS).
+    pub url: String,
+    /// Protocol version.
+    pub protocol: Protocol,
+    /// Client id; stable ids keep persistent sessions across restarts.
+    pub client_id: String,
+    /// Topic filters; the last topic level is the `device_id`.
+    pub topics: Vec<String>,
+    /// Subscribe through `$share/<group>/<filter>` so several processes split the stream.
+    pub shared_group: Option<String>,
+    /// Subscription QoS (0 or 1).
+    pub qos: u8,
+    /// Start a new session (drop the broker's backlog) on connect.
+    pub clean_start: bool,
+    /// MQTT 5: how long the broker keeps the session after a disconnect.
+    pub session_expiry_s: u32,
+    /// Keep-alive interval.
+    pub keep_alive_s: u64,
+    /// Largest packet accepted (batched payloads are large).
+    pub max_packet_bytes: u32,
+    /// MQTT 5: unacknowledged QoS 1 messages the broker may send at once.
+    pub receive_maximum: u16,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// Password (read from the environment or a file by the caller, never from the config).
+    pub password: Option<String>,
+    /// PEM CA bundle for `mqtts://`; unset = the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key for mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// First wait before reconnecting; doubled up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    /// Longest wait between reconnects.
+    pub reconnect_max_ms: u64,
+    /// Messages buffered per worker before the poll task stops reading.
+    pub channel_capacity: usize,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            protocol: Protocol::V5,
+            client_id: "lienwatch".into(),
+            topics: vec!["telemetry/+".into()],
+            shared_group: None,
+            qos: 1,
+            clean_start: false,
+            session_expiry_s: 3600,
+            keep_alive_s: 30,
+            max_packet_bytes: 1 << 20,
+            receive_maximum: 1024,
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 30_000,
+            channel_capacity: 8192,
+        }
+    }
+}
+
+/// Why the MQTT source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The settings are not usable.
+    #[error("mqtt: {0}")]
+    Settings(String),
+    /// A TLS file could not be read or parsed.
+    #[error("mqtt TLS file {path}: {message}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One message as received.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// Receipt order in this process, from 0.
+    pub seq: u64,
+    /// The topic's last level, if not empty.
+    pub device_id: Option<String>,
+    /// Wall-clock receipt time, epoch ms.
+    pub received_at_ms: i64,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// What the workers and the poll task share.
+struct Shared {
+    /// Per worker: wakes its source operator when a message is queued.
+    wakers: Vec<OnceLock<Box<dyn Fn() + Send + Sync>>>,
+    /// Set when the process shuts down: stop forwarding messages.
+    stopping: AtomicBool,
+    /// Wakes the poll task when shutting down.
+    stop: Notify,
+    /// Whether the session is up (for health checks).
+    connected: Arc<AtomicBool>,
+}
+
+enum AckToken {
+    V4(PublishV4),
+    V5(PublishV5),
+}
+
+/// A worker's end of the source: its channel.
+pub struct WorkerInlet {
+    index: usize,
+    rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+}
+
+/// What [`WorkerInlet::poll`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inlet {
+    /// Messages were taken (maybe none); more may come.
+    Open,
+    /// The source is closed and drained.
+    Closed,
+}
+
+impl WorkerInlet {
+    /// Registers the function that wakes this worker's source operator (a timely
+    /// `SyncActivator`); called once.
+    pub fn set_waker(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        // A second registration would be a programming error; the first one stays.
+        let _ = self.shared.wakers[self.index].set(wake);
+    }
+
+    /// Moves up to `max` queued messages into `out` without waiting.
+    pub fn poll(&mut self, max: usize, out: &mut Vec<Message>) -> Inlet {
+        for _ in 0..max {
+            match self.rx.try_recv() {
+                Ok(m) => out.push(m),
+                Err(mpsc::error::TryRecvError::Empty) => return Inlet::Open,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Inlet::Closed,
+            }
+        }
+        Inlet::Open
+    }
+}
+
+/// The running source: stop it with [`MqttSource::shutdown`].
+pub struct MqttSource {
+    shared: Arc<Shared>,
+    poll: JoinHandle<()>,
+}
+
+impl MqttSource {
+    /// Starts the source on `runtime` for `workers` workers; returns it and one inlet per
+    /// worker.
+    pub fn start(
+        settings: &MqttSettings,
+        workers: usize,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(Self, Vec<WorkerInlet>), MqttError> {
+        if workers == 0 || settings.topics.is_empty() {
+            return Err(MqttError::Settings(
+                "need a worker and a topic filter".into(),
+            ));
+        }
+        if settings.qos > 1 {
+            return Err(MqttError::Settings(format!(
+                "qos {} is not supported (0 or 1)",
+                settings.qos
+            )));
+        }
+        let session = Session::connect(settings)?;
+        let shared = Arc::new(Shared {
+            wakers: (0..workers).map(|_| OnceLock::new()).collect(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            connected: Arc::default(),
+        });
+        let mut senders = Vec::with_capacity(workers);
+        let mut inlets = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let (tx, rx) = mpsc::channel(settings.channel_capacity.max(1));
+            senders.push(tx);
+            inlets.push(WorkerInlet {
+                index,
+                rx,
+                shared: Arc::clone(&shared),
+            });
+        }
+        let filters = subscriptions(settings);
+        let qos = if settings.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let backoff = (
+            Duration::from_millis(settings.reconnect_min_ms.max(1)),
+            Duration::from_millis(settings.reconnect_max_ms.max(settings.reconnect_min_ms)),
+        );
+        let poll = runtime.spawn(poll_loop(
+            session,
+            filters,
+            qos,
+            senders,
+            Arc::clone(&shared),
+            backoff,
+        ));
+        Ok((Self { shared, poll }, inlets))
+    }
+
+    /// A flag that is true while the session is up.
+    pub fn connected(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.shared.connected)
+    }
+
+    /// Stops forwarding messages (later ones stay with the broker, unacknowledged), closes
+    /// the workers' channels (they process what is in them) and disconnects after the last
+    /// ack went out. Resolves when the session is closed.
+    pub async fn shutdown(self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stop.notify_one();
+        if let Err(e) = self.poll.await {
+            tracing::error!(error = %e, "MQTT poll task failed");
+        }
+    }
+}
+
+/// The filters to subscribe to, with the shared-subscription prefix.
+fn subscriptions(settings: &MqttSettings) -> Vec<String> {
+    settings
+        .topics
+        .iter()
+        .map(|t| match &settings.shared_group {
+            Some(group) => format!("$share/{group}/{t}"),
+            None => t.clone(),
+        })
+        .collect()
+}
+
+/// The worker that decodes a device's messages.
+fn worker_of(device_id: Option<&str>, workers: usize) -> usize {
+    let key = device_id.map_or(0, |d| xxh3_64(d.as_bytes()));
+    (key % workers as u64) as usize
+}
+
+/// The last level of a topic, if not empty.
+pub fn device_of_topic(topic: &str) -> Option<&str> {
+    topic.rsplit('/').next().filter(|d| !d.is_empty())
+}
+
+/// A connected (or connecting) session of either protocol version.
+enum Session {
+    V4(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
+    V5(rumqttc::v5::AsyncClient, Box<rumqttc::v5::EventLoop>),
+}
+
+/// What the poll loop cares about in an event.
+enum Incoming {
+    ConnAck {
+        session_present: bool,
+    },
+    Publish(Box<Received>),
+    /// Our DISCONNECT went out.
+    Disconnected,
+    Other,
+}
+
+struct Received {
+    topic_device: Option<String>,
+    payload: Bytes,
+    qos1: bool,
+    token: AckToken,
+}
+
+impl Session {
+    fn connect(s: &MqttSettings) -> Result<Self, MqttError> {
+        let (tls, rest) = match s.url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (false, rest),
+            Some(("mqtts" | "ssl", rest)) => (true, rest),
+            _ => {
+                return Err(MqttError::Settings(format!(
+                    "url {:?}: expected mqtt://host:port or mqtts://host:port",
+                    s.url
+                )));
+            }
+        };
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                p.parse::<u16>()
+                    .map_err(|_| MqttError::Settings(format!("url {:?}: bad port", s.url)))?,
+            ),
+            None => (rest.to_owned(), if tls { 8883 } else { 1883 }),
+        };
+        let transport = if tls {
+            Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(s)?)))
+        } else {
+            Transport::Tcp
+        };
+        // The request channel carries our acks; size it to the broker's window so acks
+        // rarely wait.
+        let requests = usize::from(s.receive_maximum).max(64) * 2;
+        let keep_alive = Duration::from_secs(s.keep_alive_s.max(1));
+        match s.protocol {
+            Protocol::V311 => {
+                let mut o = rumqttc::MqttOptions::new(&s.client_id, host, port);
+                o.set_keep_alive(keep_alive)
+                    .set_clean_session(s.clean_start)
+                    .set_manual_acks(true)
+                    .set_inflight(1000)
+                    .set_max_packet_size(s.max_packet_bytes as usize, s.max_packet_bytes as usize)
+                    .set_transport(transport);
+                if let Some(user) = &s.username {
+                    o.set_credentials(user, s.password.clone().unwrap_or_default());
+                }
+                let (client, events) = rumqttc::AsyncClient::new(o, requests);
+                Ok(Self::V4(client, Box::new(events)))
+            }
+            Protocol::V5 => {
+                let mut o = rumqttc::v5::MqttOptions::new(&s.client_id, host, port);
+                o.set_keep_alive(keep_alive)
+                    .set_clean_start(s.clean_start)
+                    .set_session_expiry_interval(Some(s.session_expiry_s))
+                    .set_receive_maximum(Some(s.receive_maximum.max(1)))
+                    .set_max_packet_size(Some(s.max_packet_bytes))
+                    .set_manual_acks(true)
+                    .set_transport(transport);
+                if let Some(user) = &s.username {
+                    o.set_credentials(user, s.password.clone().unwrap_or_default());
+                }
+                let (client, events) = rumqttc::v5::AsyncClient::new(o, requests);
+                Ok(Self::V5(client, Box::new(events)))
+            }
+        }
+    }
+
+    async fn poll(&mut self) -> Result<Incoming, String> {
+        match self {
+            Self::V4(_, events) => match events.poll().await.map_err(|e| e.to_string())? {
+                EventV4::Incoming(PacketV4::ConnAck(ack)) => Ok(Incoming::ConnAck {
+                    session_present: ack.session_present,
+                }),
+                EventV4::Incoming(PacketV4::Publish(p)) => {
+                    Ok(Incoming::Publish(Box::new(Received {
+                        topic_device: device_of_topic(&p.topic).map(str::to_owned),
+                        payload: p.payload.clone(),
+                        qos1: p.qos != QoS::AtMostOnce,
+                        token: AckToken::V4(p),
+                    })))
+                }
+                EventV4::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Incoming::Disconnected),
+                _ => Ok(Incoming::Other),
+            },
+            Self::V5(_, events) => {
+                use rumqttc::v5::Event;
+                match events.poll().await.map_err(|e| e.to_string())? {
+                    Event::Incoming(PacketV5::ConnAck(ack)) => Ok(Incoming::ConnAck {
+                        session_present: ack.session_present,
+                    }),
+                    Event::Incoming(PacketV5::Publish(p)) => {
+                        let topic = String::from_utf8_lossy(&p.topic);
+                        Ok(Incoming::Publish(Box::new(Received {
+                            topic_device: device_of_topic(&topic).map(str::to_owned),
+                            payload: p.payload.clone(),
+                            qos1: p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                            token: AckToken::V5(p),
+                        })))
+                    }
+                    Event::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Incoming::Disconnected),
+                    _ => Ok(Incoming::Other),
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self, filters: &[String], qos: QoS) -> Result<(), String> {
+        for filter in filters {
+            match self {
+                Self::V4(c, _) => c
+                    .try_subscribe(filter.clone(), qos)
+                    .map_err(|e| e.to_string())?,
+                Self::V5(c, _) => c
+                    .try_subscribe(filter.clone(), qos_v5(qos))
+                    .map_err(|e| e.to_string())?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the ack of a received QoS 1 message without waiting (the poll loop itself
+    /// empties the client's request queue); acks leave in the order they are queued.
+    fn try_ack(&self, token: &AckToken) -> Result<(), ()> {
+        match (self, token) {
+            (Self::V4(c, _), AckToken::V4(p)) => c.try_ack(p).map_err(drop),
+            (Self::V5(c, _), AckToken::V5(p)) => c.try_ack(p).map_err(drop),
+            _ => Err(()),
+        }
+    }
+
+    fn disconnect(&self) -> Result<(), String> {
+        match self {
+            Self::V4(c, _) => c.try_disconnect().map_err(|e| e.to_string()),
+            Self::V5(c, _) => c.try_disconnect().map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn qos_v5(qos: QoS) -> rumqttc::v5::mqttbytes::QoS {
+    match qos {
+        QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// Reads the broker: forwards publishes to the workers and acknowledges them, (re)subscribes
+/// on every CONNACK, reconnects with exponential backoff. After a shutdown request it stops
+/// forwarding, closes the workers' channels, and ends once its DISCONNECT went out (after
+/// every queued ack).
+async fn poll_loop(
+    mut session: Session,
+    filters: Vec<String>,
+    qos: QoS,
+    senders: Vec<mpsc::Sender<Message>>,
+    shared: Arc<Shared>,
+    (backoff_min, backoff_max): (Duration, Duration),
+) {
+    let mut senders = Some(senders);
+    let mut seq = 0u64;
+    let mut backoff = backoff_min;
+    let mut failures_in_a_row = 0u32;
+    let mut disconnect_sent = false;
+    // Acks the client's request queue had no room for, in receipt order.
+    let mut unsent_acks: VecDeque<AckToken> = VecDeque::new();
+    let connected = metrics::gauge!("lienwatch_mqtt_connected");
+    let received = metrics::counter!("lienwatch_messages_received_total");
+    let set_connected = |up: bool| {
+        connected.set(if up { 1.0 } else { 0.0 });
+        shared.connected.store(up, Ordering::Release);
+    };
+    loop {
+        while let Some(token) = unsent_acks.front() {
+            if session.try_ack(token).is_err() {
+                break;
+            }
+            unsent_acks.pop_front();
+        }
+        if shared.stopping.load(Ordering::Acquire) {
+            if senders.take().is_some() {
+                tracing::info!(received = seq, "MQTT intake stopped");
+            }
+            if !disconnect_sent && unsent_acks.is_empty() {
+                if let Err(e) = session.disconnect() {
+                    tracing::warn!(error = %e, "MQTT disconnect could not be queued");
+                    return;
+                }
+                disconnect_sent = true;
+            }
+        }
+        // A stop request wakes this loop; `poll` is cancel-safe (its read buffer lives in
+        // the event loop).
+        let event = tokio::select! {
+            event = session.poll() => event,
+            () = shared.stop.notified() => continue,
+        };
+        match event {
+            Ok(Incoming::ConnAck { session_present }) => {
+                set_connected(true);
+                // Acks queued for the old connection are void: the broker redelivers.
+                unsent_acks.clear();
+                backoff = backoff_min;
+                failures_in_a_row = 0;
+                tracing::info!(session_present, filters = ?filters, "MQTT connected; subscribing");
+                if let Err(e) = session.subscribe(&filters, qos) {
+                    tracing::error!(error = %e, "MQTT subscribe could not be queued");
+                }
+            }
+            Ok(Incoming::Publish(msg)) => {
+                let Some(tx) = senders.as_ref() else {
+                    // Shutting down: left unacknowledged, the broker keeps it for the next
+                    // session (QoS 1 with a persistent session).
+                    continue;
+                };
+                received.increment(1);
+                let worker = worker_of(msg.topic_device.as_deref(), tx.len());
+                let message = Message {
+                    seq,
+                    device_id: msg.topic_device,
+                    received_at_ms: schemas::time::now_ms(),
+                    payload: msg.payload,
+                };
+                seq += 1;
+                if tx[worker].send(message).await.is_err() {
+                    tracing::error!(worker, "a worker's MQTT channel closed; stopping intake");
+                    shared.stopping.store(true, Ordering::Release);
+                    continue;
+                }
+                if let Some(wake) = shared.wakers[worker].get() {
+                    wake();
+                }
+                if msg.qos1 {
+                    unsent_acks.push_back(msg.token);
+                }
+            }
+            Ok(Incoming::Disconnected) => {
+                tracing::info!(received = seq, "MQTT session closed");
+                set_connected(false);
+                return;
+            }
+            Ok(Incoming::Other) => {}
+            Err(error) => {
+                set_connected(false);
+                if disconnect_sent {
+                    tracing::info!(received = seq, "MQTT session closed");
+                    return;
+                }
+                metrics::counter!("lienwatch_mqtt_reconnects_total").increment(1);
+                failures_in_a_row += 1;
+                // Logged once per outage and then every 10th attempt, not per retry.
+                if failures_in_a_row == 1 || failures_in_a_row.is_multiple_of(10) {
+                    tracing::warn!(%error, attempt = failures_in_a_row, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed; reconnecting");
+                }
+                if senders.is_none() {
+                    // Shutting down without a broker: what was not acknowledged is
+                    // redelivered to the next session.
+                    tracing::warn!("MQTT broker unreachable while shutting down");
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shared.stop.notified() => {}
+                }
+                backoff = (backoff * 2).min(backoff_max);
+            }
+        }
+    }
+}
+
+/// Publishes `messages` (topic, payload) over MQTT 3.1.1 at up to `rate_per_s` messages per
+/// second (`None` = as fast as the broker takes them) with `settings`' broker, credentials,
+/// TLS and QoS; returns once the broker has acknowledged every QoS 1 message (or every
+/// QoS 0 message was written). Used by `lienwatch simulate --mqtt` and the demo.
+pub async fn publish(
+    settings: &MqttSettings,
+    messages: impl IntoIterator<Item = (String, Bytes)>,
+    rate_per_s: Option<f64>,
+) -> Result<u64, MqttError> {
+    let publisher = MqttSettings {
+        protocol: Protocol::V311,
+        clean_start: true,
+        ..settings.clone()
+    };
+    let Session::V4(client, mut events) = Session::connect(&publisher)? else {
+        return Err(MqttError::Settings("publisher session".into()));
+    };
+    let qos = if settings.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let acked = Arc::new(AtomicU64::new(0));
+    // Some("") once our DISCONNECT went out, Some(error) if the connection failed.
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(None::<String>);
+    let acks = Arc::clone(&acked);
+    let driver = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(EventV4::Incoming(PacketV4::PubAck(_))) => {
+                    acks.fetch_add(1, Ordering::AcqRel);
+                }
+                Ok(EventV4::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    let _ = done_tx.send(Some(String::new()));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = done_tx.send(Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    let failed = |e: String| MqttError::Settings(format!("publishing: {e}"));
+    for (topic, payload) in messages {
+        if let Some(rate) = rate_per_s.filter(|r| *r > 0.0) {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate);
+            if due > tokio::time::Instant::now() + Duration::from_millis(2) {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        if let Some(e) = done_rx.borrow().clone() {
+            return Err(failed(e));
+        }
+        client
+            .publish_bytes(topic, qos, false, payload)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        sent += 1;
+    }
+    if qos == QoS::AtLeastOnce {
+        while acked.load(Ordering::Acquire) < sent {
+            if let Some(e) = done_rx.borrow().clone() {
+                return Err(failed(e));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    client
+        .disconnect()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let _ = done_rx.wait_for(Option::is_some).await;
+    let _ = driver.await;
+    Ok(sent)
+}
+
+/// The rustls client configuration: CA from `ca_file` or the system roots, optional client
+/// certificate.
+fn tls_config(s: &MqttSettings) -> Result<rustls::ClientConfig, MqttError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |path: &PathBuf, message: String| MqttError::Tls {
+        path: path.clone(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &s.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| tls_err(path, e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(path, e.to_string()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(tls_err(path, "no CA certificate in the file".into()));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MqttError::Settings(format!("TLS: {e}")))?
+        .with_root_certificates(roots);
+    match (&s.client_cert_file, &s.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| tls_err(cert, e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(cert, e.to_string()))?;
+            let key_der =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| tls_err(cert, e.to_string()))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(MqttError::Settings(
+            "client_cert_file and client_key_file go together".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_is_the_last_topic_level() {
+        assert_eq!(device_of_topic("telemetry/860123"), Some("860123"));
+        assert_eq!(device_of_topic("a/b/c"), Some("c"));
+        assert_eq!(device_of_topic("telemetry/"), None);
+        assert_eq!(device_of_topic("solo"), Some("solo"));
+    }
+
+    #[test]
+    fn shared_group_prefixes_every_filter() {
+        let s = MqttSettings {
+            topics: vec!["telemetry/+".into(), "legacy/+/pos".into()],
+            shared_group: Some("lienwatch".into()),
+            ..MqttSettings::default()
+        };
+        assert_eq!(
+            subscriptions(&s),
+            [
+                "$share/lienwatch/telemetry/+",
+                "$share/lienwatch/legacy/+/pos"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_device_always_goes_to_the_same_worker() {
+        for w in 1..5 {
+            let a = worker_of(Some("dev-1"), w);
+            assert!(a < w);
+            assert_eq!(a, worker_of(Some("dev-1"), w));
+        }
+        let spread: std::collections::HashSet<_> = (0..64)
+            .map(|i| worker_of(Some(&format!("d{i}")), 4))
+            .collect();
+        assert_eq!(spread.len(), 4);
+    }
+
+    #[test]
+    fn bad_urls_and_qos_are_refused() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let bad_url = MqttSettings {
+            url: "http://x:1".into(),
+            ..MqttSettings::default()
+        };
+        assert!(matches!(
+            MqttSource::start(&bad_url, 1, runtime.handle()),
+            Err(MqttError::Settings(_))
+        ));
+        let bad_qos = MqttSettings {
+            qos: 2,
+            ..MqttSettings::default()
+        };
+        assert!(matches!(
+            MqttSource::start(&bad_qos, 1, runtime.handle()),
+            Err(MqttError::Settings(_))
+        ));
+    }
+}

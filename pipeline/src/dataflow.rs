@@ -1,0 +1,288 @@
+//! The parts of the dataflow that `replay` and `run` share: identity resolution, the sink
+//! operator, per-worker counters and metrics. Only the sources differ: lines of files with
+//! epochs of fixed line counts (`replay`), MQTT messages with epochs of wall-clock time
+//! (`run`).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::{Scope, StreamVec};
+
+use connectors::{AlertLog, AlertProducer, ArchiveStats, ArchiveWriter};
+use operators::dataflow::{Output, RunFleet};
+use operators::fences::FenceIndex;
+use operators::fleet::{EpochSample, Fleet, FleetStats};
+use operators::registry::Registry;
+use schemas::time::now_ms;
+use schemas::{Alert, DecodeLimits, DeviceClass, Reading, Record, Reject};
+
+use crate::config::Config;
+
+/// One in this many archived records has its ingest latency recorded: enough for the
+/// histogram's quantiles without a metrics call per record.
+const LATENCY_SAMPLE_EVERY: u64 = 64;
+
+/// The shared slot where operators leave the first fatal error of a worker.
+pub(crate) type ErrorSlot = Rc<RefCell<Option<String>>>;
+
+/// Per-worker counters merged into a summary.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerReport {
+    pub(crate) messages: u64,
+    pub(crate) readings: u64,
+    pub(crate) fleet: FleetStats,
+    pub(crate) rejects: BTreeMap<String, u64>,
+    pub(crate) alerts: BTreeMap<String, u64>,
+    pub(crate) archive: ArchiveStats,
+}
+
+/// What a source needs besides its input.
+pub(crate) struct SourceSetup {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) limits: DecodeLimits,
+}
+
+/// A source's three outputs: records, rejects, and one sample of event times per epoch for
+/// the pipeline clock.
+pub(crate) type Streams<'scope> = (
+    StreamVec<'scope, u64, Record>,
+    StreamVec<'scope, u64, Reject>,
+    StreamVec<'scope, u64, EpochSample>,
+);
+
+/// Resolves a reading's identity in the registry (SPEC §3): unregistered devices are their
+/// own vehicle, with the `wired` thresholds and no loan.
+pub(crate) fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -> Record {
+    match registry.device(&reading.device_id) {
+        Some(device) => Record {
+            vehicle_id: device.vehicle_id.clone(),
+            loan_id: registry
+                .vehicle(&device.vehicle_id)
+                .map(|v| v.loan_id.clone()),
+            class: device.class,
+            registered: true,
+            ingest_seq,
+            reading: Box::new(reading),
+        },
+        None => Record {
+            vehicle_id: reading.device_id.clone(),
+            loan_id: None,
+            class: DeviceClass::Wired,
+            registered: false,
+            ingest_seq,
+            reading: Box::new(reading),
+        },
+    }
+}
+
+/// A function that shows an alert (the demo prints it to the terminal).
+pub(crate) type AlertPrinter = Arc<dyn Fn(&Alert) + Send + Sync>;
+
+/// Where alerts go besides the archive.
+#[derive(Clone, Default)]
+pub(crate) struct AlertSinks {
+    /// The JSON Lines file.
+    pub(crate) log: Option<Arc<AlertLog>>,
+    /// Kafka.
+    pub(crate) kafka: Option<AlertProducer>,
+    /// A live view.
+    pub(crate) printer: Option<AlertPrinter>,
+}
+
+impl AlertSinks {
+    fn send(&self, alerts: &[Alert]) -> Result<(), String> {
+        if let Some(log) = &self.log {
+            log.write(alerts).map_err(|e| e.to_string())?;
+        }
+        if let Some(kafka) = &self.kafka {
+            for alert in alerts {
+                let payload = serde_json::to_vec(alert).map_err(|e| e.to_string())?;
+                kafka.send(alert.vehicle_id.clone(), alert.alert_id.clone(), payload);
+            }
+        }
+        if let Some(printer) = &self.printer {
+            alerts.iter().for_each(|a| printer(a));
+        }
+        Ok(())
+    }
+}
+
+/// The fleet counters as metrics: what changed since the last call is added.
+#[derive(Default)]
+struct FleetMetrics {
+    last: FleetStats,
+}
+
+impl FleetMetrics {
+    fn publish(&mut self, now: FleetStats) {
+        let delta = |a: u64, b: u64| a.saturating_sub(b);
+        metrics::counter!("lienwatch_accepted_total")
+            .increment(delta(now.accepted, self.last.accepted));
+        metrics::counter!("lienwatch_late_total").increment(delta(now.late, self.last.late));
+        metrics::counter!("lienwatch_duplicates_total")
+            .increment(delta(now.duplicates, self.last.duplicates));
+        metrics::counter!("lienwatch_unregistered_total")
+            .increment(delta(now.unregistered, self.last.unregistered));
+        metrics::gauge!("lienwatch_vehicles")
+            .increment(now.vehicles as f64 - self.last.vehicles as f64);
+        self.last = now;
+    }
+}
+
+/// A worker's input: builds the source operator of the worker's dataflow.
+pub(crate) trait Source {
+    /// Builds the source in `scope`: records, rejects and epoch samples.
+    fn build<'scope>(
+        self,
+        scope: Scope<'scope, u64>,
+        setup: SourceSetup,
+        report: Rc<RefCell<WorkerReport>>,
+        error: ErrorSlot,
+    ) -> Streams<'scope>;
+}
+
+/// Builds and runs one worker's dataflow: `source` → fleet → sinks, until the source ends.
+pub(crate) fn run_worker(
+    worker: &mut timely::worker::Worker,
+    config: &Config,
+    registry: &Arc<Registry>,
+    fences: &Arc<FenceIndex>,
+    alert_sinks: AlertSinks,
+    source: impl Source,
+) -> Result<WorkerReport, String> {
+    let index = worker.index();
+    let error: ErrorSlot = Rc::default();
+    let report = Rc::new(RefCell::new(WorkerReport::default()));
+    let fleet_stats = Rc::new(RefCell::new(FleetStats::default()));
+    let archive = if config.archive.enabled {
+        Some(
+            ArchiveWriter::open(&config.archive.connector(), 0, index)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    let fleet = Fleet::new(
+        config.rules.clone(),
+        Arc::clone(registry),
+        Arc::clone(fences),
+    );
+    let setup = SourceSetup {
+        registry: Arc::clone(registry),
+        limits: DecodeLimits {
+            max_reject_raw_bytes: config.decode.max_reject_raw_bytes,
+        },
+    };
+    worker.dataflow::<u64, _, _>(|scope| {
+        let (records, rejects, samples) =
+            source.build(scope, setup, Rc::clone(&report), Rc::clone(&error));
+        let outputs = records
+            .run_fleet(samples, fleet, now_ms, Rc::clone(&fleet_stats))
+            .concat(rejects.map(Output::Reject));
+        sinks(
+            outputs,
+            archive,
+            alert_sinks,
+            Rc::clone(&fleet_stats),
+            Rc::clone(&report),
+            Rc::clone(&error),
+        );
+    });
+    while worker.has_dataflows() {
+        worker.step_or_park(Some(Duration::from_millis(20)));
+    }
+    if let Some(e) = error.borrow_mut().take() {
+        return Err(e);
+    }
+    let mut report = std::mem::take(&mut *report.borrow_mut());
+    report.fleet = *fleet_stats.borrow();
+    Ok(report)
+}
+
+/// Writes the fleet's outputs: alerts to `alert_sinks` and the archive, accepted readings
+/// and rejects to the archive; counts alerts by kind and rejects by reason, in `report` and
+/// as metrics.
+fn sinks<'scope>(
+    outputs: StreamVec<'scope, u64, Output>,
+    mut archive: Option<ArchiveWriter>,
+    alert_sinks: AlertSinks,
+    fleet_stats: Rc<RefCell<FleetStats>>,
+    report: Rc<RefCell<WorkerReport>>,
+    error: ErrorSlot,
+) {
+    let mut alerts = Vec::new();
+    let mut watermark = None;
+    let mut archived = 0u64;
+    let mut fleet_metrics = FleetMetrics::default();
+    let latency = metrics::histogram!("lienwatch_ingest_latency_seconds");
+    outputs.sink(Pipeline, "Sinks", move |(input, frontier)| {
+        let mut report = report.borrow_mut();
+        input.for_each(|_cap, data| {
+            for item in data.drain(..) {
+                match item {
+                    Output::Alert(alert) => {
+                        *report
+                            .alerts
+                            .entry(alert.kind.as_str().to_owned())
+                            .or_default() += 1;
+                        metrics::counter!("lienwatch_alerts_total", "kind" => alert.kind.as_str())
+                            .increment(1);
+                        if let Some(a) = archive.as_mut() {
+                            a.push_alert(&alert);
+                        }
+                        alerts.push(alert);
+                    }
+                    Output::Archive(record) => {
+                        if archived.is_multiple_of(LATENCY_SAMPLE_EVERY) {
+                            let ms = now_ms() - record.reading.received_at_ms;
+                            latency.record(ms.max(0) as f64 / 1000.0);
+                        }
+                        archived += 1;
+                        if let Some(a) = archive.as_mut() {
+                            a.push_telemetry(record);
+                        }
+                    }
+                    Output::Reject(reject) => {
+                        *report.rejects.entry(reject.reason.clone()).or_default() += 1;
+                        metrics::counter!("lienwatch_rejects_total", "reason" => reject.reason.clone())
+                            .increment(1);
+                        if let Some(a) = archive.as_mut() {
+                            a.push_reject(reject);
+                        }
+                    }
+                    Output::Watermark(w) => watermark = Some(w),
+                }
+            }
+        });
+        fleet_metrics.publish(*fleet_stats.borrow());
+        if let Err(e) = alert_sinks.send(&alerts) {
+            error.borrow_mut().get_or_insert(e);
+        }
+        alerts.clear();
+        if let Some(a) = archive.as_mut() {
+            let rolled = a
+                .roll_due(now_ms())
+                .and_then(|()| watermark.take().map_or(Ok(()), |w| a.roll_event_time(w)));
+            if let Err(e) = rolled {
+                error.borrow_mut().get_or_insert(e.to_string());
+            }
+        }
+        if frontier.is_empty()
+            && let Some(a) = archive.take()
+        {
+            match a.finish() {
+                Ok(stats) => report.archive = stats,
+                Err(e) => {
+                    error.borrow_mut().get_or_insert(e.to_string());
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,442 @@
+//! `lienwatch run`: the service (SPEC §7). MQTT in, the same dataflow as `replay`, alerts to
+//! Kafka (and the JSON Lines file, if configured), history to the Parquet archive, Prometheus
+//! metrics and a health check over HTTP.
+//!
+//! ```text
+//!  MQTT ─▶ poll task ─▶ channel per worker ─▶ LiveSource ─▶ RunFleet ─▶ Sinks ─▶ Kafka, archive
+//!  (tokio)                                    (timely workers, epochs of wall-clock time)
+//! ```
+//!
+//! Shutdown (SIGTERM, Ctrl-C, or the caller's stop signal): MQTT intake stops, the workers
+//! drain their channels, the fleet flushes, the archive publishes its last files, the last
+//! acks go to the broker, Kafka confirms every alert; then `serve` returns.
+//!
+//! Durability across a crash is not here yet: a message is acknowledged once it has entered
+//! the dataflow, so a crash loses what was in memory (see the README).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use connectors::{AlertProducer, Inlet, Message, MqttSource, WorkerInlet};
+use operators::dataflow::id_key;
+use operators::fleet::TopTimes;
+use schemas::decode_payload;
+use schemas::time::now_ms;
+
+use crate::config::Config;
+use crate::dataflow::{
+    AlertPrinter, AlertSinks, ErrorSlot, Source, SourceSetup, Streams, WorkerReport, identify,
+    run_worker,
+};
+use crate::replay::{Summary, load_reference, merge, open_alert_log};
+
+/// Messages a source takes from its channel per activation, so one busy source cannot starve
+/// the other operators.
+const MESSAGES_PER_ACTIVATION: usize = 4096;
+
+/// A future that resolves when the service should stop.
+pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What `serve` needs besides the config.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Stops the service when it resolves (besides SIGTERM and Ctrl-C).
+    pub stop: Option<StopSignal>,
+    /// Shows every alert as it is emitted (the demo's terminal view).
+    pub printer: Option<AlertPrinter>,
+    /// Called once the service is up, with the address of its HTTP endpoint (if any).
+    pub on_ready: Option<Box<dyn FnOnce(Option<std::net::SocketAddr>) + Send>>,
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every `serve`).
+fn prometheus() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            120.0, 300.0,
+        ])
+        .context("histogram buckets")?
+        .build_recorder();
+    let handle = recorder.handle();
+    // A second caller racing here keeps the first recorder; both get its handle.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        let _ = HANDLE.set(handle);
+    }
+    HANDLE
+        .get()
+        .cloned()
+        .ok_or_else(|| anyhow!("another metrics recorder is installed"))
+}
+
+/// What `/health` reports.
+struct Health {
+    mqtt_connected: Arc<AtomicBool>,
+    stopping: AtomicBool,
+    kafka: Option<AlertProducer>,
+}
+
+impl Health {
+    /// `(status code, body)`.
+    fn report(&self) -> (u16, String) {
+        let mqtt = self.mqtt_connected.load(Ordering::Acquire);
+        let stopping = self.stopping.load(Ordering::Acquire);
+        let in_flight = self.kafka.as_ref().map_or(0, AlertProducer::in_flight);
+        let status = if stopping {
+            "stopping"
+        } else if mqtt {
+            "ok"
+        } else {
+            "degraded"
+        };
+        let body = serde_json::json!({
+            "status": status,
+            "mqtt_connected": mqtt,
+            "kafka_in_flight": in_flight,
+        });
+        let code = if status == "ok" { 200 } else { 503 };
+        (code, body.to_string())
+    }
+}
+
+/// Serves `/metrics` and `/health` until the runtime stops.
+async fn http_server(listener: TcpListener, metrics: PrometheusHandle, health: Arc<Health>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let health = Arc::clone(&health);
+        tokio::spawn(async move {
+            let mut request = vec![0u8; 2048];
+            let mut len = 0;
+            // Only the request line matters; read until it is complete (or 2 KiB).
+            while len < request.len() {
+                match stream.read(&mut request[len..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => len += n,
+                }
+                if request[..len].windows(2).any(|w| w == b"\r\n") {
+                    break;
+                }
+            }
+            let line = String::from_utf8_lossy(&request[..len]);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (code, content_type, body) = match path {
+                "/metrics" => {
+                    metrics.run_upkeep();
+                    (200, "text/plain; version=0.0.4", metrics.render())
+                }
+                "/health" => {
+                    let (code, body) = health.report();
+                    (code, "application/json", body)
+                }
+                _ => (
+                    404,
+                    "text/plain",
+                    "not found: try /metrics or /health\n".into(),
+                ),
+            };
+            let reason = match code {
+                200 => "OK",
+                503 => "Service Unavailable",
+                _ => "Not Found",
+            };
+            let response = format!(
+                "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn termination() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+    }
+}
+
+/// Runs the service until a stop signal; returns what it did.
+pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> {
+    let (registry, fences) = load_reference(config)?;
+    let metrics = prometheus()?;
+    let workers = config.pipeline.workers;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lienwatch-io")
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let kafka = if config.kafka.enabled {
+        let settings = config.kafka.connector();
+        let producer = runtime
+            .block_on(AlertProducer::connect(&settings, runtime.handle().clone()))
+            .with_context(|| format!("Kafka at {}", settings.brokers))?;
+        tracing::info!(brokers = %settings.brokers, topic = %settings.alerts_topic, "Kafka alert sink ready");
+        Some(producer)
+    } else {
+        None
+    };
+    let mqtt_settings = config.mqtt.connector()?;
+    let (mqtt, inlets) = MqttSource::start(&mqtt_settings, workers, runtime.handle())
+        .with_context(|| format!("MQTT source at {}", mqtt_settings.url))?;
+    let health = Arc::new(Health {
+        mqtt_connected: mqtt.connected(),
+        stopping: AtomicBool::new(false),
+        kafka: kafka.clone(),
+    });
+    let http_addr = if config.http.enabled {
+        let listener = runtime
+            .block_on(TcpListener::bind(&config.http.listen))
+            .with_context(|| format!("http.listen {}", config.http.listen))?;
+        let addr = listener.local_addr()?;
+        runtime.spawn(http_server(listener, metrics, Arc::clone(&health)));
+        tracing::info!(%addr, "serving /metrics and /health");
+        Some(addr)
+    } else {
+        None
+    };
+    let alert_log = open_alert_log(config)?;
+    let alert_sinks = AlertSinks {
+        log: alert_log.clone(),
+        kafka: kafka.clone(),
+        printer: options.printer,
+    };
+    let stop = options.stop;
+    let health_for_stop = Arc::clone(&health);
+    // Set when the workers end by themselves (a worker failed): the service stops too.
+    let halt = Arc::new(tokio::sync::Notify::new());
+    let halted = Arc::clone(&halt);
+    let stopped = runtime.spawn(async move {
+        let requested = async {
+            match stop {
+                Some(stop) => stop.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = requested => tracing::info!("stop requested"),
+            () = termination() => {}
+            () = halted.notified() => tracing::error!("the dataflow stopped; shutting down"),
+        }
+        health_for_stop.stopping.store(true, Ordering::Release);
+        mqtt.shutdown().await;
+    });
+    tracing::info!(
+        workers,
+        mqtt = %mqtt_settings.url,
+        topics = ?mqtt_settings.topics,
+        archive = if config.archive.enabled { config.archive.url.as_str() } else { "off" },
+        "lienwatch running"
+    );
+    if let Some(ready) = options.on_ready {
+        ready(http_addr);
+    }
+    let started = Instant::now();
+    let inlets: Arc<Mutex<Vec<Option<WorkerInlet>>>> =
+        Arc::new(Mutex::new(inlets.into_iter().map(Some).collect()));
+    let config_arc = Arc::new(config.clone());
+    let epoch_ms = config.pipeline.epoch_ms;
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let inlet = inlets.lock().unwrap_or_else(PoisonError::into_inner)[worker.index()]
+            .take()
+            .ok_or_else(|| "worker inlet taken twice".to_owned())?;
+        let source = LiveSource { inlet, epoch_ms };
+        run_worker(
+            worker,
+            &config_arc,
+            &registry,
+            &fences,
+            alert_sinks.clone(),
+            source,
+        )
+    })
+    .map_err(|e| anyhow!("starting workers: {e}"))?;
+    let mut summary = Summary {
+        workers,
+        ..Summary::default()
+    };
+    let mut failure = None;
+    for result in guards.join() {
+        match result.map_err(|e| anyhow!("worker failed: {e}")) {
+            Ok(Ok(report)) => merge(&mut summary, report),
+            Ok(Err(e)) => failure = failure.or(Some(anyhow!(e))),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    // The workers are done: the session closes once their last acks went out.
+    halt.notify_one();
+    runtime
+        .block_on(stopped)
+        .context("the shutdown task failed")?;
+    if let Some(log) = alert_log {
+        log.flush().context("flushing the alerts file")?;
+    }
+    if let Some(kafka) = &kafka {
+        let timeout = Duration::from_secs(config.pipeline.shutdown_timeout_s);
+        let drained =
+            runtime.block_on(async { tokio::time::timeout(timeout, kafka.drain()).await });
+        if drained.is_err() {
+            failure = failure.or(Some(anyhow!(
+                "{} alerts not confirmed by Kafka after {} s",
+                kafka.in_flight(),
+                timeout.as_secs()
+            )));
+        }
+    }
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    summary.messages_per_s = summary.messages as f64 / summary.elapsed_s.max(1e-9);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+/// A worker's MQTT inlet, in epochs of `epoch_ms` of wall-clock time.
+struct LiveSource {
+    inlet: WorkerInlet,
+    epoch_ms: u64,
+}
+
+impl Source for LiveSource {
+    /// Decodes this worker's messages: records, rejects, and one sample of event times per
+    /// epoch for the pipeline clock. The epoch follows the wall clock, also while no message
+    /// comes, so the frontier (and the archive's rolling) keeps moving.
+    fn build<'scope>(
+        self,
+        scope: Scope<'scope, u64>,
+        setup: SourceSetup,
+        report: Rc<RefCell<WorkerReport>>,
+        _error: ErrorSlot,
+    ) -> Streams<'scope> {
+        let LiveSource {
+            mut inlet,
+            epoch_ms,
+        } = self;
+        let mut builder = OperatorBuilder::new("MqttSource".to_owned(), scope);
+        let info = builder.operator_info();
+        let activator = scope.activator_for(Rc::clone(&info.address));
+        let waker = scope.worker().sync_activator_for(info.address.to_vec());
+        inlet.set_waker(Box::new(move || {
+            // Fails only once the worker is gone, when there is nothing left to wake.
+            let _ = waker.activate();
+        }));
+        let (records_out, records) = builder.new_output();
+        let (rejects_out, rejects) = builder.new_output();
+        let (samples_out, samples) = builder.new_output();
+        let mut records_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(records_out);
+        let mut rejects_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(rejects_out);
+        let mut samples_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(samples_out);
+        let messages_in = metrics::counter!("lienwatch_messages_total");
+        let readings_in = metrics::counter!("lienwatch_readings_total");
+        builder.build(move |capabilities| {
+            let mut capabilities = Some(capabilities);
+            let mut top = TopTimes::default();
+            let mut messages: Vec<Message> = Vec::new();
+            let mut decoded = Vec::new();
+            let mut pending_records = Vec::new();
+            let mut pending_rejects = Vec::new();
+            move |_frontiers| {
+                let Some(caps) = capabilities.as_mut() else {
+                    return;
+                };
+                let epoch = now_ms().max(0) as u64 / epoch_ms;
+                let mut samples_h = samples_out.activate();
+                if epoch > *caps[0].time() {
+                    // The epoch ends: its clock sample goes out at its own time.
+                    if !top.is_empty() {
+                        samples_h.session(&caps[2]).give(top.take());
+                    }
+                    for cap in caps.iter_mut() {
+                        cap.downgrade(&epoch);
+                    }
+                }
+                messages.clear();
+                let state = inlet.poll(MESSAGES_PER_ACTIVATION, &mut messages);
+                let mut report = report.borrow_mut();
+                let mut readings = 0u64;
+                for message in &messages {
+                    report.messages += 1;
+                    decode_payload(
+                        &message.payload,
+                        message.device_id.as_deref(),
+                        message.received_at_ms,
+                        &setup.limits,
+                        &mut decoded,
+                    );
+                    for (element, item) in decoded.drain(..).enumerate() {
+                        match item {
+                            Ok(reading) => {
+                                readings += 1;
+                                top.offer(id_key(&reading.device_id), reading.ts_ms);
+                                let seq = (message.seq << 16) | element.min(0xffff) as u64;
+                                pending_records.push(identify(reading, seq, &setup.registry));
+                            }
+                            Err(reject) => pending_rejects.push(reject),
+                        }
+                    }
+                }
+                report.readings += readings;
+                messages_in.increment(messages.len() as u64);
+                readings_in.increment(readings);
+                records_out
+                    .activate()
+                    .session(&caps[0])
+                    .give_container(&mut pending_records);
+                rejects_out
+                    .activate()
+                    .session(&caps[1])
+                    .give_container(&mut pending_rejects);
+                match state {
+                    Inlet::Closed => {
+                        if !top.is_empty() {
+                            samples_h.session(&caps[2]).give(top.take());
+                        }
+                        capabilities = None;
+                    }
+                    Inlet::Open if messages.len() == MESSAGES_PER_ACTIVATION => {
+                        activator.activate();
+                    }
+                    Inlet::Open => {
+                        let into_epoch = now_ms().max(0) as u64 % epoch_ms;
+                        activator.activate_after(Duration::from_millis(epoch_ms - into_epoch));
+                    }
+                }
+            }
+        });
+        (records, rejects, samples)
+    }
+}
