@@ -499,15 +499,27 @@ pub fn assert_scores(
 /// Runs `sql` in DuckDB (the `.venv` made by `scripts/python-env`) and returns the rows as
 /// JSON arrays, one per line — the archive is read exactly as SPEC §6 tells analysts to.
 pub fn duckdb_rows(sql: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    duckdb_rows_with("", sql)
+}
+
+/// Like [`duckdb_rows`], after running the Python `setup` with the connection as `con`
+/// (e.g. loading httpfs and an S3 secret).
+pub fn duckdb_rows_with(setup: &str, sql: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     anyhow::ensure!(
         python.exists(),
         "{} is missing: run scripts/python-env (scripts/test does)",
         python.display()
     );
-    let script = "import duckdb, json, sys\nfor row in duckdb.sql(sys.argv[1]).fetchall():\n    print(json.dumps([str(v) if not isinstance(v, (int, float, str, type(None))) else v for v in row]))\n";
+    let script = format!(
+        "import duckdb, json, sys\n\
+         con = duckdb.connect(config={{'autoinstall_known_extensions': False, 'autoload_known_extensions': False}})\n\
+         {setup}\
+         for row in con.sql(sys.argv[1]).fetchall():\n    \
+         print(json.dumps([str(v) if not isinstance(v, (int, float, str, type(None))) else v for v in row]))\n"
+    );
     let out = std::process::Command::new(&python)
-        .args(["-c", script, sql])
+        .args(["-c", &script, sql])
         .output()?;
     anyhow::ensure!(
         out.status.success(),

@@ -8,11 +8,13 @@
 //! - [`run`]: the service: MQTT in, Kafka and Parquet out, metrics and health over HTTP.
 //! - [`publish`]: publishing a messages file to MQTT (`simulate --mqtt`, the demo).
 //! - [`simulate`]: the fleet generator with injected incidents and a truth file.
+//! - [`demo`]: `lienwatch demo` with its embedded MQTT broker.
 //! - [`cli`]: the commands (`replay`, `check`, `simulate`, `demo`).
 
 pub mod cli;
 pub mod config;
 mod dataflow;
+pub mod demo;
 pub mod publish;
 pub mod replay;
 pub mod run;

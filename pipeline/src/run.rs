@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub printer: Option<AlertPrinter>,
     /// Called once the service is up, with the address of its HTTP endpoint (if any).
     pub on_ready: Option<Box<dyn FnOnce(Option<std::net::SocketAddr>) + Send>>,
+    /// Counts the messages that entered the dataflow.
+    pub ingested: Option<Arc<AtomicU64>>,
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every `serve`).
@@ -266,11 +268,16 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
         Arc::new(Mutex::new(inlets.into_iter().map(Some).collect()));
     let config_arc = Arc::new(config.clone());
     let epoch_ms = config.pipeline.epoch_ms;
+    let ingested = options.ingested.unwrap_or_default();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let inlet = inlets.lock().unwrap_or_else(PoisonError::into_inner)[worker.index()]
             .take()
             .ok_or_else(|| "worker inlet taken twice".to_owned())?;
-        let source = LiveSource { inlet, epoch_ms };
+        let source = LiveSource {
+            inlet,
+            epoch_ms,
+            ingested: Arc::clone(&ingested),
+        };
         run_worker(
             worker,
             &config_arc,
@@ -326,6 +333,8 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
 struct LiveSource {
     inlet: WorkerInlet,
     epoch_ms: u64,
+    /// Messages taken, over all workers.
+    ingested: Arc<AtomicU64>,
 }
 
 impl Source for LiveSource {
@@ -342,6 +351,7 @@ impl Source for LiveSource {
         let LiveSource {
             mut inlet,
             epoch_ms,
+            ingested,
         } = self;
         let mut builder = OperatorBuilder::new("MqttSource".to_owned(), scope);
         let info = builder.operator_info();
@@ -410,6 +420,7 @@ impl Source for LiveSource {
                     }
                 }
                 report.readings += readings;
+                ingested.fetch_add(messages.len() as u64, Ordering::AcqRel);
                 messages_in.increment(messages.len() as u64);
                 readings_in.increment(readings);
                 records_out

@@ -1,0 +1,585 @@
+//! `lienwatch run` end to end through the real servers that `scripts/services` starts on
+//! loopback: Mosquitto (MQTT), tansu (Kafka protocol) and moto (S3).
+//!
+//! A simulated fleet is published to Mosquitto; the service (the real binary, as a child
+//! process) must raise exactly the alerts `lienwatch replay` raises on the same file, deliver
+//! them to Kafka, archive every accepted message exactly once in S3 (read back by DuckDB),
+//! count the same rejects in `/metrics`, and lose nothing it acknowledged across SIGTERM.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+use connectors::MqttSettings;
+use pipeline::publish::{PublishOptions, publish, read_messages};
+use pipeline::simulate::{SimOptions, SimOutputs, simulate};
+
+const MQTT: &str = "127.0.0.1:1883";
+const KAFKA: &str = "127.0.0.1:9092";
+const S3: &str = "127.0.0.1:9000";
+const BUCKET: &str = "lienwatch";
+
+/// Fails with the command that starts the servers when one is not listening.
+fn require_services() -> Result<()> {
+    for (name, addr) in [("Mosquitto", MQTT), ("Kafka (tansu)", KAFKA), ("S3 (moto)", S3)] {
+        let addr: SocketAddr = addr.parse()?;
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| {
+            format!("{name} is not listening on {addr}: run `scripts/services start` (scripts/test does)")
+        })?;
+    }
+    Ok(())
+}
+
+/// A name no other test run uses (topics, client ids, object prefixes).
+fn unique(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{label}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn fleet(dir: &Path, vehicles: usize, days: u32, seed: u64) -> Result<SimOutputs> {
+    let outputs = SimOutputs::beside(&dir.join("fleet.jsonl"));
+    let options = SimOptions {
+        vehicles,
+        days,
+        seed,
+        ..SimOptions::default()
+    };
+    simulate(&options, &outputs)?;
+    Ok(outputs)
+}
+
+/// What a live test names uniquely.
+struct Names {
+    topic_prefix: String,
+    client_id: String,
+    kafka_topic: String,
+    s3_prefix: String,
+}
+
+impl Names {
+    fn new(label: &str) -> Self {
+        let id = unique(label);
+        Self {
+            topic_prefix: format!("lwtest/{id}"),
+            client_id: id.clone(),
+            kafka_topic: format!("lienwatch.alerts.{id}"),
+            s3_prefix: format!("tests/{id}"),
+        }
+    }
+}
+
+fn write_config(
+    dir: &Path,
+    sim: &SimOutputs,
+    names: &Names,
+    http_port: u16,
+    protocol_version: u8,
+) -> Result<PathBuf> {
+    let path = dir.join(format!("run-{http_port}.toml"));
+    let text = format!(
+        r#"
+[pipeline]
+workers = 2
+
+[registry]
+vehicles_csv = "{vehicles}"
+fences_geojson = "{fences}"
+
+[alerts]
+jsonl_path = "{alerts}"
+
+[archive]
+url = "s3://{BUCKET}/{prefix}"
+s3_endpoint = "http://{S3}"
+s3_region = "us-east-1"
+
+[mqtt]
+url = "mqtt://{MQTT}"
+client_id = "{client}"
+topics = ["{topics}/+"]
+qos = 1
+protocol_version = {protocol_version}
+
+[kafka]
+brokers = "{KAFKA}"
+alerts_topic = "{kafka_topic}"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+"#,
+        vehicles = sim.vehicles_csv.display(),
+        fences = sim.fences.display(),
+        alerts = dir.join("run-alerts.jsonl").display(),
+        prefix = names.s3_prefix,
+        client = names.client_id,
+        topics = names.topic_prefix,
+        kafka_topic = names.kafka_topic,
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// The service as a child process.
+struct Service {
+    child: Child,
+    http: SocketAddr,
+    log: PathBuf,
+    stdout: PathBuf,
+}
+
+impl Service {
+    fn start(config: &Path, http_port: u16, log: PathBuf) -> Result<Self> {
+        let stderr = std::fs::File::create(&log)?;
+        let stdout = log.with_extension("out");
+        let child = Command::new(env!("CARGO_BIN_EXE_lienwatch"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "testtest")
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(&stdout)?)
+            .stderr(stderr)
+            .spawn()?;
+        let mut service = Self {
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            log,
+            stdout,
+        };
+        service.wait_healthy()?;
+        Ok(service)
+    }
+
+    fn wait_healthy(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("lienwatch run exited with {status}:\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = http_get(self.http, "/health") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("lienwatch run not healthy after 60 s:\n{}", self.log_text())
+    }
+
+    fn metrics(&self) -> Result<Metrics> {
+        let (code, body) = http_get(self.http, "/metrics")?;
+        ensure!(code == 200, "/metrics answered {code}");
+        Ok(Metrics::parse(&body))
+    }
+
+    /// Waits until the service has taken `n` messages into the dataflow.
+    fn wait_ingested(&self, n: u64) -> Result<Metrics> {
+        self.wait_for(|m| m.get("lienwatch_messages_total") >= n as f64)
+            .with_context(|| format!("waiting for {n} messages"))
+    }
+
+    /// Waits (up to 120 s) until the metrics satisfy `done`; returns them.
+    fn wait_for(&self, done: impl Fn(&Metrics) -> bool) -> Result<Metrics> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let m = self.metrics()?;
+            if done(&m) {
+                return Ok(m);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not reached after 120 s; messages {}, rejects {:?}\n{}",
+                    m.get("lienwatch_messages_total"),
+                    m.by_label("lienwatch_rejects_total", "reason"),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; the exit status and the summary printed.
+    fn terminate(mut self) -> Result<(ExitStatus, String)> {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+        ensure!(killed.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let summary = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+                ensure!(status.success(), "lienwatch run exited with {status}:\n{}", self.log_text());
+                return Ok((status, summary));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("lienwatch run did not exit 90 s after SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Prometheus text, as `name{labels}` → value.
+struct Metrics(BTreeMap<String, f64>);
+
+impl Metrics {
+    fn parse(text: &str) -> Self {
+        let map = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Self(map)
+    }
+
+    fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// `metric{label="x"}` values by label value.
+    fn by_label(&self, metric: &str, label: &str) -> BTreeMap<String, u64> {
+        let prefix = format!("{metric}{{{label}=\"");
+        self.0
+            .iter()
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix(&prefix)?;
+                let value = rest.strip_suffix("\"}")?;
+                Some((value.to_owned(), *v as u64))
+            })
+            .collect()
+    }
+}
+
+fn publish_file(file: &Path, names: &Names, rate: f64) -> Result<u64> {
+    let messages = read_messages(file, &names.topic_prefix)?;
+    let options = PublishOptions {
+        mqtt: MqttSettings {
+            url: format!("mqtt://{MQTT}"),
+            client_id: format!("{}-pub", names.client_id),
+            qos: 1,
+            ..MqttSettings::default()
+        },
+        topic_prefix: names.topic_prefix.clone(),
+        rate_per_s: Some(rate),
+    };
+    publish(&options, messages)
+}
+
+/// Replays `sim`'s messages in process: the alerts (JSON) and the summary.
+fn replay(sim: &SimOutputs, dir: &Path) -> Result<(Vec<Value>, Value)> {
+    let alerts = dir.join("replay-alerts.jsonl");
+    let summary = dir.join("replay-summary.json");
+    pipeline::cli::run_from(
+        [
+            "lienwatch",
+            "replay",
+            "--input",
+            &sim.messages.display().to_string(),
+            "--vehicles",
+            &sim.vehicles_csv.display().to_string(),
+            "--fences",
+            &sim.fences.display().to_string(),
+            "--alerts-out",
+            &alerts.display().to_string(),
+            "--archive",
+            &dir.join("replay-archive").display().to_string(),
+            "--summary-out",
+            &summary.display().to_string(),
+            "-w",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )?;
+    let values = tests::read_alert_values(&alerts)?;
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+    Ok((values, summary))
+}
+
+/// An alert without `detected_at` (wall-clock time of emission), keyed by id and phase.
+fn comparable(alerts: &[Value]) -> BTreeMap<(String, String), Value> {
+    alerts
+        .iter()
+        .map(|a| {
+            let mut a = a.clone();
+            if let Some(o) = a.as_object_mut() {
+                o.remove("detected_at");
+            }
+            let key = (
+                a["alert_id"].as_str().unwrap_or_default().to_owned(),
+                a["phase"].as_str().unwrap_or_default().to_owned(),
+            );
+            (key, a)
+        })
+        .collect()
+}
+
+/// Reads every message of `topic` from the beginning until `expected` arrived (or 60 s):
+/// (key, `alert_id` header, value).
+fn kafka_messages(topic: &str, expected: usize) -> Result<Vec<(String, String, Value)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("group.id", unique("lienwatch-test"))
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .context("topic not in the metadata")?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p as i32, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < expected && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let alert_id = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "alert_id"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let value: Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
+        out.push((key, alert_id, value));
+    }
+    Ok(out)
+}
+
+/// DuckDB over the S3 server (httpfs from the `.venv`), as an analyst would read it.
+fn duckdb_s3(sql: &str) -> Result<Vec<Value>> {
+    let setup = format!(
+        "import duckdb_extension_httpfs as ext, pathlib\n\
+         p = next(pathlib.Path(ext.__file__).parent.glob('extensions/*/httpfs.duckdb_extension'))\n\
+         con.execute(f\"LOAD '{{p}}'\")\n\
+         con.execute(\"CREATE SECRET (TYPE s3, KEY_ID 'test', SECRET 'testtest', REGION 'us-east-1', ENDPOINT '{S3}', URL_STYLE 'path', USE_SSL false)\")\n"
+    );
+    tests::duckdb_rows_with(&setup, sql)
+}
+
+/// Rows of (device_id, ts, seq, received_at?) identifying each archived reading.
+fn telemetry_keys(root: &str) -> Result<Vec<Value>> {
+    let sql = format!(
+        "SELECT device_id, epoch_ms(ts), seq, count(*) FROM read_parquet('{root}/telemetry/**/*.parquet', hive_partitioning=1) GROUP BY ALL ORDER BY ALL"
+    );
+    if root.starts_with("s3://") {
+        duckdb_s3(&sql)
+    } else {
+        tests::duckdb_rows(&sql)
+    }
+}
+
+#[test]
+fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Result<()> {
+    require_services()?;
+    let dir = tempfile::tempdir()?;
+    let sim = fleet(dir.path(), 24, 4, 21)?;
+    let (replay_alerts, replay_summary) = replay(&sim, dir.path())?;
+    ensure!(!replay_alerts.is_empty(), "the fleet raised no alerts");
+
+    let names = Names::new("e2e");
+    let http_port = free_port()?;
+    let config = write_config(dir.path(), &sim, &names, http_port, 5)?;
+    let service = Service::start(&config, http_port, dir.path().join("run.log"))?;
+    let published = publish_file(&sim.messages, &names, 4000.0)?;
+    service.wait_ingested(published)?;
+    // Rejects are counted once their epoch is processed, a moment after ingest.
+    let want_rejects: BTreeMap<String, u64> =
+        serde_json::from_value(replay_summary["rejects"].clone())?;
+    let metrics = service.wait_for(|m| m.by_label("lienwatch_rejects_total", "reason") == want_rejects)?;
+    service.terminate()?;
+
+    // Alerts: Kafka holds exactly replay's alerts, keyed by vehicle, with the id header.
+    let kafka = kafka_messages(&names.kafka_topic, replay_alerts.len())?;
+    let kafka_values: Vec<Value> = kafka.iter().map(|(_, _, v)| v.clone()).collect();
+    for (key, alert_id, value) in &kafka {
+        ensure!(key == value["vehicle_id"].as_str().unwrap_or_default(), "key {key} is not the vehicle of {value}");
+        ensure!(alert_id == value["alert_id"].as_str().unwrap_or_default(), "header {alert_id} is not the id of {value}");
+    }
+    let (want, got) = (comparable(&replay_alerts), comparable(&kafka_values));
+    ensure!(kafka.len() == replay_alerts.len(), "{} alerts in Kafka, {} from replay", kafka.len(), replay_alerts.len());
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    ensure!(missing.is_empty() && extra.is_empty(), "missing from Kafka {missing:?}, not in replay {extra:?}");
+    for (key, alert) in &want {
+        ensure!(got[key] == *alert, "alert {key:?} differs:\nreplay {alert}\nrun    {}", got[key]);
+    }
+    // The JSON Lines sink of the service holds the same alerts.
+    let jsonl = comparable(&tests::read_alert_values(&dir.path().join("run-alerts.jsonl"))?);
+    ensure!(jsonl == want, "the service's JSON Lines alerts differ from replay's");
+
+    // Counters: /metrics counted the messages and rejects replay counted.
+    ensure!(
+        metrics.get("lienwatch_messages_total") as u64 == replay_summary["messages"].as_u64().unwrap_or_default(),
+        "/metrics counted {} messages, replay {}",
+        metrics.get("lienwatch_messages_total"),
+        replay_summary["messages"]
+    );
+
+    // Archive: every accepted reading exactly once in S3, the same rows as replay's local
+    // archive, readable by DuckDB with the same schema.
+    let s3_root = format!("s3://{BUCKET}/{}", names.s3_prefix);
+    let local_root = dir.path().join("replay-archive").display().to_string();
+    let s3_rows = telemetry_keys(&s3_root)?;
+    let local_rows = telemetry_keys(&local_root)?;
+    let s3_total: u64 = s3_rows.iter().filter_map(|r| r[3].as_u64()).sum();
+    ensure!(
+        s3_total == replay_summary["accepted"].as_u64().unwrap_or_default(),
+        "{s3_total} readings in S3, replay accepted {}",
+        replay_summary["accepted"]
+    );
+    ensure!(s3_rows == local_rows, "the S3 archive's readings differ from replay's");
+    for dataset in ["telemetry", "alerts", "rejects"] {
+        let describe = |root: &str| format!("DESCRIBE SELECT * FROM read_parquet('{root}/{dataset}/**/*.parquet', hive_partitioning=1)");
+        let s3_schema = duckdb_s3(&describe(&s3_root))?;
+        let local_schema = tests::duckdb_rows(&describe(&local_root))?;
+        ensure!(s3_schema == local_schema, "{dataset}: S3 schema {s3_schema:?} differs from {local_schema:?}");
+    }
+    let want_rejects: BTreeMap<String, u64> =
+        serde_json::from_value(replay_summary["rejects"].clone())?;
+    let s3_rejects = duckdb_s3(&format!("SELECT reason, count(*) FROM read_parquet('{s3_root}/rejects/**/*.parquet', hive_partitioning=1) GROUP BY ALL ORDER BY ALL"))?;
+    let want_reject_rows: Vec<Value> = want_rejects.iter().map(|(r, n)| serde_json::json!([r, n])).collect();
+    ensure!(s3_rejects == want_reject_rows, "rejects in S3 {s3_rejects:?}, replay {want_reject_rows:?}");
+    Ok(())
+}
+
+/// A number after `label ` in a summary printed by `lienwatch run`.
+fn summary_number(summary: &str, label: &str) -> Result<u64> {
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == label)
+        .and_then(|w| w[1].trim_end_matches(',').parse().ok())
+        .with_context(|| format!("no `{label} N` in the summary:\n{summary}"))
+}
+
+#[test]
+fn sigterm_mid_stream_loses_nothing_acknowledged_and_a_restart_takes_the_rest() -> Result<()> {
+    require_services()?;
+    let dir = tempfile::tempdir()?;
+    let sim = fleet(dir.path(), 12, 3, 33)?;
+    let (_, replay_summary) = replay(&sim, dir.path())?;
+    let names = Names::new("sigterm");
+    let messages = read_messages(&sim.messages, &names.topic_prefix)?.len() as u64;
+
+    // MQTT 3.1.1 with a persistent session: what the first process does not take waits at
+    // the broker for the second.
+    let first_port = free_port()?;
+    let config = write_config(dir.path(), &sim, &names, first_port, 4)?;
+    let first = Service::start(&config, first_port, dir.path().join("first.log"))?;
+    let publisher = {
+        let (file, topic_prefix, client_id) = (
+            sim.messages.clone(),
+            names.topic_prefix.clone(),
+            names.client_id.clone(),
+        );
+        std::thread::spawn(move || {
+            let names = Names {
+                topic_prefix,
+                client_id,
+                kafka_topic: String::new(),
+                s3_prefix: String::new(),
+            };
+            publish_file(&file, &names, 1500.0)
+        })
+    };
+    first.wait_ingested(messages / 3)?;
+    let (_, first_summary) = first.terminate()?;
+    // Everything the first process acknowledged (took in) it processed and archived.
+    let taken = summary_number(&first_summary, "messages")?;
+    let accepted = summary_number(&first_summary, "accepted")?;
+    ensure!(taken >= messages / 3 && taken < messages, "the first process took {taken} of {messages}");
+    ensure!(
+        summary_number(&first_summary, "archive")? > 0 || accepted == 0,
+        "nothing archived:\n{first_summary}"
+    );
+    ensure!(
+        first_summary.contains(&format!("{accepted} telemetry rows")),
+        "the first process accepted {accepted} readings but archived otherwise:\n{first_summary}"
+    );
+
+    let second_port = free_port()?;
+    let config = write_config(dir.path(), &sim, &names, second_port, 4)?;
+    let second = Service::start(&config, second_port, dir.path().join("second.log"))?;
+    let published = publisher.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    ensure!(published == messages);
+    second.wait_ingested(messages - taken)?;
+    let (_, second_summary) = second.terminate()?;
+    ensure!(
+        taken + summary_number(&second_summary, "messages")? == messages,
+        "first took {taken}, second:\n{second_summary}"
+    );
+
+    // Together: every accepted reading exactly once, as replay archives them.
+    let s3_root = format!("s3://{BUCKET}/{}", names.s3_prefix);
+    let s3_rows = telemetry_keys(&s3_root)?;
+    let local_rows = telemetry_keys(&dir.path().join("replay-archive").display().to_string())?;
+    let s3_total: u64 = s3_rows.iter().filter_map(|r| r[3].as_u64()).sum();
+    ensure!(
+        s3_total == replay_summary["accepted"].as_u64().unwrap_or_default(),
+        "{s3_total} readings archived over both runs, replay accepted {}",
+        replay_summary["accepted"]
+    );
+    ensure!(s3_rows == local_rows, "the two runs' archive differs from replay's");
+    Ok(())
+}
