@@ -118,7 +118,10 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<crate::replay::Summary> {
     )?;
     println!("\n{}", summary.render());
     let expected: u64 = sim.incidents.values().sum();
-    println!("the simulator injected incidents for {expected} expected alerts (truth: {})", outputs.truth.display());
+    println!(
+        "the simulator injected incidents for {expected} expected alerts (truth: {})",
+        outputs.truth.display()
+    );
     print_outputs(&alerts_path, &config.archive.url);
     Ok(summary)
 }
@@ -135,7 +138,9 @@ fn start_broker() -> anyhow::Result<SocketAddr> {
 /// Starts rumqttd with one MQTT 3.1.1 listener on a free loopback port.
 #[cfg(feature = "embedded-broker")]
 fn start_broker() -> anyhow::Result<SocketAddr> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // Segments large enough that the demo's whole fleet fits: rumqttd drops the oldest
     // segment of a slow subscriber beyond `max_segment_count`.

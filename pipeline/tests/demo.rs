@@ -31,9 +31,15 @@ fn demo_raises_what_replay_raises() -> Result<()> {
             "--input",
             &fleet.display().to_string(),
             "--vehicles",
-            &dir.path().join("demo/fleet.vehicles.csv").display().to_string(),
+            &dir.path()
+                .join("demo/fleet.vehicles.csv")
+                .display()
+                .to_string(),
             "--fences",
-            &dir.path().join("demo/fleet.fences.geojson").display().to_string(),
+            &dir.path()
+                .join("demo/fleet.fences.geojson")
+                .display()
+                .to_string(),
             "--alerts-out",
             &replayed.display().to_string(),
             "--no-archive",
@@ -54,9 +60,18 @@ fn demo_raises_what_replay_raises() -> Result<()> {
     };
     let (want, got) = (key(&replayed)?, key(&dir.path().join("alerts.jsonl"))?);
     ensure!(!want.is_empty(), "the demo fleet raised no alerts");
-    ensure!(got == want, "demo alerts {} differ from replay's {}", got.len(), want.len());
+    ensure!(
+        got == want,
+        "demo alerts {} differ from replay's {}",
+        got.len(),
+        want.len()
+    );
     ensure!(live.archive.telemetry_rows == live.accepted && live.accepted > 0);
     let archived = tests::parquet_rows(&dir.path().join("archive/telemetry"))?;
-    ensure!(archived == live.accepted, "{archived} rows archived, {} accepted", live.accepted);
+    ensure!(
+        archived == live.accepted,
+        "{archived} rows archived, {} accepted",
+        live.accepted
+    );
     Ok(())
 }

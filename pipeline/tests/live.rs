@@ -30,7 +30,11 @@ const BUCKET: &str = "lienwatch";
 
 /// Fails with the command that starts the servers when one is not listening.
 fn require_services() -> Result<()> {
-    for (name, addr) in [("Mosquitto", MQTT), ("Kafka (tansu)", KAFKA), ("S3 (moto)", S3)] {
+    for (name, addr) in [
+        ("Mosquitto", MQTT),
+        ("Kafka (tansu)", KAFKA),
+        ("S3 (moto)", S3),
+    ] {
         let addr: SocketAddr = addr.parse()?;
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| {
             format!("{name} is not listening on {addr}: run `scripts/services start` (scripts/test does)")
@@ -223,12 +227,19 @@ impl Service {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 let summary = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-                ensure!(status.success(), "lienwatch run exited with {status}:\n{}", self.log_text());
+                ensure!(
+                    status.success(),
+                    "lienwatch run exited with {status}:\n{}",
+                    self.log_text()
+                );
                 return Ok((status, summary));
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("lienwatch run did not exit 90 s after SIGTERM:\n{}", self.log_text());
+                bail!(
+                    "lienwatch run did not exit 90 s after SIGTERM:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -251,7 +262,10 @@ impl Drop for Service {
 fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let code = response
@@ -446,31 +460,56 @@ fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Resu
     // Rejects are counted once their epoch is processed, a moment after ingest.
     let want_rejects: BTreeMap<String, u64> =
         serde_json::from_value(replay_summary["rejects"].clone())?;
-    let metrics = service.wait_for(|m| m.by_label("lienwatch_rejects_total", "reason") == want_rejects)?;
+    let metrics =
+        service.wait_for(|m| m.by_label("lienwatch_rejects_total", "reason") == want_rejects)?;
     service.terminate()?;
 
     // Alerts: Kafka holds exactly replay's alerts, keyed by vehicle, with the id header.
     let kafka = kafka_messages(&names.kafka_topic, replay_alerts.len())?;
     let kafka_values: Vec<Value> = kafka.iter().map(|(_, _, v)| v.clone()).collect();
     for (key, alert_id, value) in &kafka {
-        ensure!(key == value["vehicle_id"].as_str().unwrap_or_default(), "key {key} is not the vehicle of {value}");
-        ensure!(alert_id == value["alert_id"].as_str().unwrap_or_default(), "header {alert_id} is not the id of {value}");
+        ensure!(
+            key == value["vehicle_id"].as_str().unwrap_or_default(),
+            "key {key} is not the vehicle of {value}"
+        );
+        ensure!(
+            alert_id == value["alert_id"].as_str().unwrap_or_default(),
+            "header {alert_id} is not the id of {value}"
+        );
     }
     let (want, got) = (comparable(&replay_alerts), comparable(&kafka_values));
-    ensure!(kafka.len() == replay_alerts.len(), "{} alerts in Kafka, {} from replay", kafka.len(), replay_alerts.len());
+    ensure!(
+        kafka.len() == replay_alerts.len(),
+        "{} alerts in Kafka, {} from replay",
+        kafka.len(),
+        replay_alerts.len()
+    );
     let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
     let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-    ensure!(missing.is_empty() && extra.is_empty(), "missing from Kafka {missing:?}, not in replay {extra:?}");
+    ensure!(
+        missing.is_empty() && extra.is_empty(),
+        "missing from Kafka {missing:?}, not in replay {extra:?}"
+    );
     for (key, alert) in &want {
-        ensure!(got[key] == *alert, "alert {key:?} differs:\nreplay {alert}\nrun    {}", got[key]);
+        ensure!(
+            got[key] == *alert,
+            "alert {key:?} differs:\nreplay {alert}\nrun    {}",
+            got[key]
+        );
     }
     // The JSON Lines sink of the service holds the same alerts.
-    let jsonl = comparable(&tests::read_alert_values(&dir.path().join("run-alerts.jsonl"))?);
-    ensure!(jsonl == want, "the service's JSON Lines alerts differ from replay's");
+    let jsonl = comparable(&tests::read_alert_values(
+        &dir.path().join("run-alerts.jsonl"),
+    )?);
+    ensure!(
+        jsonl == want,
+        "the service's JSON Lines alerts differ from replay's"
+    );
 
     // Counters: /metrics counted the messages and rejects replay counted.
     ensure!(
-        metrics.get("lienwatch_messages_total") as u64 == replay_summary["messages"].as_u64().unwrap_or_default(),
+        metrics.get("lienwatch_messages_total") as u64
+            == replay_summary["messages"].as_u64().unwrap_or_default(),
         "/metrics counted {} messages, replay {}",
         metrics.get("lienwatch_messages_total"),
         replay_summary["messages"]
@@ -488,18 +527,36 @@ fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Resu
         "{s3_total} readings in S3, replay accepted {}",
         replay_summary["accepted"]
     );
-    ensure!(s3_rows == local_rows, "the S3 archive's readings differ from replay's");
+    ensure!(
+        s3_rows == local_rows,
+        "the S3 archive's readings differ from replay's"
+    );
     for dataset in ["telemetry", "alerts", "rejects"] {
-        let describe = |root: &str| format!("DESCRIBE SELECT * FROM read_parquet('{root}/{dataset}/**/*.parquet', hive_partitioning=1)");
+        let describe = |root: &str| {
+            format!(
+                "DESCRIBE SELECT * FROM read_parquet('{root}/{dataset}/**/*.parquet', hive_partitioning=1)"
+            )
+        };
         let s3_schema = duckdb_s3(&describe(&s3_root))?;
         let local_schema = tests::duckdb_rows(&describe(&local_root))?;
-        ensure!(s3_schema == local_schema, "{dataset}: S3 schema {s3_schema:?} differs from {local_schema:?}");
+        ensure!(
+            s3_schema == local_schema,
+            "{dataset}: S3 schema {s3_schema:?} differs from {local_schema:?}"
+        );
     }
     let want_rejects: BTreeMap<String, u64> =
         serde_json::from_value(replay_summary["rejects"].clone())?;
-    let s3_rejects = duckdb_s3(&format!("SELECT reason, count(*) FROM read_parquet('{s3_root}/rejects/**/*.parquet', hive_partitioning=1) GROUP BY ALL ORDER BY ALL"))?;
-    let want_reject_rows: Vec<Value> = want_rejects.iter().map(|(r, n)| serde_json::json!([r, n])).collect();
-    ensure!(s3_rejects == want_reject_rows, "rejects in S3 {s3_rejects:?}, replay {want_reject_rows:?}");
+    let s3_rejects = duckdb_s3(&format!(
+        "SELECT reason, count(*) FROM read_parquet('{s3_root}/rejects/**/*.parquet', hive_partitioning=1) GROUP BY ALL ORDER BY ALL"
+    ))?;
+    let want_reject_rows: Vec<Value> = want_rejects
+        .iter()
+        .map(|(r, n)| serde_json::json!([r, n]))
+        .collect();
+    ensure!(
+        s3_rejects == want_reject_rows,
+        "rejects in S3 {s3_rejects:?}, replay {want_reject_rows:?}"
+    );
     Ok(())
 }
 
@@ -548,7 +605,10 @@ fn sigterm_mid_stream_loses_nothing_acknowledged_and_a_restart_takes_the_rest() 
     // Everything the first process acknowledged (took in) it processed and archived.
     let taken = summary_number(&first_summary, "messages")?;
     let accepted = summary_number(&first_summary, "accepted")?;
-    ensure!(taken >= messages / 3 && taken < messages, "the first process took {taken} of {messages}");
+    ensure!(
+        taken >= messages / 3 && taken < messages,
+        "the first process took {taken} of {messages}"
+    );
     ensure!(
         summary_number(&first_summary, "archive")? > 0 || accepted == 0,
         "nothing archived:\n{first_summary}"
@@ -561,7 +621,9 @@ fn sigterm_mid_stream_loses_nothing_acknowledged_and_a_restart_takes_the_rest() 
     let second_port = free_port()?;
     let config = write_config(dir.path(), &sim, &names, second_port, 4)?;
     let second = Service::start(&config, second_port, dir.path().join("second.log"))?;
-    let published = publisher.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let published = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
     ensure!(published == messages);
     second.wait_ingested(messages - taken)?;
     let (_, second_summary) = second.terminate()?;
@@ -580,6 +642,9 @@ fn sigterm_mid_stream_loses_nothing_acknowledged_and_a_restart_takes_the_rest() 
         "{s3_total} readings archived over both runs, replay accepted {}",
         replay_summary["accepted"]
     );
-    ensure!(s3_rows == local_rows, "the two runs' archive differs from replay's");
+    ensure!(
+        s3_rows == local_rows,
+        "the two runs' archive differs from replay's"
+    );
     Ok(())
 }
