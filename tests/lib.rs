@@ -514,6 +514,7 @@ pub fn duckdb_rows_with(setup: &str, sql: &str) -> anyhow::Result<Vec<serde_json
     let script = format!(
         "import duckdb, json, sys\n\
          con = duckdb.connect(config={{'autoinstall_known_extensions': False, 'autoload_known_extensions': False}})\n\
+         con.execute('SET enable_progress_bar = false')\n\
          {setup}\
          for row in con.sql(sys.argv[1]).fetchall():\n    \
          print(json.dumps([str(v) if not isinstance(v, (int, float, str, type(None))) else v for v in row]))\n"
@@ -528,7 +529,7 @@ pub fn duckdb_rows_with(setup: &str, sql: &str) -> anyhow::Result<Vec<serde_json
     );
     String::from_utf8(out.stdout)?
         .lines()
-        .map(|l| Ok(serde_json::from_str(l)?))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("DuckDB printed {l:?}")))
         .collect()
 }
 

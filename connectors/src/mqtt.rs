@@ -14,6 +14,13 @@
 //! it drains its channel with `try_recv`. Messages of one device always go to the same worker,
 //! which keeps their order.
 //!
+//! Every message carries the ingest epoch of its receipt (a tick of `epoch_ms`), assigned in
+//! receipt order by the poll task, and the poll task publishes a *sealed* epoch: every message
+//! of an earlier epoch is already in its worker's channel. A worker that has emptied its
+//! channel after reading the sealed epoch may close every epoch before it. Epochs are thus a
+//! property of the one receipt order, not of when each worker got to run, so a busy worker
+//! cannot make its devices' readings look late next to another worker's.
+//!
 //! An ack means "in this process's memory": a clean shutdown processes every acknowledged
 //! message, a crash loses them (durability before the ack is a later step). After a reconnect
 //! the broker redelivers what was not acknowledged; the dataflow drops the duplicates.
@@ -131,6 +138,8 @@ pub enum MqttError {
 pub struct Message {
     /// Receipt order in this process, from 0.
     pub seq: u64,
+    /// Ingest epoch of its receipt: wall-clock ms / `epoch_ms`, never decreasing.
+    pub epoch: u64,
     /// The topic's last level, if not empty.
     pub device_id: Option<String>,
     /// Wall-clock receipt time, epoch ms.
@@ -141,6 +150,8 @@ pub struct Message {
 
 /// What the workers and the poll task share.
 struct Shared {
+    /// Every message of an epoch before this is in its worker's channel.
+    sealed: AtomicU64,
     /// Per worker: wakes its source operator when a message is queued.
     wakers: Vec<OnceLock<Box<dyn Fn() + Send + Sync>>>,
     /// Set when the process shuts down: stop forwarding messages.
@@ -166,8 +177,10 @@ pub struct WorkerInlet {
 /// What [`WorkerInlet::poll`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inlet {
-    /// Messages were taken (maybe none); more may come.
-    Open,
+    /// The channel was empty after the messages taken.
+    Drained,
+    /// `max` messages were taken; more are waiting.
+    More,
     /// The source is closed and drained.
     Closed,
 }
@@ -185,11 +198,17 @@ impl WorkerInlet {
         for _ in 0..max {
             match self.rx.try_recv() {
                 Ok(m) => out.push(m),
-                Err(mpsc::error::TryRecvError::Empty) => return Inlet::Open,
+                Err(mpsc::error::TryRecvError::Empty) => return Inlet::Drained,
                 Err(mpsc::error::TryRecvError::Disconnected) => return Inlet::Closed,
             }
         }
-        Inlet::Open
+        Inlet::More
+    }
+
+    /// The sealed epoch: read it *before* [`WorkerInlet::poll`]; if that poll drains the
+    /// channel, no message of an earlier epoch can come any more.
+    pub fn sealed(&self) -> u64 {
+        self.shared.sealed.load(Ordering::Acquire)
     }
 }
 
@@ -200,11 +219,12 @@ pub struct MqttSource {
 }
 
 impl MqttSource {
-    /// Starts the source on `runtime` for `workers` workers; returns it and one inlet per
-    /// worker.
+    /// Starts the source on `runtime` for `workers` workers, with ingest epochs of
+    /// `epoch_ms`; returns it and one inlet per worker.
     pub fn start(
         settings: &MqttSettings,
         workers: usize,
+        epoch_ms: u64,
         runtime: &tokio::runtime::Handle,
     ) -> Result<(Self, Vec<WorkerInlet>), MqttError> {
         if workers == 0 || settings.topics.is_empty() {
@@ -219,7 +239,9 @@ impl MqttSource {
             )));
         }
         let session = Session::connect(settings)?;
+        let epochs = EpochClock::new(epoch_ms);
         let shared = Arc::new(Shared {
+            sealed: AtomicU64::new(epochs.now()),
             wakers: (0..workers).map(|_| OnceLock::new()).collect(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
@@ -246,13 +268,20 @@ impl MqttSource {
             Duration::from_millis(settings.reconnect_min_ms.max(1)),
             Duration::from_millis(settings.reconnect_max_ms.max(settings.reconnect_min_ms)),
         );
+        let (client, events) = session.split();
+        // Bounded: when the intake waits on a full worker channel, polling stops too.
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        runtime.spawn(drive(events, events_tx, backoff));
         let poll = runtime.spawn(poll_loop(
-            session,
-            filters,
-            qos,
-            senders,
+            client,
+            events_rx,
+            Intake {
+                filters,
+                qos,
+                senders,
+                epochs,
+            },
             Arc::clone(&shared),
-            backoff,
         ));
         Ok((Self { shared, poll }, inlets))
     }
@@ -272,6 +301,38 @@ impl MqttSource {
             tracing::error!(error = %e, "MQTT poll task failed");
         }
     }
+}
+
+/// Ingest epochs: ticks of `epoch_ms` since the Unix epoch, read from a monotonic clock so
+/// they never go back when the wall clock is set.
+#[derive(Clone, Copy, Debug)]
+struct EpochClock {
+    epoch_ms: u64,
+    origin_ms: u64,
+    origin: std::time::Instant,
+}
+
+impl EpochClock {
+    fn new(epoch_ms: u64) -> Self {
+        Self {
+            epoch_ms: epoch_ms.max(1),
+            origin_ms: schemas::time::now_ms().max(0) as u64,
+            origin: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        let elapsed = self.origin.elapsed().as_millis() as u64;
+        (self.origin_ms + elapsed) / self.epoch_ms
+    }
+}
+
+/// What the poll loop hands messages to.
+struct Intake {
+    filters: Vec<String>,
+    qos: QoS,
+    senders: Vec<mpsc::Sender<Message>>,
+    epochs: EpochClock,
 }
 
 /// The filters to subscribe to, with the shared-subscription prefix.
@@ -301,6 +362,18 @@ pub fn device_of_topic(topic: &str) -> Option<&str> {
 enum Session {
     V4(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
     V5(rumqttc::v5::AsyncClient, Box<rumqttc::v5::EventLoop>),
+}
+
+/// The client half of a session: requests (subscribe, ack, disconnect).
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// The event-loop half of a session: polling it drives the connection.
+enum Events {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
 }
 
 /// What the poll loop cares about in an event.
@@ -383,9 +456,18 @@ impl Session {
         }
     }
 
+    fn split(self) -> (Client, Events) {
+        match self {
+            Self::V4(c, e) => (Client::V4(c), Events::V4(e)),
+            Self::V5(c, e) => (Client::V5(c), Events::V5(e)),
+        }
+    }
+}
+
+impl Events {
     async fn poll(&mut self) -> Result<Incoming, String> {
         match self {
-            Self::V4(_, events) => match events.poll().await.map_err(|e| e.to_string())? {
+            Self::V4(events) => match events.poll().await.map_err(|e| e.to_string())? {
                 EventV4::Incoming(PacketV4::ConnAck(ack)) => Ok(Incoming::ConnAck {
                     session_present: ack.session_present,
                 }),
@@ -400,7 +482,7 @@ impl Session {
                 EventV4::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Incoming::Disconnected),
                 _ => Ok(Incoming::Other),
             },
-            Self::V5(_, events) => {
+            Self::V5(events) => {
                 use rumqttc::v5::Event;
                 match events.poll().await.map_err(|e| e.to_string())? {
                     Event::Incoming(PacketV5::ConnAck(ack)) => Ok(Incoming::ConnAck {
@@ -421,14 +503,16 @@ impl Session {
             }
         }
     }
+}
 
+impl Client {
     fn subscribe(&self, filters: &[String], qos: QoS) -> Result<(), String> {
         for filter in filters {
             match self {
-                Self::V4(c, _) => c
+                Self::V4(c) => c
                     .try_subscribe(filter.clone(), qos)
                     .map_err(|e| e.to_string())?,
-                Self::V5(c, _) => c
+                Self::V5(c) => c
                     .try_subscribe(filter.clone(), qos_v5(qos))
                     .map_err(|e| e.to_string())?,
             }
@@ -440,16 +524,16 @@ impl Session {
     /// empties the client's request queue); acks leave in the order they are queued.
     fn try_ack(&self, token: &AckToken) -> Result<(), ()> {
         match (self, token) {
-            (Self::V4(c, _), AckToken::V4(p)) => c.try_ack(p).map_err(drop),
-            (Self::V5(c, _), AckToken::V5(p)) => c.try_ack(p).map_err(drop),
+            (Self::V4(c), AckToken::V4(p)) => c.try_ack(p).map_err(drop),
+            (Self::V5(c), AckToken::V5(p)) => c.try_ack(p).map_err(drop),
             _ => Err(()),
         }
     }
 
     fn disconnect(&self) -> Result<(), String> {
         match self {
-            Self::V4(c, _) => c.try_disconnect().map_err(|e| e.to_string()),
-            Self::V5(c, _) => c.try_disconnect().map_err(|e| e.to_string()),
+            Self::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Self::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
         }
     }
 }
@@ -462,21 +546,59 @@ fn qos_v5(qos: QoS) -> rumqttc::v5::mqttbytes::QoS {
     }
 }
 
+/// Polls the event loop, never cancelling it (a cancelled poll could lose packets it had
+/// read), and hands what matters to the intake; after a failed connection attempt it waits
+/// with exponential backoff (rumqttc reconnects on the next poll at once).
+async fn drive(
+    mut events: Events,
+    tx: mpsc::Sender<Result<Incoming, String>>,
+    (backoff_min, backoff_max): (Duration, Duration),
+) {
+    let mut backoff = backoff_min;
+    loop {
+        match events.poll().await {
+            Ok(Incoming::Other) => {}
+            Ok(incoming) => {
+                let end = matches!(incoming, Incoming::Disconnected);
+                if matches!(incoming, Incoming::ConnAck { .. }) {
+                    backoff = backoff_min;
+                }
+                if tx.send(Ok(incoming)).await.is_err() || end {
+                    return;
+                }
+            }
+            Err(error) => {
+                if tx.send(Err(error)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(backoff_max);
+            }
+        }
+    }
+}
+
 /// Reads the broker: forwards publishes to the workers and acknowledges them, (re)subscribes
 /// on every CONNACK, reconnects with exponential backoff. After a shutdown request it stops
 /// forwarding, closes the workers' channels, and ends once its DISCONNECT went out (after
 /// every queued ack).
 async fn poll_loop(
-    mut session: Session,
-    filters: Vec<String>,
-    qos: QoS,
-    senders: Vec<mpsc::Sender<Message>>,
+    session: Client,
+    mut events: mpsc::Receiver<Result<Incoming, String>>,
+    intake: Intake,
     shared: Arc<Shared>,
-    (backoff_min, backoff_max): (Duration, Duration),
 ) {
+    let Intake {
+        filters,
+        qos,
+        senders,
+        epochs,
+    } = intake;
     let mut senders = Some(senders);
+    // Seals epochs while no message comes, so the workers' frontiers keep moving.
+    let mut ticker = tokio::time::interval(Duration::from_millis(epochs.epoch_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
-    let mut backoff = backoff_min;
     let mut failures_in_a_row = 0u32;
     let mut disconnect_sent = false;
     // Acks the client's request queue had no room for, in receipt order.
@@ -497,6 +619,10 @@ async fn poll_loop(
         if shared.stopping.load(Ordering::Acquire) {
             if senders.take().is_some() {
                 tracing::info!(received = seq, "MQTT intake stopped");
+                // The channels are closed: the workers drain them and finish.
+                for wake in shared.wakers.iter().filter_map(OnceLock::get) {
+                    wake();
+                }
             }
             if !disconnect_sent && unsent_acks.is_empty() {
                 if let Err(e) = session.disconnect() {
@@ -506,18 +632,30 @@ async fn poll_loop(
                 disconnect_sent = true;
             }
         }
-        // A stop request wakes this loop; `poll` is cancel-safe (its read buffer lives in
-        // the event loop).
+        // Channel receives are cancel-safe; the event loop itself is never cancelled.
         let event = tokio::select! {
-            event = session.poll() => event,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
             () = shared.stop.notified() => continue,
+            _ = ticker.tick() => {
+                // No send is in progress here: every message received so far is in a
+                // channel, and later ones get this epoch or a later one.
+                let now = epochs.now();
+                if shared.sealed.fetch_max(now, Ordering::AcqRel) < now {
+                    for wake in shared.wakers.iter().filter_map(OnceLock::get) {
+                        wake();
+                    }
+                }
+                continue;
+            }
         };
         match event {
             Ok(Incoming::ConnAck { session_present }) => {
                 set_connected(true);
                 // Acks queued for the old connection are void: the broker redelivers.
                 unsent_acks.clear();
-                backoff = backoff_min;
                 failures_in_a_row = 0;
                 tracing::info!(session_present, filters = ?filters, "MQTT connected; subscribing");
                 if let Err(e) = session.subscribe(&filters, qos) {
@@ -532,8 +670,12 @@ async fn poll_loop(
                 };
                 received.increment(1);
                 let worker = worker_of(msg.topic_device.as_deref(), tx.len());
+                // Every earlier message is in its channel: their epochs are sealed.
+                let epoch = epochs.now().max(shared.sealed.load(Ordering::Acquire));
+                shared.sealed.fetch_max(epoch, Ordering::AcqRel);
                 let message = Message {
                     seq,
+                    epoch,
                     device_id: msg.topic_device,
                     received_at_ms: schemas::time::now_ms(),
                     payload: msg.payload,
@@ -567,7 +709,7 @@ async fn poll_loop(
                 failures_in_a_row += 1;
                 // Logged once per outage and then every 10th attempt, not per retry.
                 if failures_in_a_row == 1 || failures_in_a_row.is_multiple_of(10) {
-                    tracing::warn!(%error, attempt = failures_in_a_row, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed; reconnecting");
+                    tracing::warn!(%error, attempt = failures_in_a_row, "MQTT connection failed; reconnecting with backoff");
                 }
                 if senders.is_none() {
                     // Shutting down without a broker: what was not acknowledged is
@@ -575,11 +717,6 @@ async fn poll_loop(
                     tracing::warn!("MQTT broker unreachable while shutting down");
                     return;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shared.stop.notified() => {}
-                }
-                backoff = (backoff * 2).min(backoff_max);
             }
         }
     }
@@ -599,7 +736,7 @@ pub async fn publish(
         clean_start: true,
         ..settings.clone()
     };
-    let Session::V4(client, mut events) = Session::connect(&publisher)? else {
+    let (Client::V4(client), Events::V4(mut events)) = Session::connect(&publisher)?.split() else {
         return Err(MqttError::Settings("publisher session".into()));
     };
     let qos = if settings.qos == 0 {
@@ -767,7 +904,7 @@ mod tests {
             ..MqttSettings::default()
         };
         assert!(matches!(
-            MqttSource::start(&bad_url, 1, runtime.handle()),
+            MqttSource::start(&bad_url, 1, 100, runtime.handle()),
             Err(MqttError::Settings(_))
         ));
         let bad_qos = MqttSettings {
@@ -775,7 +912,7 @@ mod tests {
             ..MqttSettings::default()
         };
         assert!(matches!(
-            MqttSource::start(&bad_qos, 1, runtime.handle()),
+            MqttSource::start(&bad_qos, 1, 100, runtime.handle()),
             Err(MqttError::Settings(_))
         ));
     }

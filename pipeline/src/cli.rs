@@ -81,6 +81,13 @@ pub struct RunArgs {
     /// Worker threads (overrides `pipeline.workers`).
     #[arg(short = 'w', long)]
     pub workers: Option<usize>,
+    /// Cluster: this process's index in the hostfile (overrides `pipeline.process`).
+    #[arg(short = 'p', long)]
+    pub process: Option<usize>,
+    /// Cluster: a file of `host:port` lines, one per process, the same on every process
+    /// (overrides `pipeline.hosts`).
+    #[arg(long)]
+    pub hostfile: Option<PathBuf>,
 }
 
 /// `lienwatch check`.
@@ -208,6 +215,19 @@ fn run_service(args: RunArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(w) = args.workers {
         config.pipeline.workers = w;
+    }
+    if let Some(p) = args.process {
+        config.pipeline.process = p;
+    }
+    if let Some(path) = &args.hostfile {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("hostfile {}", path.display()))?;
+        config.pipeline.hosts = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
     }
     config.validate()?;
     let summary = serve(&config, ServeOptions::default())?;

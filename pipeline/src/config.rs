@@ -55,6 +55,11 @@ pub struct PipelineConfig {
     /// `run`: seconds a shutdown waits for Kafka to confirm the last alerts before giving up
     /// (and exiting non-zero).
     pub shutdown_timeout_s: u64,
+    /// `run` as a cluster: `host:port` of every process, in the same order on all of them;
+    /// empty = a single process. Vehicles are spread over all workers of all processes.
+    pub hosts: Vec<String>,
+    /// `run` as a cluster: this process's index in `hosts`.
+    pub process: usize,
 }
 
 impl Default for PipelineConfig {
@@ -65,6 +70,8 @@ impl Default for PipelineConfig {
             replay_block_lines: 512,
             epoch_ms: 100,
             shutdown_timeout_s: 60,
+            hosts: Vec::new(),
+            process: 0,
         }
     }
 }
@@ -526,6 +533,24 @@ impl Config {
             self.rules.offline.wireless_after_s > 0,
         )?;
         positive("pipeline.epoch_ms", self.pipeline.epoch_ms > 0)?;
+        if !self.pipeline.hosts.is_empty() && self.pipeline.process >= self.pipeline.hosts.len() {
+            return Err(ConfigError::Value {
+                key: "pipeline.process",
+                message: format!(
+                    "{} is not an index of pipeline.hosts ({} hosts)",
+                    self.pipeline.process,
+                    self.pipeline.hosts.len()
+                ),
+            });
+        }
+        if self.pipeline.hosts.len() > 1 && self.mqtt.shared_group.is_none() {
+            return Err(ConfigError::Value {
+                key: "mqtt.shared_group",
+                message: "a cluster of processes must split the MQTT stream with a shared \
+                          subscription group; without one every process would read every message"
+                    .to_owned(),
+            });
+        }
         positive("mqtt.channel_capacity", self.mqtt.channel_capacity > 0)?;
         positive("mqtt.topics", !self.mqtt.topics.is_empty())?;
         if self.mqtt.qos > 1 {

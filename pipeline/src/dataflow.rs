@@ -158,12 +158,13 @@ pub(crate) fn run_worker(
     source: impl Source,
 ) -> Result<WorkerReport, String> {
     let index = worker.index();
+    let process = config.pipeline.process;
     let error: ErrorSlot = Rc::default();
     let report = Rc::new(RefCell::new(WorkerReport::default()));
     let fleet_stats = Rc::new(RefCell::new(FleetStats::default()));
     let archive = if config.archive.enabled {
         Some(
-            ArchiveWriter::open(&config.archive.connector(), 0, index)
+            ArchiveWriter::open(&config.archive.connector(), process, index)
                 .map_err(|e| e.to_string())?,
         )
     } else {

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, anyhow};
 
@@ -86,10 +86,28 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<crate::replay::Summary> {
         topic_prefix: "telemetry".into(),
         rate_per_s: Some(options.rate_per_s),
     };
-    // The service stops once it has taken every published message.
+    // The service stops once it has taken every published message, or once the publisher
+    // is done and nothing more came for a while (a broker may lose a message).
     let seen = Arc::clone(&ingested);
+    let publisher_done = Arc::new(AtomicBool::new(false));
+    let done = Arc::clone(&publisher_done);
     let stop = Box::pin(async move {
-        while seen.load(Ordering::Acquire) < published {
+        let (mut last, mut quiet) = (0, 0u32);
+        loop {
+            let now = seen.load(Ordering::Acquire);
+            if now >= published {
+                return;
+            }
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+            if done.load(Ordering::Acquire) && quiet >= 40 {
+                tracing::warn!(
+                    published,
+                    received = now,
+                    "the embedded broker delivered fewer messages than were published"
+                );
+                return;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     });
@@ -105,6 +123,7 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<crate::replay::Summary> {
             if let Err(e) = publish(&publisher, messages) {
                 tracing::error!(error = %format!("{e:#}"), "the demo publisher failed");
             }
+            publisher_done.store(true, Ordering::Release);
         });
     });
     let summary = serve(

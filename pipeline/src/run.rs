@@ -35,7 +35,6 @@ use connectors::{AlertProducer, Inlet, Message, MqttSource, WorkerInlet};
 use operators::dataflow::id_key;
 use operators::fleet::TopTimes;
 use schemas::decode_payload;
-use schemas::time::now_ms;
 
 use crate::config::Config;
 use crate::dataflow::{
@@ -208,9 +207,20 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     } else {
         None
     };
-    let mqtt_settings = config.mqtt.connector()?;
-    let (mqtt, inlets) = MqttSource::start(&mqtt_settings, workers, runtime.handle())
-        .with_context(|| format!("MQTT source at {}", mqtt_settings.url))?;
+    let mut mqtt_settings = config.mqtt.connector()?;
+    let processes = config.pipeline.hosts.len().max(1);
+    let process = config.pipeline.process;
+    if processes > 1 {
+        // Each process is its own MQTT client within the shared group.
+        mqtt_settings.client_id = format!("{}-{process}", mqtt_settings.client_id);
+    }
+    let (mqtt, inlets) = MqttSource::start(
+        &mqtt_settings,
+        workers,
+        config.pipeline.epoch_ms,
+        runtime.handle(),
+    )
+    .with_context(|| format!("MQTT source at {}", mqtt_settings.url))?;
     let health = Arc::new(Health {
         mqtt_connected: mqtt.connected(),
         stopping: AtomicBool::new(false),
@@ -255,6 +265,8 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     });
     tracing::info!(
         workers,
+        process,
+        processes,
         mqtt = %mqtt_settings.url,
         topics = ?mqtt_settings.topics,
         archive = if config.archive.enabled { config.archive.url.as_str() } else { "off" },
@@ -267,15 +279,29 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     let inlets: Arc<Mutex<Vec<Option<WorkerInlet>>>> =
         Arc::new(Mutex::new(inlets.into_iter().map(Some).collect()));
     let config_arc = Arc::new(config.clone());
-    let epoch_ms = config.pipeline.epoch_ms;
     let ingested = options.ingested.unwrap_or_default();
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let inlet = inlets.lock().unwrap_or_else(PoisonError::into_inner)[worker.index()]
+    let timely_config = if processes > 1 {
+        timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process,
+                addresses: config.pipeline.hosts.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        }
+    } else {
+        timely::Config::process(workers)
+    };
+    let guards = timely::execute(timely_config, move |worker| {
+        // Worker indexes are global; this process's inlets are numbered from 0.
+        let local = worker.index() - process * workers;
+        let inlet = inlets.lock().unwrap_or_else(PoisonError::into_inner)[local]
             .take()
             .ok_or_else(|| "worker inlet taken twice".to_owned())?;
         let source = LiveSource {
             inlet,
-            epoch_ms,
             ingested: Arc::clone(&ingested),
         };
         run_worker(
@@ -329,18 +355,18 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     }
 }
 
-/// A worker's MQTT inlet, in epochs of `epoch_ms` of wall-clock time.
+/// A worker's MQTT inlet.
 struct LiveSource {
     inlet: WorkerInlet,
-    epoch_ms: u64,
     /// Messages taken, over all workers.
     ingested: Arc<AtomicU64>,
 }
 
 impl Source for LiveSource {
     /// Decodes this worker's messages: records, rejects, and one sample of event times per
-    /// epoch for the pipeline clock. The epoch follows the wall clock, also while no message
-    /// comes, so the frontier (and the archive's rolling) keeps moving.
+    /// epoch for the pipeline clock. Each message goes out at the epoch of its receipt; an
+    /// epoch closes once the MQTT source has sealed it and this worker has taken all its
+    /// messages (see `connectors::mqtt`).
     fn build<'scope>(
         self,
         scope: Scope<'scope, u64>,
@@ -350,7 +376,6 @@ impl Source for LiveSource {
     ) -> Streams<'scope> {
         let LiveSource {
             mut inlet,
-            epoch_ms,
             ingested,
         } = self;
         let mut builder = OperatorBuilder::new("MqttSource".to_owned(), scope);
@@ -374,6 +399,8 @@ impl Source for LiveSource {
         let readings_in = metrics::counter!("lienwatch_readings_total");
         builder.build(move |capabilities| {
             let mut capabilities = Some(capabilities);
+            // The epoch `top` and the pending containers belong to.
+            let mut current = 0u64;
             let mut top = TopTimes::default();
             let mut messages: Vec<Message> = Vec::new();
             let mut decoded = Vec::new();
@@ -383,22 +410,47 @@ impl Source for LiveSource {
                 let Some(caps) = capabilities.as_mut() else {
                     return;
                 };
-                let epoch = now_ms().max(0) as u64 / epoch_ms;
-                let mut samples_h = samples_out.activate();
-                if epoch > *caps[0].time() {
-                    // The epoch ends: its clock sample goes out at its own time.
-                    if !top.is_empty() {
-                        samples_h.session(&caps[2]).give(top.take());
-                    }
-                    for cap in caps.iter_mut() {
-                        cap.downgrade(&epoch);
-                    }
-                }
+                let sealed = inlet.sealed();
                 messages.clear();
                 let state = inlet.poll(MESSAGES_PER_ACTIVATION, &mut messages);
+                let mut records_h = records_out.activate();
+                let mut rejects_h = rejects_out.activate();
+                let mut samples_h = samples_out.activate();
+                // Sends what belongs to `current` at that epoch.
+                let mut flush = |current: u64,
+                                 top: &mut TopTimes,
+                                 records: &mut Vec<_>,
+                                 rejects: &mut Vec<_>| {
+                    if !records.is_empty() {
+                        records_h
+                            .session(&caps[0].delayed(&current))
+                            .give_container(records);
+                    }
+                    if !rejects.is_empty() {
+                        rejects_h
+                            .session(&caps[1].delayed(&current))
+                            .give_container(rejects);
+                    }
+                    if !top.is_empty() {
+                        samples_h
+                            .session(&caps[2].delayed(&current))
+                            .give(top.take());
+                    }
+                };
                 let mut report = report.borrow_mut();
                 let mut readings = 0u64;
                 for message in &messages {
+                    // Epochs never decrease, and none is before the capabilities' time.
+                    let epoch = message.epoch.max(*caps[0].time());
+                    if epoch > current {
+                        flush(
+                            current,
+                            &mut top,
+                            &mut pending_records,
+                            &mut pending_rejects,
+                        );
+                        current = epoch;
+                    }
                     report.messages += 1;
                     decode_payload(
                         &message.payload,
@@ -420,30 +472,45 @@ impl Source for LiveSource {
                     }
                 }
                 report.readings += readings;
-                ingested.fetch_add(messages.len() as u64, Ordering::AcqRel);
                 messages_in.increment(messages.len() as u64);
                 readings_in.increment(readings);
-                records_out
-                    .activate()
-                    .session(&caps[0])
-                    .give_container(&mut pending_records);
-                rejects_out
-                    .activate()
-                    .session(&caps[1])
-                    .give_container(&mut pending_rejects);
-                match state {
-                    Inlet::Closed => {
-                        if !top.is_empty() {
-                            samples_h.session(&caps[2]).give(top.take());
+                ingested.fetch_add(messages.len() as u64, Ordering::AcqRel);
+                // Records go out now; the epoch's clock sample only once the epoch is done.
+                if !pending_records.is_empty() || !pending_rejects.is_empty() {
+                    let mut none = TopTimes::default();
+                    flush(
+                        current,
+                        &mut none,
+                        &mut pending_records,
+                        &mut pending_rejects,
+                    );
+                }
+                // What may still come: nothing before `sealed` once the channel was drained,
+                // nothing before the last message taken otherwise.
+                let open_from = match state {
+                    Inlet::Closed => None,
+                    Inlet::Drained => Some(sealed.max(current)),
+                    Inlet::More => Some(current),
+                };
+                if open_from.is_none_or(|t| t > current) {
+                    flush(
+                        current,
+                        &mut top,
+                        &mut pending_records,
+                        &mut pending_rejects,
+                    );
+                }
+                match open_from {
+                    None => capabilities = None,
+                    Some(t) => {
+                        for cap in caps.iter_mut() {
+                            if t > *cap.time() {
+                                cap.downgrade(&t);
+                            }
                         }
-                        capabilities = None;
-                    }
-                    Inlet::Open if messages.len() == MESSAGES_PER_ACTIVATION => {
-                        activator.activate();
-                    }
-                    Inlet::Open => {
-                        let into_epoch = now_ms().max(0) as u64 % epoch_ms;
-                        activator.activate_after(Duration::from_millis(epoch_ms - into_epoch));
+                        if state == Inlet::More {
+                            activator.activate();
+                        }
                     }
                 }
             }
