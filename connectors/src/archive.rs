@@ -276,6 +276,12 @@ fn probe(root: &str, store: &dyn ObjectStore) -> Result<(), ArchiveError> {
     }
 }
 
+/// Opens the store of `config` as a writer would (creating a local root, probing an S3 one),
+/// so a service can refuse to start before it takes any input.
+pub fn check_store(config: &ArchiveConfig) -> Result<(), ArchiveError> {
+    open_store(&config.root, &config.s3).map(drop)
+}
+
 /// The last run time handed out in this process: run tokens strictly increase, so two writers
 /// opened in the same millisecond (same worker, e.g. a test or a re-opened sink) still differ.
 static LAST_RUN_MS: AtomicI64 = AtomicI64::new(0);

@@ -14,28 +14,32 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError as KafkaClientError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-/// Settings of the Kafka sink.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Settings of the Kafka sink: the `[kafka]` section of the config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
+    /// Send alerts to Kafka (`run`).
+    pub enabled: bool,
     /// `bootstrap.servers`.
     pub brokers: String,
-    /// Topic of the alerts.
+    /// Topic of the alerts (key `vehicle_id`, header `alert_id`).
     pub alerts_topic: String,
     /// `client.id`.
     pub client_id: String,
-    /// Create the alerts topic at start if it is missing.
+    /// Create missing topics at start (with the partitions and replication below).
     pub create_topics: bool,
     /// Partitions of a topic created here.
     pub topic_partitions: i32,
     /// Replication factor of a topic created here.
     pub topic_replication: i32,
-    /// Longest wait between retries of a failed delivery.
+    /// Longest wait between retries of a failed delivery, ms.
     pub retry_backoff_max_ms: u64,
     /// Further librdkafka properties, passed through (`security.protocol`, `sasl.*`,
     /// `ssl.*`, `compression.type`, ...); they override the defaults set here.
@@ -45,6 +49,7 @@ pub struct KafkaSettings {
 impl Default for KafkaSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             brokers: "127.0.0.1:9092".into(),
             alerts_topic: "lienwatch.alerts".into(),
             client_id: "lienwatch".into(),
@@ -110,14 +115,56 @@ impl AlertProducer {
         })
     }
 
-    /// Queues one alert: key `vehicle_id`, header `alert_id`, value `payload`. Returns at
-    /// once; the delivery is retried until the broker confirms it.
-    pub fn send(&self, vehicle_id: String, alert_id: String, payload: Vec<u8>) {
+    /// Queues one alert: key `vehicle_id`, header `alert_id`, value `payload`. The alert
+    /// enters librdkafka's queue here, in call order, so one worker's alerts (and so one
+    /// vehicle's) keep their order; the idempotent producer keeps that order through its own
+    /// retries. While that queue is full this waits (back-pressure on the dataflow). A
+    /// delivery that still fails (after `message.timeout.ms`) is counted and sent again until
+    /// it is confirmed: never dropped, though then possibly after later alerts.
+    pub fn send(&self, vehicle_id: &str, alert_id: &str, payload: Vec<u8>) {
         self.in_flight.count.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("lienwatch_kafka_in_flight").increment(1.0);
+        let delivery = loop {
+            let record = FutureRecord::to(&self.topic)
+                .key(vehicle_id)
+                .payload(&payload)
+                .headers(alert_header(alert_id));
+            match self.producer.send_result(record) {
+                Ok(delivery) => break Some(delivery),
+                Err((KafkaClientError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((error, _)) => {
+                    metrics::counter!("lienwatch_kafka_delivery_failures_total").increment(1);
+                    tracing::warn!(%error, alert_id, "Kafka refused an alert; retrying");
+                    break None;
+                }
+            }
+        };
         let this = self.clone();
+        let (key, id) = (vehicle_id.to_owned(), alert_id.to_owned());
         self.runtime.spawn(async move {
-            this.deliver(&vehicle_id, &alert_id, &payload).await;
+            // A refusal at enqueue was counted there.
+            let confirmed = match delivery {
+                Some(delivery) => match delivery.await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err((error, _))) => {
+                        metrics::counter!("lienwatch_kafka_delivery_failures_total").increment(1);
+                        tracing::warn!(%error, alert_id = id, "Kafka delivery failed; retrying");
+                        false
+                    }
+                    Err(_) => {
+                        metrics::counter!("lienwatch_kafka_delivery_failures_total").increment(1);
+                        false
+                    }
+                },
+                None => false,
+            };
+            if confirmed {
+                metrics::counter!("lienwatch_kafka_deliveries_total").increment(1);
+            } else {
+                this.deliver(&key, &id, &payload).await;
+            }
             metrics::gauge!("lienwatch_kafka_in_flight").decrement(1.0);
             if this.in_flight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
                 this.in_flight.idle.notify_waiters();
@@ -125,18 +172,15 @@ impl AlertProducer {
         });
     }
 
+    /// Sends again until confirmed, with backoff.
     async fn deliver(&self, key: &str, alert_id: &str, payload: &[u8]) {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1u32;
         loop {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "alert_id",
-                value: Some(alert_id),
-            });
             let record = FutureRecord::to(&self.topic)
                 .key(key)
                 .payload(payload)
-                .headers(headers);
+                .headers(alert_header(alert_id));
             match self.producer.send(record, Timeout::Never).await {
                 Ok(_) => {
                     metrics::counter!("lienwatch_kafka_deliveries_total").increment(1);
@@ -170,6 +214,13 @@ impl AlertProducer {
             idle.await;
         }
     }
+}
+
+fn alert_header(alert_id: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: "alert_id",
+        value: Some(alert_id),
+    })
 }
 
 /// The librdkafka configuration: no-loss defaults, then the pass-through properties.

@@ -24,4 +24,4 @@ pub mod mqtt;
 pub use archive::{ArchiveConfig, ArchiveError, ArchiveStats, ArchiveWriter};
 pub use jsonl::{AlertLog, JsonlError, LineBatch, LineSource};
 pub use kafka::{AlertProducer, KafkaError, KafkaSettings};
-pub use mqtt::{Inlet, Message, MqttError, MqttSettings, MqttSource, Protocol, WorkerInlet};
+pub use mqtt::{Inlet, Message, MqttError, MqttSettings, MqttSource, WorkerInlet};

@@ -35,59 +35,68 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Packet as PacketV5;
 use rumqttc::v5::mqttbytes::v5::Publish as PublishV5;
 use rumqttc::{Event as EventV4, Packet as PacketV4, Publish as PublishV4, QoS, Transport};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// MQTT protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
+enum Protocol {
     /// MQTT 5.
     V5,
     /// MQTT 3.1.1.
     V311,
 }
 
-/// Settings of the MQTT source.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Settings of the MQTT source: the `[mqtt]` section of the config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MqttSettings {
-    /// `mqtt://host:port` or `mqtts://host:port` (TLS).
+    /// Broker: `mqtt://host:port`, or `mqtts://host:port` for TLS.
     pub url: String,
-    /// Protocol version.
-    pub protocol: Protocol,
-    /// Client id; stable ids keep persistent sessions across restarts.
+    /// 5 = MQTT 5, 4 = MQTT 3.1.1 (the CONNECT protocol level).
+    pub protocol_version: u8,
+    /// Client id; keep it stable so the broker keeps the session across restarts.
     pub client_id: String,
     /// Topic filters; the last topic level is the `device_id`.
     pub topics: Vec<String>,
-    /// Subscribe through `$share/<group>/<filter>` so several processes split the stream.
+    /// Shared-subscription group: processes with the same group split the stream
+    /// (`$share/<group>/<filter>`). Unset = plain subscriptions.
     pub shared_group: Option<String>,
-    /// Subscription QoS (0 or 1).
+    /// Subscription QoS: 0 or 1.
     pub qos: u8,
-    /// Start a new session (drop the broker's backlog) on connect.
+    /// Start a fresh session on connect (drops what the broker kept for us).
     pub clean_start: bool,
-    /// MQTT 5: how long the broker keeps the session after a disconnect.
+    /// MQTT 5: seconds the broker keeps our session (and queues QoS 1 messages) while we
+    /// are disconnected.
     pub session_expiry_s: u32,
-    /// Keep-alive interval.
+    /// Keep-alive interval, seconds.
     pub keep_alive_s: u64,
-    /// Largest packet accepted (batched payloads are large).
+    /// Largest MQTT packet accepted, bytes (batched uploads are large).
     pub max_packet_bytes: u32,
     /// MQTT 5: unacknowledged QoS 1 messages the broker may send at once.
     pub receive_maximum: u16,
-    /// User name, if the broker wants one.
+    /// User name; unset = anonymous.
     pub username: Option<String>,
-    /// Password (read from the environment or a file by the caller, never from the config).
+    /// Environment variable holding the password (never put the password in a config file).
+    pub password_env: Option<String>,
+    /// File holding the password (its first line).
+    pub password_file: Option<PathBuf>,
+    /// A password given in code (tests, tools); never read from or written to a config.
+    #[serde(skip)]
     pub password: Option<String>,
     /// PEM CA bundle for `mqtts://`; unset = the system's roots.
     pub ca_file: Option<PathBuf>,
-    /// PEM client certificate chain and key for mutual TLS.
+    /// PEM client certificate chain for mutual TLS.
     pub client_cert_file: Option<PathBuf>,
     /// PEM private key of `client_cert_file`.
     pub client_key_file: Option<PathBuf>,
-    /// First wait before reconnecting; doubled up to `reconnect_max_ms`.
+    /// First wait before a reconnect, ms; doubled after each failure.
     pub reconnect_min_ms: u64,
-    /// Longest wait between reconnects.
+    /// Longest wait between reconnects, ms.
     pub reconnect_max_ms: u64,
-    /// Messages buffered per worker before the poll task stops reading.
+    /// Messages buffered per worker; when full, reading from the broker pauses.
     pub channel_capacity: usize,
 }
 
@@ -95,7 +104,7 @@ impl Default for MqttSettings {
     fn default() -> Self {
         Self {
             url: "mqtt://127.0.0.1:1883".into(),
-            protocol: Protocol::V5,
+            protocol_version: 5,
             client_id: "lienwatch".into(),
             topics: vec!["telemetry/+".into()],
             shared_group: None,
@@ -106,6 +115,8 @@ impl Default for MqttSettings {
             max_packet_bytes: 1 << 20,
             receive_maximum: 1024,
             username: None,
+            password_env: None,
+            password_file: None,
             password: None,
             ca_file: None,
             client_cert_file: None,
@@ -117,14 +128,46 @@ impl Default for MqttSettings {
     }
 }
 
+impl MqttSettings {
+    fn protocol(&self) -> Result<Protocol, MqttError> {
+        match self.protocol_version {
+            5 => Ok(Protocol::V5),
+            4 => Ok(Protocol::V311),
+            v => Err(MqttError::Settings(format!(
+                "protocol_version {v}: expected 5 (MQTT 5) or 4 (MQTT 3.1.1)"
+            ))),
+        }
+    }
+
+    /// The password: given in code, else from `password_env`, else from `password_file`.
+    fn resolved_password(&self) -> Result<Option<String>, MqttError> {
+        if self.password.is_some() {
+            return Ok(self.password.clone());
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map(Some).map_err(|_| {
+                MqttError::Settings(format!("password_env: {var} is not set in the environment"))
+            });
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| MqttError::Tls {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            return Ok(Some(text.lines().next().unwrap_or_default().to_owned()));
+        }
+        Ok(None)
+    }
+}
+
 /// Why the MQTT source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     /// The settings are not usable.
     #[error("mqtt: {0}")]
     Settings(String),
-    /// A TLS file could not be read or parsed.
-    #[error("mqtt TLS file {path}: {message}")]
+    /// A TLS or password file could not be read or parsed.
+    #[error("mqtt file {path}: {message}")]
     Tls {
         /// The file.
         path: PathBuf,
@@ -158,6 +201,8 @@ struct Shared {
     stopping: AtomicBool,
     /// Wakes the poll task when shutting down.
     stop: Notify,
+    /// Lets the session connect: the workers are ready to take messages.
+    open: Notify,
     /// Whether the session is up (for health checks).
     connected: Arc<AtomicBool>,
 }
@@ -245,6 +290,7 @@ impl MqttSource {
             wakers: (0..workers).map(|_| OnceLock::new()).collect(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
+            open: Notify::new(),
             connected: Arc::default(),
         });
         let mut senders = Vec::with_capacity(workers);
@@ -271,7 +317,12 @@ impl MqttSource {
         let (client, events) = session.split();
         // Bounded: when the intake waits on a full worker channel, polling stops too.
         let (events_tx, events_rx) = mpsc::channel(1024);
-        runtime.spawn(drive(events, events_tx, backoff));
+        let gate = Arc::clone(&shared);
+        runtime.spawn(async move {
+            // Nothing is received (and so nothing acknowledged) before the workers are ready.
+            gate.open.notified().await;
+            drive(events, events_tx, backoff).await;
+        });
         let poll = runtime.spawn(poll_loop(
             client,
             events_rx,
@@ -286,7 +337,14 @@ impl MqttSource {
         Ok((Self { shared, poll }, inlets))
     }
 
-    /// A flag that is true while the session is up.
+    /// A function that connects the session: call it once every worker can take messages
+    /// (its dataflow is built), so no message is acknowledged that a failed start would lose.
+    pub fn opener(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.open.notify_one()
+    }
+
+    /// A flag that is true while the session is up and subscribed.
     pub fn connected(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.shared.connected)
     }
@@ -297,6 +355,8 @@ impl MqttSource {
     pub async fn shutdown(self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.stop.notify_one();
+        // Never opened (a failed start): the session connects only to close.
+        self.shared.open.notify_one();
         if let Err(e) = self.poll.await {
             tracing::error!(error = %e, "MQTT poll task failed");
         }
@@ -382,6 +442,10 @@ enum Incoming {
         session_present: bool,
     },
     Publish(Box<Received>),
+    /// The broker answered our SUBSCRIBE: whether every filter was granted.
+    Subscribed {
+        granted: bool,
+    },
     /// Our DISCONNECT went out.
     Disconnected,
     Other,
@@ -423,7 +487,8 @@ impl Session {
         // rarely wait.
         let requests = usize::from(s.receive_maximum).max(64) * 2;
         let keep_alive = Duration::from_secs(s.keep_alive_s.max(1));
-        match s.protocol {
+        let password = s.resolved_password()?;
+        match s.protocol()? {
             Protocol::V311 => {
                 let mut o = rumqttc::MqttOptions::new(&s.client_id, host, port);
                 o.set_keep_alive(keep_alive)
@@ -433,7 +498,7 @@ impl Session {
                     .set_max_packet_size(s.max_packet_bytes as usize, s.max_packet_bytes as usize)
                     .set_transport(transport);
                 if let Some(user) = &s.username {
-                    o.set_credentials(user, s.password.clone().unwrap_or_default());
+                    o.set_credentials(user, password.clone().unwrap_or_default());
                 }
                 let (client, events) = rumqttc::AsyncClient::new(o, requests);
                 Ok(Self::V4(client, Box::new(events)))
@@ -448,7 +513,7 @@ impl Session {
                     .set_manual_acks(true)
                     .set_transport(transport);
                 if let Some(user) = &s.username {
-                    o.set_credentials(user, s.password.clone().unwrap_or_default());
+                    o.set_credentials(user, password.clone().unwrap_or_default());
                 }
                 let (client, events) = rumqttc::v5::AsyncClient::new(o, requests);
                 Ok(Self::V5(client, Box::new(events)))
@@ -479,6 +544,12 @@ impl Events {
                         token: AckToken::V4(p),
                     })))
                 }
+                EventV4::Incoming(PacketV4::SubAck(ack)) => Ok(Incoming::Subscribed {
+                    granted: ack
+                        .return_codes
+                        .iter()
+                        .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
+                }),
                 EventV4::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Incoming::Disconnected),
                 _ => Ok(Incoming::Other),
             },
@@ -497,6 +568,14 @@ impl Events {
                             token: AckToken::V5(p),
                         })))
                     }
+                    Event::Incoming(PacketV5::SubAck(ack)) => Ok(Incoming::Subscribed {
+                        granted: ack.return_codes.iter().all(|c| {
+                            matches!(
+                                c,
+                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                            )
+                        }),
+                    }),
                     Event::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Incoming::Disconnected),
                     _ => Ok(Incoming::Other),
                 }
@@ -624,6 +703,11 @@ async fn poll_loop(
                     wake();
                 }
             }
+            if !shared.connected.load(Ordering::Acquire) && !disconnect_sent {
+                // No session to close, and acks of a lost connection are void.
+                tracing::info!(received = seq, "MQTT intake stopped while disconnected");
+                return;
+            }
             if !disconnect_sent && unsent_acks.is_empty() {
                 if let Err(e) = session.disconnect() {
                     tracing::warn!(error = %e, "MQTT disconnect could not be queued");
@@ -653,11 +737,10 @@ async fn poll_loop(
         };
         match event {
             Ok(Incoming::ConnAck { session_present }) => {
-                set_connected(true);
                 // Acks queued for the old connection are void: the broker redelivers.
                 unsent_acks.clear();
                 failures_in_a_row = 0;
-                tracing::info!(session_present, filters = ?filters, "MQTT connected; subscribing");
+                tracing::info!(session_present, "MQTT connected; subscribing");
                 if let Err(e) = session.subscribe(&filters, qos) {
                     tracing::error!(error = %e, "MQTT subscribe could not be queued");
                 }
@@ -691,6 +774,14 @@ async fn poll_loop(
                 }
                 if msg.qos1 {
                     unsent_acks.push_back(msg.token);
+                }
+            }
+            Ok(Incoming::Subscribed { granted }) => {
+                if granted {
+                    set_connected(true);
+                    tracing::info!(filters = ?filters, "MQTT subscribed");
+                } else {
+                    tracing::error!(filters = ?filters, "the broker refused a subscription; check the filters and the ACL");
                 }
             }
             Ok(Incoming::Disconnected) => {
@@ -732,7 +823,7 @@ pub async fn publish(
     rate_per_s: Option<f64>,
 ) -> Result<u64, MqttError> {
     let publisher = MqttSettings {
-        protocol: Protocol::V311,
+        protocol_version: 4,
         clean_start: true,
         ..settings.clone()
     };

@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use std::collections::BTreeMap;
-
 use connectors::archive::{ArchiveConfig, S3Options};
-use connectors::{KafkaSettings, MqttSettings, Protocol};
+use connectors::{KafkaSettings, MqttSettings};
 use operators::config::RulesConfig;
 
 /// The prefix of environment overrides: `LIENWATCH__ARCHIVE__URL=/data` sets `archive.url`.
@@ -32,9 +30,9 @@ pub struct Config {
     /// Alert rules.
     pub rules: RulesConfig,
     /// `run`: the MQTT source.
-    pub mqtt: MqttConfig,
+    pub mqtt: MqttSettings,
     /// `run`: the Kafka alert sink.
-    pub kafka: KafkaConfig,
+    pub kafka: KafkaSettings,
     /// `run`: the metrics and health endpoint.
     pub http: HttpConfig,
 }
@@ -169,191 +167,6 @@ impl ArchiveSettings {
             max_file_age_s: self.max_file_age_s,
             row_group_rows: self.row_group_rows,
             zstd_level: self.zstd_level,
-        }
-    }
-}
-
-/// `[mqtt]`: where `run` reads telemetry (SPEC §2, §8).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttConfig {
-    /// Broker: `mqtt://host:port`, or `mqtts://host:port` for TLS.
-    pub url: String,
-    /// 5 = MQTT 5, 4 = MQTT 3.1.1 (the CONNECT protocol level).
-    pub protocol_version: u8,
-    /// Client id; keep it stable so the broker keeps the session across restarts.
-    pub client_id: String,
-    /// Topic filters; the last topic level is the `device_id`.
-    pub topics: Vec<String>,
-    /// Shared-subscription group: several processes with the same group split the stream
-    /// (`$share/<group>/<filter>`). Unset = plain subscriptions.
-    pub shared_group: Option<String>,
-    /// Subscription QoS: 0 or 1.
-    pub qos: u8,
-    /// Start a fresh session on connect (drops what the broker kept for us).
-    pub clean_start: bool,
-    /// MQTT 5: seconds the broker keeps our session (and queues QoS 1 messages) while we
-    /// are disconnected.
-    pub session_expiry_s: u32,
-    /// Keep-alive interval, seconds.
-    pub keep_alive_s: u64,
-    /// Largest MQTT packet accepted, bytes (batched uploads are large).
-    pub max_packet_bytes: u32,
-    /// MQTT 5: unacknowledged QoS 1 messages the broker may send at once.
-    pub receive_maximum: u16,
-    /// User name; unset = anonymous.
-    pub username: Option<String>,
-    /// Environment variable holding the password (never put the password in this file).
-    pub password_env: Option<String>,
-    /// File holding the password (first line).
-    pub password_file: Option<PathBuf>,
-    /// PEM CA bundle for `mqtts://`; unset = the system's roots. Relative to this file.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS. Relative to this file.
-    pub client_cert_file: Option<PathBuf>,
-    /// PEM private key of `client_cert_file`. Relative to this file.
-    pub client_key_file: Option<PathBuf>,
-    /// First wait before a reconnect, ms; doubled after each failure.
-    pub reconnect_min_ms: u64,
-    /// Longest wait between reconnects, ms.
-    pub reconnect_max_ms: u64,
-    /// Messages buffered per worker; when full, reading from the broker pauses.
-    pub channel_capacity: usize,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        let d = MqttSettings::default();
-        Self {
-            url: d.url,
-            protocol_version: 5,
-            client_id: d.client_id,
-            topics: d.topics,
-            shared_group: d.shared_group,
-            qos: d.qos,
-            clean_start: d.clean_start,
-            session_expiry_s: d.session_expiry_s,
-            keep_alive_s: d.keep_alive_s,
-            max_packet_bytes: d.max_packet_bytes,
-            receive_maximum: d.receive_maximum,
-            username: None,
-            password_env: None,
-            password_file: None,
-            ca_file: None,
-            client_cert_file: None,
-            client_key_file: None,
-            reconnect_min_ms: d.reconnect_min_ms,
-            reconnect_max_ms: d.reconnect_max_ms,
-            channel_capacity: d.channel_capacity,
-        }
-    }
-}
-
-impl MqttConfig {
-    /// The connector's settings, with the password read from its variable or file.
-    pub fn connector(&self) -> Result<MqttSettings, ConfigError> {
-        let protocol = match self.protocol_version {
-            5 => Protocol::V5,
-            4 => Protocol::V311,
-            v => {
-                return Err(ConfigError::Value {
-                    key: "mqtt.protocol_version",
-                    message: format!("{v}: expected 5 (MQTT 5) or 4 (MQTT 3.1.1)"),
-                });
-            }
-        };
-        let password = match (&self.password_env, &self.password_file) {
-            (Some(var), _) => Some(std::env::var(var).map_err(|_| ConfigError::Value {
-                key: "mqtt.password_env",
-                message: format!("environment variable {var} is not set"),
-            })?),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                Some(text.lines().next().unwrap_or_default().to_owned())
-            }
-            (None, None) => None,
-        };
-        Ok(MqttSettings {
-            url: self.url.clone(),
-            protocol,
-            client_id: self.client_id.clone(),
-            topics: self.topics.clone(),
-            shared_group: self.shared_group.clone(),
-            qos: self.qos,
-            clean_start: self.clean_start,
-            session_expiry_s: self.session_expiry_s,
-            keep_alive_s: self.keep_alive_s,
-            max_packet_bytes: self.max_packet_bytes,
-            receive_maximum: self.receive_maximum,
-            username: self.username.clone(),
-            password,
-            ca_file: self.ca_file.clone(),
-            client_cert_file: self.client_cert_file.clone(),
-            client_key_file: self.client_key_file.clone(),
-            reconnect_min_ms: self.reconnect_min_ms,
-            reconnect_max_ms: self.reconnect_max_ms,
-            channel_capacity: self.channel_capacity,
-        })
-    }
-}
-
-/// `[kafka]`: where `run` sends alerts (SPEC §4).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Send alerts to Kafka.
-    pub enabled: bool,
-    /// `bootstrap.servers`.
-    pub brokers: String,
-    /// Topic of the alerts (key `vehicle_id`, header `alert_id`).
-    pub alerts_topic: String,
-    /// `client.id`.
-    pub client_id: String,
-    /// Create missing topics at start (with the partitions and replication below).
-    pub create_topics: bool,
-    /// Partitions of a topic created at start.
-    pub topic_partitions: i32,
-    /// Replication factor of a topic created at start.
-    pub topic_replication: i32,
-    /// Longest wait between retries of a failed delivery, ms.
-    pub retry_backoff_max_ms: u64,
-    /// librdkafka properties passed through as they are (`security.protocol`,
-    /// `sasl.mechanism`, `ssl.ca.location`, `compression.type`, ...).
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        let d = KafkaSettings::default();
-        Self {
-            enabled: true,
-            brokers: d.brokers,
-            alerts_topic: d.alerts_topic,
-            client_id: d.client_id,
-            create_topics: d.create_topics,
-            topic_partitions: d.topic_partitions,
-            topic_replication: d.topic_replication,
-            retry_backoff_max_ms: d.retry_backoff_max_ms,
-            properties: d.properties,
-        }
-    }
-}
-
-impl KafkaConfig {
-    /// The connector's settings.
-    pub fn connector(&self) -> KafkaSettings {
-        KafkaSettings {
-            brokers: self.brokers.clone(),
-            alerts_topic: self.alerts_topic.clone(),
-            client_id: self.client_id.clone(),
-            create_topics: self.create_topics,
-            topic_partitions: self.topic_partitions,
-            topic_replication: self.topic_replication,
-            retry_backoff_max_ms: self.retry_backoff_max_ms,
-            properties: self.properties.clone(),
         }
     }
 }

@@ -97,20 +97,26 @@ pub(crate) struct AlertSinks {
 }
 
 impl AlertSinks {
+    /// Sends `alerts` to every sink; one failing does not keep them from the others.
     fn send(&self, alerts: &[Alert]) -> Result<(), String> {
-        if let Some(log) = &self.log {
-            log.write(alerts).map_err(|e| e.to_string())?;
-        }
+        let mut failure = None;
         if let Some(kafka) = &self.kafka {
             for alert in alerts {
-                let payload = serde_json::to_vec(alert).map_err(|e| e.to_string())?;
-                kafka.send(alert.vehicle_id.clone(), alert.alert_id.clone(), payload);
+                match serde_json::to_vec(alert) {
+                    Ok(payload) => kafka.send(&alert.vehicle_id, &alert.alert_id, payload),
+                    Err(e) => failure = Some(format!("alert {}: {e}", alert.alert_id)),
+                }
             }
         }
         if let Some(printer) = &self.printer {
             alerts.iter().for_each(|a| printer(a));
         }
-        Ok(())
+        if let Some(log) = &self.log
+            && let Err(e) = log.write(alerts)
+        {
+            failure = Some(e.to_string());
+        }
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -148,6 +154,19 @@ pub(crate) trait Source {
     ) -> Streams<'scope>;
 }
 
+/// What a worker tells its process besides its report.
+pub(crate) trait WorkerEvents {
+    /// The dataflow is built: the worker takes input from now on.
+    fn built(&self) {}
+    /// An operator failed (the first error only): the process should stop.
+    fn failed(&self) {}
+}
+
+/// A worker with no one to tell (replay).
+pub(crate) struct Quiet;
+
+impl WorkerEvents for Quiet {}
+
 /// Builds and runs one worker's dataflow: `source` → fleet → sinks, until the source ends.
 pub(crate) fn run_worker(
     worker: &mut timely::worker::Worker,
@@ -156,6 +175,7 @@ pub(crate) fn run_worker(
     fences: &Arc<FenceIndex>,
     alert_sinks: AlertSinks,
     source: impl Source,
+    events: &impl WorkerEvents,
 ) -> Result<WorkerReport, String> {
     let index = worker.index();
     let process = config.pipeline.process;
@@ -196,8 +216,14 @@ pub(crate) fn run_worker(
             Rc::clone(&error),
         );
     });
+    events.built();
+    let mut failed = false;
     while worker.has_dataflows() {
         worker.step_or_park(Some(Duration::from_millis(20)));
+        if !failed && error.borrow().is_some() {
+            failed = true;
+            events.failed();
+        }
     }
     if let Some(e) = error.borrow_mut().take() {
         return Err(e);

@@ -35,7 +35,7 @@ use schemas::{Record, Reject, decode_payload};
 
 use crate::config::Config;
 use crate::dataflow::{
-    AlertSinks, ErrorSlot, Source, SourceSetup, Streams, WorkerReport, identify, run_worker,
+    AlertSinks, ErrorSlot, Quiet, Source, SourceSetup, Streams, WorkerReport, identify, run_worker,
 };
 
 /// Lines a source decodes per activation, so one source cannot starve the other operators.
@@ -182,6 +182,7 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
             &fences,
             alert_sinks.clone(),
             source,
+            &Quiet,
         )
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,8 @@ use schemas::decode_payload;
 
 use crate::config::Config;
 use crate::dataflow::{
-    AlertPrinter, AlertSinks, ErrorSlot, Source, SourceSetup, Streams, WorkerReport, identify,
-    run_worker,
+    AlertPrinter, AlertSinks, ErrorSlot, Source, SourceSetup, Streams, WorkerEvents, WorkerReport,
+    identify, run_worker,
 };
 use crate::replay::{Summary, load_reference, merge, open_alert_log};
 
@@ -120,27 +120,24 @@ impl Health {
 /// Serves `/metrics` and `/health` until the runtime stops.
 async fn http_server(listener: TcpListener, metrics: PrometheusHandle, health: Arc<Health>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: wait instead of spinning.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         let health = Arc::clone(&health);
         tokio::spawn(async move {
-            let mut request = vec![0u8; 2048];
-            let mut len = 0;
-            // Only the request line matters; read until it is complete (or 2 KiB).
-            while len < request.len() {
-                match stream.read(&mut request[len..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => len += n,
-                }
-                if request[..len].windows(2).any(|w| w == b"\r\n") {
-                    break;
-                }
-            }
-            let line = String::from_utf8_lossy(&request[..len]);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (code, content_type, body) = match path {
+            let Ok(Some(path)) =
+                tokio::time::timeout(Duration::from_secs(5), read_request_path(&mut stream)).await
+            else {
+                return;
+            };
+            let (code, content_type, body) = match path.as_str() {
                 "/metrics" => {
                     metrics.run_upkeep();
                     (200, "text/plain; version=0.0.4", metrics.render())
@@ -168,6 +165,21 @@ async fn http_server(listener: TcpListener, metrics: PrometheusHandle, health: A
             let _ = stream.shutdown().await;
         });
     }
+}
+
+/// Reads a request's head (up to 8 KiB, to its blank line) and returns the path.
+async fn read_request_path(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace().nth(1).map(str::to_owned)
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).
@@ -198,16 +210,22 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
         .build()
         .context("starting the tokio runtime")?;
     let kafka = if config.kafka.enabled {
-        let settings = config.kafka.connector();
+        let settings = &config.kafka;
         let producer = runtime
-            .block_on(AlertProducer::connect(&settings, runtime.handle().clone()))
+            .block_on(AlertProducer::connect(settings, runtime.handle().clone()))
             .with_context(|| format!("Kafka at {}", settings.brokers))?;
         tracing::info!(brokers = %settings.brokers, topic = %settings.alerts_topic, "Kafka alert sink ready");
         Some(producer)
     } else {
         None
     };
-    let mut mqtt_settings = config.mqtt.connector()?;
+    // What can fail at start fails before any message is taken.
+    if config.archive.enabled {
+        connectors::archive::check_store(&config.archive.connector())
+            .with_context(|| format!("archive at {}", config.archive.url))?;
+    }
+    let alert_log = open_alert_log(config)?;
+    let mut mqtt_settings = config.mqtt.clone();
     let processes = config.pipeline.hosts.len().max(1);
     let process = config.pipeline.process;
     if processes > 1 {
@@ -221,6 +239,7 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
         runtime.handle(),
     )
     .with_context(|| format!("MQTT source at {}", mqtt_settings.url))?;
+    let open_mqtt = mqtt.opener();
     let health = Arc::new(Health {
         mqtt_connected: mqtt.connected(),
         stopping: AtomicBool::new(false),
@@ -237,7 +256,6 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     } else {
         None
     };
-    let alert_log = open_alert_log(config)?;
     let alert_sinks = AlertSinks {
         log: alert_log.clone(),
         kafka: kafka.clone(),
@@ -248,6 +266,12 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     // Set when the workers end by themselves (a worker failed): the service stops too.
     let halt = Arc::new(tokio::sync::Notify::new());
     let halted = Arc::clone(&halt);
+    let events = ServiceEvents {
+        built: AtomicUsize::new(0),
+        workers,
+        open_mqtt: Box::new(open_mqtt),
+        halt: Arc::clone(&halt),
+    };
     let stopped = runtime.spawn(async move {
         let requested = async {
             match stop {
@@ -273,7 +297,13 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
         "lienwatch running"
     );
     if let Some(ready) = options.on_ready {
-        ready(http_addr);
+        let subscribed = Arc::clone(&health.mqtt_connected);
+        runtime.spawn(async move {
+            while !subscribed.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ready(http_addr);
+        });
     }
     let started = Instant::now();
     let inlets: Arc<Mutex<Vec<Option<WorkerInlet>>>> =
@@ -294,6 +324,7 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     } else {
         timely::Config::process(workers)
     };
+    let events = Arc::new(events);
     let guards = timely::execute(timely_config, move |worker| {
         // Worker indexes are global; this process's inlets are numbered from 0.
         let local = worker.index() - process * workers;
@@ -311,6 +342,7 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
             &fences,
             alert_sinks.clone(),
             source,
+            &*events,
         )
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
@@ -352,6 +384,27 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),
+    }
+}
+
+/// Connects MQTT once every worker of this process has built its dataflow; stops the service
+/// when a worker fails.
+struct ServiceEvents {
+    built: AtomicUsize,
+    workers: usize,
+    open_mqtt: Box<dyn Fn() + Send + Sync>,
+    halt: Arc<tokio::sync::Notify>,
+}
+
+impl WorkerEvents for ServiceEvents {
+    fn built(&self) {
+        if self.built.fetch_add(1, Ordering::AcqRel) + 1 == self.workers {
+            (self.open_mqtt)();
+        }
+    }
+
+    fn failed(&self) {
+        self.halt.notify_one();
     }
 }
 

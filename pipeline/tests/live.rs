@@ -166,6 +166,13 @@ struct Service {
 
 impl Service {
     fn start(config: &Path, http_port: u16, log: PathBuf) -> Result<Self> {
+        let mut service = Self::spawn(config, http_port, log)?;
+        service.wait_healthy()?;
+        Ok(service)
+    }
+
+    /// Starts the process without waiting for it to be healthy.
+    fn spawn(config: &Path, http_port: u16, log: PathBuf) -> Result<Self> {
         let stderr = std::fs::File::create(&log)?;
         let stdout = log.with_extension("out");
         let child = Command::new(env!("CARGO_BIN_EXE_lienwatch"))
@@ -177,14 +184,12 @@ impl Service {
             .stdout(std::fs::File::create(&stdout)?)
             .stderr(stderr)
             .spawn()?;
-        let mut service = Self {
+        Ok(Self {
             child,
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
             log,
             stdout,
-        };
-        service.wait_healthy()?;
-        Ok(service)
+        })
     }
 
     fn wait_healthy(&mut self) -> Result<()> {
@@ -385,9 +390,10 @@ fn replay(sim: &SimOutputs, dir: &Path) -> Result<(Vec<Value>, Value)> {
     Ok((values, summary))
 }
 
-/// An alert without `detected_at` (wall-clock time of emission), keyed by id and phase.
-fn comparable(alerts: &[Value]) -> BTreeMap<(String, String), Value> {
-    alerts
+/// An alert without `detected_at` (wall-clock time of emission), keyed by id and phase;
+/// fails on an (id, phase) given twice.
+fn comparable(alerts: &[Value]) -> Result<BTreeMap<(String, String), Value>> {
+    let map: BTreeMap<_, _> = alerts
         .iter()
         .map(|a| {
             let mut a = a.clone();
@@ -400,7 +406,13 @@ fn comparable(alerts: &[Value]) -> BTreeMap<(String, String), Value> {
             );
             (key, a)
         })
-        .collect()
+        .collect();
+    ensure!(
+        map.len() == alerts.len(),
+        "{} alerts given twice",
+        alerts.len() - map.len()
+    );
+    Ok(map)
 }
 
 /// Reads every message of `topic` from the beginning until `expected` arrived (or 60 s):
@@ -427,7 +439,12 @@ fn kafka_messages(topic: &str, expected: usize) -> Result<Vec<(String, String, V
     consumer.assign(&assignment)?;
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while out.len() < expected && Instant::now() < deadline {
+    // Then two seconds more, so that extra (duplicate) deliveries show.
+    let mut linger: Option<Instant> = None;
+    while Instant::now() < deadline && linger.is_none_or(|l| Instant::now() < l) {
+        if out.len() >= expected && linger.is_none() {
+            linger = Some(Instant::now() + Duration::from_secs(2));
+        }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
@@ -502,7 +519,7 @@ fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Resu
             "header {alert_id} is not the id of {value}"
         );
     }
-    let (want, got) = (comparable(&replay_alerts), comparable(&kafka_values));
+    let (want, got) = (comparable(&replay_alerts)?, comparable(&kafka_values)?);
     ensure!(
         kafka.len() == replay_alerts.len(),
         "{} alerts in Kafka, {} from replay",
@@ -525,7 +542,7 @@ fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Resu
     // The JSON Lines sink of the service holds the same alerts.
     let jsonl = comparable(&tests::read_alert_values(
         &dir.path().join(format!("run-alerts-{http_port}.jsonl")),
-    )?);
+    )?)?;
     ensure!(
         jsonl == want,
         "the service's JSON Lines alerts differ from replay's"
@@ -697,8 +714,12 @@ fn a_cluster_of_two_processes_splits_the_stream_and_archives_every_reading_once(
         let extra = format!("{hosts}\nprocess = {process}");
         let config = write_config_with(dir.path(), &sim, &names, port, 5, &extra, &group)?;
         let log = dir.path().join(format!("process-{process}.log"));
-        services.push(Service::start(&config, port, log)?);
+        services.push(Service::spawn(&config, port, log)?);
         ports.push(port);
+    }
+    // The processes connect to each other before either takes input.
+    for service in &mut services {
+        service.wait_healthy()?;
     }
     let published = publish_file(&sim.messages, &names, 3000.0)?;
     ensure!(published == messages);

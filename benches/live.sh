@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Live throughput through Mosquitto: `lienwatch run` (release, 2 workers, all rules, alerts to
+# Kafka, archive to S3) beside a bare subscriber (mosquitto_sub) on the same broker, in the
+# same run. A publisher sends a simulated fleet at full speed, QoS 1, one message per line on
+# bench/<device_id>; both subscribers get every message (QoS 1). Prints messages/s of the
+# publisher, the bare subscriber and lienwatch (first publish to last message taken in).
+#
+# The broker is a Mosquitto of its own on 127.0.0.1:18830 with unbounded queues, so a slower
+# subscriber is measured rather than dropped from. Needs scripts/services (Kafka, S3).
+#
+# Usage: benches/live.sh [VEHICLES] [DAYS] [QOS]     (defaults: 100 vehicles x 7 days, QoS 1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VEHICLES=${1:-100}
+DAYS=${2:-7}
+QOS=${3:-1}
+WORK=${BENCH_DIR:-target/bench-live}
+PORT=18830
+HTTP=127.0.0.1:19470
+mkdir -p "$WORK"
+scripts/services start >/dev/null
+cargo build --release --locked -p pipeline --quiet
+BIN=target/release/lienwatch
+FLEET="$WORK/fleet-$VEHICLES-$DAYS.jsonl"
+if [[ ! -f "$FLEET" ]]; then
+    "$BIN" simulate --out "$FLEET" --vehicles "$VEHICLES" --days "$DAYS" --seed 7 >/dev/null
+fi
+N=$(grep -c . "$FLEET")
+
+cat >"$WORK/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 0
+max_inflight_messages 0
+log_dest none
+CONF
+mosquitto -c "$WORK/mosquitto.conf" & BROKER=$!
+RUN=""
+cleanup() { kill "$BROKER" 2>/dev/null || true; [[ -n "$RUN" ]] && kill -9 "$RUN" 2>/dev/null || true; }
+trap cleanup EXIT
+sleep 0.3
+
+ID=bench-$$
+cat >"$WORK/run.toml" <<CONF
+[pipeline]
+workers = 2
+[registry]
+vehicles_csv = "$PWD/${FLEET%.jsonl}.vehicles.csv"
+fences_geojson = "$PWD/${FLEET%.jsonl}.fences.geojson"
+[archive]
+url = "s3://lienwatch/bench/$ID"
+s3_endpoint = "http://127.0.0.1:9000"
+[mqtt]
+url = "mqtt://127.0.0.1:$PORT"
+client_id = "$ID"
+topics = ["bench/+"]
+qos = $QOS
+clean_start = true
+[kafka]
+alerts_topic = "lienwatch.bench.$ID"
+[http]
+listen = "$HTTP"
+CONF
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test RUST_LOG=warn \
+    "$BIN" run --config "$WORK/run.toml" >"$WORK/run.out" 2>"$WORK/run.err" & RUN=$!
+until curl -sf "$HTTP/health" >/dev/null; do sleep 0.1; done
+mosquitto_sub -h 127.0.0.1 -p $PORT -q "$QOS" -C "$N" -t 'bench/+' >/dev/null & BARE=$!
+sleep 0.3
+
+taken() { curl -sf "$HTTP/metrics" | awk '$1 == "lienwatch_messages_total" { print $2 }'; }
+START=$(date +%s.%N)
+"$BIN" simulate --mqtt "mqtt://127.0.0.1:$PORT" --from "$FLEET" --rate 0 --qos "$QOS" \
+    --topic-prefix bench >"$WORK/publish.out"
+PUBLISHED=$(date +%s.%N)
+wait "$BARE"
+BARE_DONE=$(date +%s.%N)
+until [[ "$(taken)" == "$N" ]]; do sleep 0.01; done
+RUN_DONE=$(date +%s.%N)
+kill -TERM "$RUN"; wait "$RUN" || true; RUN=""
+awk -v n="$N" -v s="$START" -v p="$PUBLISHED" -v b="$BARE_DONE" -v r="$RUN_DONE" -v q="$QOS" 'BEGIN {
+    printf "%d messages, QoS %d\n", n, q
+    printf "publisher        %6.2f s  %8.0f msg/s\n", p - s, n / (p - s)
+    printf "bare subscriber  %6.2f s  %8.0f msg/s\n", b - s, n / (b - s)
+    printf "lienwatch run    %6.2f s  %8.0f msg/s  (%.0f%% of the bare subscriber)\n", r - s, n / (r - s), 100 * (b - s) / (r - s)
+}'
+tail -6 "$WORK/run.out"
