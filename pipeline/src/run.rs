@@ -47,6 +47,9 @@ use crate::replay::{Summary, load_reference, merge, open_alert_log};
 /// the other operators.
 const MESSAGES_PER_ACTIVATION: usize = 4096;
 
+/// How long a shutdown waits for the MQTT session to send its last acks and close.
+const MQTT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A future that resolves when the service should stop.
 pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -360,9 +363,16 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     }
     // The workers are done: the session closes once their last acks went out.
     halt.notify_one();
-    runtime
-        .block_on(stopped)
-        .context("the shutdown task failed")?;
+    let closed =
+        runtime.block_on(async { tokio::time::timeout(MQTT_CLOSE_TIMEOUT, stopped).await });
+    match closed {
+        Ok(joined) => joined.context("the shutdown task failed")?,
+        // Unacknowledged messages stay with the broker, which redelivers them.
+        Err(_) => tracing::warn!(
+            "the MQTT session did not close within {} s; leaving it",
+            MQTT_CLOSE_TIMEOUT.as_secs()
+        ),
+    }
     if let Some(log) = alert_log {
         log.flush().context("flushing the alerts file")?;
     }
