@@ -70,8 +70,9 @@ fn fleet(dir: &Path, vehicles: usize, days: u32, seed: u64) -> Result<SimOutputs
     Ok(outputs)
 }
 
-/// What a live test names uniquely.
+/// What a live test names uniquely, and the MQTT broker it uses.
 struct Names {
+    mqtt: String,
     topic_prefix: String,
     client_id: String,
     kafka_topic: String,
@@ -82,6 +83,7 @@ impl Names {
     fn new(label: &str) -> Self {
         let id = unique(label);
         Self {
+            mqtt: MQTT.to_owned(),
             topic_prefix: format!("lwtest/{id}"),
             client_id: id.clone(),
             kafka_topic: format!("lienwatch.alerts.{id}"),
@@ -130,7 +132,7 @@ s3_endpoint = "http://{S3}"
 s3_region = "us-east-1"
 
 [mqtt]
-url = "mqtt://{MQTT}"
+url = "mqtt://{mqtt}"
 client_id = "{client}"
 topics = ["{topics}/+"]
 qos = 1
@@ -149,6 +151,7 @@ listen = "127.0.0.1:{http_port}"
         alerts = dir.join(format!("run-alerts-{http_port}.jsonl")).display(),
         prefix = names.s3_prefix,
         client = names.client_id,
+        mqtt = names.mqtt,
         topics = names.topic_prefix,
         kafka_topic = names.kafka_topic,
     );
@@ -345,10 +348,17 @@ impl Metrics {
 }
 
 fn publish_file(file: &Path, names: &Names, rate: f64) -> Result<u64> {
-    let messages = read_messages(file, &names.topic_prefix)?;
+    publish_messages(read_messages(file, &names.topic_prefix)?, names, rate)
+}
+
+fn publish_messages(
+    messages: Vec<(String, bytes::Bytes)>,
+    names: &Names,
+    rate: f64,
+) -> Result<u64> {
     let options = PublishOptions {
         mqtt: MqttSettings {
-            url: format!("mqtt://{MQTT}"),
+            url: format!("mqtt://{}", names.mqtt),
             client_id: format!("{}-pub", names.client_id),
             qos: 1,
             ..MqttSettings::default()
@@ -634,6 +644,7 @@ fn sigterm_mid_stream_loses_nothing_acknowledged_and_a_restart_takes_the_rest() 
         );
         std::thread::spawn(move || {
             let names = Names {
+                mqtt: MQTT.to_owned(),
                 topic_prefix,
                 client_id,
                 kafka_topic: String::new(),
@@ -784,5 +795,92 @@ fn a_cluster_of_two_processes_splits_the_stream_and_archives_every_reading_once(
         }
     }
     ensure!(!seen.is_empty() && !replay_alerts.is_empty());
+    Ok(())
+}
+
+/// A Mosquitto of the test's own, so the test can stop and restart it.
+struct PrivateBroker(Child);
+
+impl PrivateBroker {
+    /// Starts Mosquitto on `port` with no persistence: a restart loses every session.
+    fn start(dir: &Path, port: u16) -> Result<Self> {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest none\n"
+            ),
+        )?;
+        let child = Command::new("mosquitto").arg("-c").arg(&conf).spawn()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "mosquitto did not open port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self(child))
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn reconnects_and_resubscribes_when_the_broker_restarts_and_lost_the_session() -> Result<()> {
+    require_services()?;
+    let dir = tempfile::tempdir()?;
+    let sim = fleet(dir.path(), 8, 3, 55)?;
+    let (_, replay_summary) = replay(&sim, dir.path())?;
+    let port = free_port()?;
+    let broker = PrivateBroker::start(dir.path(), port)?;
+    let mut names = Names::new("reconnect");
+    names.mqtt = format!("127.0.0.1:{port}");
+    let http_port = free_port()?;
+    let config = write_config(dir.path(), &sim, &names, http_port, 5)?;
+    let service = Service::start(&config, http_port, dir.path().join("run.log"))?;
+    let mut messages = read_messages(&sim.messages, &names.topic_prefix)?;
+    let total = messages.len() as u64;
+    let second = messages.split_off(messages.len() / 2);
+    let first = messages.len() as u64;
+    publish_messages(messages, &names, 0.0)?;
+    service.wait_ingested(first)?;
+
+    // The broker goes away: the service notices, says so, and keeps trying.
+    drop(broker);
+    let down = service.wait_for(|m| {
+        m.get("lienwatch_mqtt_connected") == 0.0 && m.get("lienwatch_mqtt_reconnects_total") > 0.0
+    })?;
+    ensure!(down.get("lienwatch_messages_total") as u64 == first);
+    let (code, body) = http_get(service.http, "/health")?;
+    ensure!(
+        code == 503 && body.contains("degraded"),
+        "/health while down: {code} {body}"
+    );
+
+    // It comes back without our session: the service reconnects and subscribes again.
+    let _broker = PrivateBroker::start(dir.path(), port)?;
+    service.wait_for(|m| m.get("lienwatch_mqtt_connected") == 1.0)?;
+    ensure!(http_get(service.http, "/health")?.0 == 200);
+    publish_messages(second, &names, 0.0)?;
+    service.wait_ingested(total)?;
+    service.terminate()?;
+
+    let s3_rows = telemetry_keys(&format!("s3://{BUCKET}/{}", names.s3_prefix))?;
+    let local_rows = telemetry_keys(&dir.path().join("replay-archive").display().to_string())?;
+    ensure!(
+        s3_rows == local_rows,
+        "the archive differs from replay's after the reconnect"
+    );
+    ensure!(
+        s3_rows.iter().filter_map(|r| r[3].as_u64()).sum::<u64>()
+            == replay_summary["accepted"].as_u64().unwrap_or_default()
+    );
     Ok(())
 }
