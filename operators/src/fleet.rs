@@ -19,8 +19,8 @@ use crate::vehicle::{Arrival, Env, Outputs, Profile, VehicleState};
 /// How many devices a source reports per epoch: those with the largest event times.
 pub const SAMPLE_SIZE: usize = 16;
 
-/// How many devices must have reported in an epoch for the epoch's own event times to move
-/// the future limit (see [`PipelineClock::future_limit_ms`]).
+/// The rank of the device maximum of an epoch that may move the future limit (see
+/// [`PipelineClock::future_limit_ms`]).
 pub const EPOCH_REFERENCE_RANK: usize = 8;
 
 /// What one source saw in one epoch: the largest event time of each of the [`SAMPLE_SIZE`]
@@ -80,10 +80,11 @@ pub struct PipelineClock {
 impl PipelineClock {
     /// Readings of the epoch with a later event time are rejected as `future_ts`. The
     /// reference is the clock's event time so far, or, if later, the epoch's own
-    /// [`EPOCH_REFERENCE_RANK`]-th largest device maximum when that many devices reported
-    /// (an epoch may span more than `max_future_s` of event time: a replay of a small fleet
-    /// with long epochs); in the first epoch, the smallest of the [`SAMPLE_SIZE`] largest
-    /// device maxima. A few future-dated devices can move neither.
+    /// [`EPOCH_REFERENCE_RANK`]-th largest device maximum (the smallest when fewer devices
+    /// reported, and only when at least two did): an epoch may span more than
+    /// `max_future_s` of event time (a small fleet replayed in long epochs, or published
+    /// over MQTT in seconds). In the first epoch, the smallest of the [`SAMPLE_SIZE`] largest
+    /// device maxima. A single future-dated device can move neither.
     pub fn future_limit_ms<'a>(
         &self,
         rules: &RulesConfig,
@@ -92,9 +93,11 @@ impl PipelineClock {
         let maxima = device_maxima(samples);
         let reference = match self.max_accepted_ms {
             None => maxima.last().copied().unwrap_or(i64::MAX),
-            Some(clock) => maxima
-                .get(EPOCH_REFERENCE_RANK - 1)
-                .map_or(clock, |&epoch| clock.max(epoch)),
+            Some(clock) if maxima.len() >= 2 => {
+                let rank = maxima.len().min(EPOCH_REFERENCE_RANK);
+                clock.max(maxima[rank - 1])
+            }
+            Some(clock) => clock,
         };
         reference.saturating_add(secs_ms(rules.max_future_s))
     }
@@ -368,21 +371,24 @@ mod tests {
         assert_eq!(limit, 11 * day - 5);
         c.close_epoch(&first, limit);
         assert_eq!(c.watermark_ms(&rules), Some(10 * day - 120_000));
-        // Later epochs check against the clock so far.
+        // Later epochs check against the clock so far, or the epoch's own devices (here the
+        // 3rd of 3), which device 9 alone cannot move.
         let second = [
             vec![(15 * day, 9), (10 * day + 9, 1)],
             vec![(10 * day + 5, 2)],
         ];
         let limit = c.future_limit_ms(&rules, &second);
-        assert_eq!(limit, 11 * day);
+        assert_eq!(limit, 11 * day + 5);
         c.close_epoch(&second, limit);
         assert_eq!(c.watermark_ms(&rules), Some(10 * day + 5 - 120_000));
         // An epoch where enough devices moved far ahead (a long epoch) moves the limit.
         let mut wide = c.clone();
         let many: Vec<EpochSample> = (0..8).map(|d| vec![(13 * day + d, d as u64)]).collect();
         assert_eq!(wide.future_limit_ms(&rules, &many), 14 * day);
-        let few: Vec<EpochSample> = (0..7).map(|d| vec![(13 * day + d, d as u64)]).collect();
-        assert_eq!(wide.future_limit_ms(&rules, &few), 11 * day + 5);
+        let few: Vec<EpochSample> = (0..3).map(|d| vec![(13 * day + d, d as u64)]).collect();
+        assert_eq!(wide.future_limit_ms(&rules, &few), 14 * day);
+        let alone = [vec![(13 * day, 1)]];
+        assert_eq!(wide.future_limit_ms(&rules, &alone), 11 * day + 5);
         wide.close_epoch(&many, 14 * day);
         assert_eq!(wide.watermark_ms(&rules), Some(13 * day + 6 - 120_000));
         // A single device moves it alone.

@@ -73,6 +73,10 @@ fn fleet(dir: &Path, vehicles: usize, days: u32, seed: u64) -> Result<SimOutputs
 /// What a live test names uniquely, and the MQTT broker it uses.
 struct Names {
     mqtt: String,
+    /// `mqtt` or `mqtts`.
+    scheme: &'static str,
+    /// CA of an `mqtts` broker.
+    ca_file: Option<PathBuf>,
     topic_prefix: String,
     client_id: String,
     kafka_topic: String,
@@ -84,6 +88,8 @@ impl Names {
         let id = unique(label);
         Self {
             mqtt: MQTT.to_owned(),
+            scheme: "mqtt",
+            ca_file: None,
             topic_prefix: format!("lwtest/{id}"),
             client_id: id.clone(),
             kafka_topic: format!("lienwatch.alerts.{id}"),
@@ -132,8 +138,9 @@ s3_endpoint = "http://{S3}"
 s3_region = "us-east-1"
 
 [mqtt]
-url = "mqtt://{mqtt}"
+url = "{scheme}://{mqtt}"
 client_id = "{client}"
+{ca}
 topics = ["{topics}/+"]
 qos = 1
 protocol_version = {protocol_version}
@@ -152,6 +159,12 @@ listen = "127.0.0.1:{http_port}"
         prefix = names.s3_prefix,
         client = names.client_id,
         mqtt = names.mqtt,
+        scheme = names.scheme,
+        ca = names
+            .ca_file
+            .as_ref()
+            .map(|f| format!("ca_file = \"{}\"", f.display()))
+            .unwrap_or_default(),
         topics = names.topic_prefix,
         kafka_topic = names.kafka_topic,
     );
@@ -358,9 +371,10 @@ fn publish_messages(
 ) -> Result<u64> {
     let options = PublishOptions {
         mqtt: MqttSettings {
-            url: format!("mqtt://{}", names.mqtt),
+            url: format!("{}://{}", names.scheme, names.mqtt),
             client_id: format!("{}-pub", names.client_id),
             qos: 1,
+            ca_file: names.ca_file.clone(),
             ..MqttSettings::default()
         },
         topic_prefix: names.topic_prefix.clone(),
@@ -645,6 +659,8 @@ fn sigterm_mid_stream_loses_nothing_acknowledged_and_a_restart_takes_the_rest() 
         std::thread::spawn(move || {
             let names = Names {
                 mqtt: MQTT.to_owned(),
+                scheme: "mqtt",
+                ca_file: None,
                 topic_prefix,
                 client_id,
                 kafka_topic: String::new(),
@@ -804,11 +820,17 @@ struct PrivateBroker(Child);
 impl PrivateBroker {
     /// Starts Mosquitto on `port` with no persistence: a restart loses every session.
     fn start(dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with(dir, port, "")
+    }
+
+    /// Like [`PrivateBroker::start`] with more listener settings (TLS). It stays root, so it
+    /// can read key files in the test's private directory.
+    fn start_with(dir: &Path, port: u16, listener: &str) -> Result<Self> {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest none\n"
+                "listener {port} 127.0.0.1\n{listener}allow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest none\nuser root\n"
             ),
         )?;
         let child = Command::new("mosquitto").arg("-c").arg(&conf).spawn()?;
@@ -881,6 +903,134 @@ fn reconnects_and_resubscribes_when_the_broker_restarts_and_lost_the_session() -
     ensure!(
         s3_rows.iter().filter_map(|r| r[3].as_u64()).sum::<u64>()
             == replay_summary["accepted"].as_u64().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// A test CA and a server certificate for 127.0.0.1, made with the openssl command line.
+fn test_certificates(dir: &Path) -> Result<()> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lienwatch test CA",
+        ],
+    ]
+    .concat())?;
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat())?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])
+}
+
+#[test]
+fn reads_mqtt_over_tls_from_mosquitto_with_a_test_ca() -> Result<()> {
+    require_services()?;
+    let dir = tempfile::tempdir()?;
+    test_certificates(dir.path())?;
+    let sim = fleet(dir.path(), 6, 3, 66)?;
+    let (_, replay_summary) = replay(&sim, dir.path())?;
+    let port = free_port()?;
+    let tls = format!(
+        "cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+        d = dir.path().display()
+    );
+    let _broker = PrivateBroker::start_with(dir.path(), port, &tls)?;
+    let mut names = Names::new("tls");
+    names.mqtt = format!("127.0.0.1:{port}");
+    names.scheme = "mqtts";
+    names.ca_file = Some(dir.path().join("ca.pem"));
+    let http_port = free_port()?;
+    let config = write_config(dir.path(), &sim, &names, http_port, 5)?;
+    let service = Service::start(&config, http_port, dir.path().join("run.log"))?;
+    let published = publish_file(&sim.messages, &names, 0.0)?;
+    service.wait_ingested(published)?;
+    let (_, summary) = service.terminate()?;
+    let accepted = summary_number(&summary, "accepted")?;
+    ensure!(
+        accepted == replay_summary["accepted"].as_u64().unwrap_or_default(),
+        "over TLS: {accepted} accepted, replay {}:\n{summary}",
+        replay_summary["accepted"]
+    );
+
+    // Without the test CA the broker's certificate is not trusted: the service never gets
+    // healthy, and says why.
+    let mut untrusted = Names::new("tls-untrusted");
+    untrusted.mqtt = names.mqtt.clone();
+    untrusted.scheme = "mqtts";
+    let http_port = free_port()?;
+    let config = write_config(dir.path(), &sim, &untrusted, http_port, 5)?;
+    let log = dir.path().join("untrusted.log");
+    let service = Service::spawn(&config, http_port, log.clone())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)?.contains("MQTT connection failed") {
+        ensure!(
+            Instant::now() < deadline,
+            "no connection error logged:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _) = http_get(service.http, "/health")?;
+    ensure!(
+        code == 503,
+        "/health answered {code} without a trusted broker"
     );
     Ok(())
 }
