@@ -144,6 +144,12 @@ impl FleetMetrics {
 
 /// A worker's input: builds the source operator of the worker's dataflow.
 pub(crate) trait Source {
+    /// Whether the input is live: then timestamps too far after their receipt are rejected
+    /// (SPEC §4a), besides the event-time check both make.
+    fn live(&self) -> bool {
+        false
+    }
+
     /// Builds the source in `scope`: records, rejects and epoch samples.
     fn build<'scope>(
         self,
@@ -199,6 +205,9 @@ pub(crate) fn run_worker(
         registry: Arc::clone(registry),
         limits: DecodeLimits {
             max_reject_raw_bytes: config.decode.max_reject_raw_bytes,
+            max_future_of_receipt_ms: source.live().then(|| {
+                i64::try_from(config.rules.max_future_s.saturating_mul(1000)).unwrap_or(i64::MAX)
+            }),
         },
     };
     worker.dataflow::<u64, _, _>(|scope| {

@@ -426,6 +426,10 @@ struct LiveSource {
 }
 
 impl Source for LiveSource {
+    fn live(&self) -> bool {
+        true
+    }
+
     /// Decodes this worker's messages: records, rejects, and one sample of event times per
     /// epoch for the pipeline clock. Each message goes out at the epoch of its receipt; an
     /// epoch closes once the MQTT source has sealed it and this worker has taken all its

@@ -3,8 +3,8 @@
 //! A payload is one JSON object or a JSON array of objects (a batch). Each element is
 //! validated on its own, so one bad element of a batch rejects only itself. Bad input is data,
 //! never an `Err` and never a panic: the caller counts and archives every [`Reject`].
-//! The future-timestamp check needs the pipeline clock and is done downstream
-//! ([`RejectReason::FutureTs`] is defined here so every reason lives in one place).
+//! The future-timestamp check against the pipeline clock is done downstream; live input is
+//! also checked here against its receipt time ([`DecodeLimits::max_future_of_receipt_ms`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -114,12 +114,17 @@ pub const MAX_TS_MS: i64 = 253_402_300_799_999;
 pub struct DecodeLimits {
     /// Raw bytes kept in a reject (SPEC §2 default 64 KiB).
     pub max_reject_raw_bytes: usize,
+    /// Live only (SPEC §4a): reject `ts` more than this many ms after the message's receipt
+    /// time as `future_ts`. `None` in replay, where the wall clock plays no part (the fleet
+    /// checks against the event-time clock in both).
+    pub max_future_of_receipt_ms: Option<i64>,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_reject_raw_bytes: 64 * 1024,
+            max_future_of_receipt_ms: None,
         }
     }
 }
@@ -275,6 +280,18 @@ fn decode_object(
         }
     };
     reject.ts_ms = Some(ts_ms);
+    if let Some(ahead) = limits.max_future_of_receipt_ms
+        && ts_ms > received_at_ms.saturating_add(ahead)
+    {
+        return Err(fail(
+            reject,
+            RejectReason::FutureTs,
+            format!(
+                "ts is {} s after its receipt",
+                (ts_ms - received_at_ms) / 1000
+            ),
+        ));
+    }
     let gnss = wire.gnss.map(|g| Gnss {
         lat: g.lat,
         lon: g.lon,
@@ -585,8 +602,44 @@ mod tests {
     }
 
     #[test]
+    fn live_rejects_timestamps_far_after_receipt() {
+        let limits = DecodeLimits {
+            max_future_of_receipt_ms: Some(86_400_000),
+            ..DecodeLimits::default()
+        };
+        let received = 1_764_403_200_000;
+        let line = |ts: i64| format!(r#"{{"device_id":"d","ts":{ts}}}"#);
+        let mut out = Vec::new();
+        decode_payload(
+            line(received + 86_400_000).as_bytes(),
+            None,
+            received,
+            &limits,
+            &mut out,
+        );
+        decode_payload(
+            line(received + 86_400_001).as_bytes(),
+            None,
+            received,
+            &limits,
+            &mut out,
+        );
+        decode_payload(
+            line(received + 86_400_001).as_bytes(),
+            None,
+            received,
+            &DecodeLimits::default(),
+            &mut out,
+        );
+        assert!(out[0].is_ok());
+        assert_eq!(out[1].as_ref().unwrap_err().reason, "future_ts");
+        assert!(out[2].is_ok(), "replay has no wall-clock check");
+    }
+
+    #[test]
     fn reject_raw_is_truncated() {
         let limits = DecodeLimits {
+            max_future_of_receipt_ms: None,
             max_reject_raw_bytes: 4,
         };
         let mut out = Vec::new();
