@@ -193,6 +193,8 @@ pub struct Message {
 
 /// What the workers and the poll task share.
 struct Shared {
+    /// Wall-clock ms of the last message received, or of the last subscription.
+    last_heard_ms: std::sync::atomic::AtomicI64,
     /// Every message of an epoch before this is in its worker's channel.
     sealed: AtomicU64,
     /// Per worker: wakes its source operator when a message is queued.
@@ -250,6 +252,17 @@ impl WorkerInlet {
         Inlet::More
     }
 
+    /// How long (ms) the subscribed session has heard no message; `None` while not
+    /// subscribed (then silence means nothing). Only the process's first worker answers, so
+    /// one source per process speaks for the session.
+    pub fn silent_ms(&self) -> Option<i64> {
+        if self.index != 0 || !self.shared.connected.load(Ordering::Acquire) {
+            return None;
+        }
+        let last = self.shared.last_heard_ms.load(Ordering::Acquire);
+        Some(schemas::time::now_ms() - last)
+    }
+
     /// The sealed epoch: read it *before* [`WorkerInlet::poll`]; if that poll drains the
     /// channel, no message of an earlier epoch can come any more.
     pub fn sealed(&self) -> u64 {
@@ -286,6 +299,7 @@ impl MqttSource {
         let session = Session::connect(settings)?;
         let epochs = EpochClock::new(epoch_ms);
         let shared = Arc::new(Shared {
+            last_heard_ms: std::sync::atomic::AtomicI64::new(schemas::time::now_ms()),
             sealed: AtomicU64::new(epochs.now()),
             wakers: (0..workers).map(|_| OnceLock::new()).collect(),
             stopping: AtomicBool::new(false),
@@ -752,6 +766,9 @@ async fn poll_loop(
                     continue;
                 };
                 received.increment(1);
+                shared
+                    .last_heard_ms
+                    .store(schemas::time::now_ms(), Ordering::Release);
                 let worker = worker_of(msg.topic_device.as_deref(), tx.len());
                 // Every earlier message is in its channel: their epochs are sealed.
                 let epoch = epochs.now().max(shared.sealed.load(Ordering::Acquire));
@@ -778,6 +795,9 @@ async fn poll_loop(
             }
             Ok(Incoming::Subscribed { granted }) => {
                 if granted {
+                    shared
+                        .last_heard_ms
+                        .store(schemas::time::now_ms(), Ordering::Release);
                     set_connected(true);
                     tracing::info!(filters = ?filters, "MQTT subscribed");
                 } else {

@@ -23,6 +23,11 @@ pub const SAMPLE_SIZE: usize = 16;
 /// [`PipelineClock::future_limit_ms`]).
 pub const EPOCH_REFERENCE_RANK: usize = 8;
 
+/// The device key of an idle entry in an [`EpochSample`]: `(advance_ms, IDLE_DEVICE)` says
+/// the live source was connected and heard nothing for a while, and the clock may follow the
+/// wall clock by `advance_ms` (SPEC §4). Device keys are 64-bit hashes; this one is reserved.
+pub const IDLE_DEVICE: u64 = u64::MAX;
+
 /// What one source saw in one epoch: the largest event time of each of the [`SAMPLE_SIZE`]
 /// devices with the largest event times, as (event time, device key), descending. Merging
 /// the samples of all sources gives the same top devices whatever the number of sources.
@@ -57,6 +62,9 @@ impl TopTimes {
 fn device_maxima<'a>(samples: impl IntoIterator<Item = &'a EpochSample>) -> Vec<i64> {
     let mut per_device: HashMap<u64, i64> = HashMap::new();
     for &(ts, device) in samples.into_iter().flatten() {
+        if device == IDLE_DEVICE {
+            continue;
+        }
         let max = per_device.entry(device).or_insert(ts);
         *max = (*max).max(ts);
     }
@@ -104,18 +112,32 @@ impl PipelineClock {
 
     /// Closes an epoch with the samples of all sources and the limit the epoch was checked
     /// against.
+    ///
+    /// An epoch in which no device reported but a source was idle moves the clock on by the
+    /// idle entry's advance (the largest, when several sources say so): the same on every
+    /// worker, since every worker sees the same samples.
     pub fn close_epoch<'a>(
         &mut self,
-        samples: impl IntoIterator<Item = &'a EpochSample>,
+        samples: impl IntoIterator<Item = &'a EpochSample> + Clone,
         future_limit_ms: i64,
     ) {
-        let maxima: Vec<i64> = device_maxima(samples)
+        let maxima: Vec<i64> = device_maxima(samples.clone())
             .into_iter()
             .filter(|t| *t <= future_limit_ms)
             .collect();
         let epoch_time = maxima.get(1).or(maxima.first()).copied();
         if let Some(m) = epoch_time {
             self.max_accepted_ms = Some(self.max_accepted_ms.map_or(m, |c| c.max(m)));
+        } else if let Some(clock) = self.max_accepted_ms {
+            let idle = samples
+                .into_iter()
+                .flatten()
+                .filter(|(_, device)| *device == IDLE_DEVICE)
+                .map(|(advance, _)| *advance)
+                .max();
+            if let Some(advance) = idle.filter(|a| *a > 0) {
+                self.max_accepted_ms = Some(clock.saturating_add(advance));
+            }
         }
     }
 
@@ -391,6 +413,20 @@ mod tests {
         assert_eq!(wide.future_limit_ms(&rules, &alone), 11 * day + 5);
         wide.close_epoch(&many, 14 * day);
         assert_eq!(wide.watermark_ms(&rules), Some(13 * day + 6 - 120_000));
+        // Idle entries move the clock only when no device reported.
+        let mut idle = c.clone();
+        let before = idle.watermark_ms(&rules).unwrap();
+        let quiet = [vec![(5_000, IDLE_DEVICE)], vec![(3_000, IDLE_DEVICE)]];
+        let limit = idle.future_limit_ms(&rules, &quiet);
+        idle.close_epoch(&quiet, limit);
+        assert_eq!(idle.watermark_ms(&rules), Some(before + 5_000));
+        let busy = [
+            vec![(5_000, IDLE_DEVICE)],
+            vec![(10 * day, 1), (10 * day, 2)],
+        ];
+        let limit = idle.future_limit_ms(&rules, &busy);
+        idle.close_epoch(&busy, limit);
+        assert_eq!(idle.watermark_ms(&rules), Some(before + 5_000));
         // A single device moves it alone.
         let mut solo = PipelineClock::default();
         let only = [vec![(day, 3)]];

@@ -53,6 +53,10 @@ pub struct PipelineConfig {
     /// `run`: seconds a shutdown waits for Kafka to confirm the last alerts before giving up
     /// (and exiting non-zero).
     pub shutdown_timeout_s: u64,
+    /// `run`: when the MQTT session is subscribed but no message at all came for this many
+    /// seconds, the pipeline clock follows the wall clock, so silence is still noticed
+    /// (SPEC §4); while disconnected it holds.
+    pub idle_clock_after_s: u64,
     /// `run` as a cluster: `host:port` of every process, in the same order on all of them;
     /// empty = a single process. Vehicles are spread over all workers of all processes.
     pub hosts: Vec<String>,
@@ -68,6 +72,7 @@ impl Default for PipelineConfig {
             replay_block_lines: 512,
             epoch_ms: 100,
             shutdown_timeout_s: 60,
+            idle_clock_after_s: 60,
             hosts: Vec::new(),
             process: 0,
         }

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 
 use connectors::{AlertProducer, Inlet, Message, MqttSource, WorkerInlet};
 use operators::dataflow::id_key;
-use operators::fleet::TopTimes;
+use operators::fleet::{IDLE_DEVICE, TopTimes};
 use schemas::decode_payload;
 
 use crate::config::Config;
@@ -336,6 +336,11 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
             .ok_or_else(|| "worker inlet taken twice".to_owned())?;
         let source = LiveSource {
             inlet,
+            epoch_ms: config_arc.pipeline.epoch_ms,
+            idle_after_ms: i64::try_from(
+                config_arc.pipeline.idle_clock_after_s.saturating_mul(1000),
+            )
+            .unwrap_or(i64::MAX),
             ingested: Arc::clone(&ingested),
         };
         run_worker(
@@ -421,6 +426,10 @@ impl WorkerEvents for ServiceEvents {
 /// A worker's MQTT inlet.
 struct LiveSource {
     inlet: WorkerInlet,
+    /// Ingest epoch length.
+    epoch_ms: u64,
+    /// Silence after which the clock follows the wall clock.
+    idle_after_ms: i64,
     /// Messages taken, over all workers.
     ingested: Arc<AtomicU64>,
 }
@@ -443,6 +452,8 @@ impl Source for LiveSource {
     ) -> Streams<'scope> {
         let LiveSource {
             mut inlet,
+            epoch_ms,
+            idle_after_ms,
             ingested,
         } = self;
         let mut builder = OperatorBuilder::new("MqttSource".to_owned(), scope);
@@ -566,6 +577,16 @@ impl Source for LiveSource {
                         &mut pending_records,
                         &mut pending_rejects,
                     );
+                }
+                // Heard nothing for long: the closing epochs' wall time may move the clock.
+                if let (Some(t), Some(silent)) = (open_from, inlet.silent_ms()) {
+                    let closing_ms = (t.saturating_sub(*caps[2].time())).saturating_mul(epoch_ms);
+                    let advance = (closing_ms as i64).min(silent - idle_after_ms);
+                    if advance > 0 {
+                        samples_h
+                            .session(&caps[2])
+                            .give(vec![(advance, IDLE_DEVICE)]);
+                    }
                 }
                 match open_from {
                     None => capabilities = None,

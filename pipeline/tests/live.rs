@@ -1034,3 +1034,53 @@ fn reads_mqtt_over_tls_from_mosquitto_with_a_test_ca() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn when_the_broker_is_silent_the_clock_follows_the_wall_clock() -> Result<()> {
+    require_services()?;
+    let dir = tempfile::tempdir()?;
+    let sim = fleet(dir.path(), 2, 3, 77)?;
+    let names = Names::new("idle");
+    let http_port = free_port()?;
+    let extra = "idle_clock_after_s = 1";
+    let path = write_config_with(dir.path(), &sim, &names, http_port, 5, extra, "")?;
+    // A short reorder window and offline threshold, so the test takes seconds.
+    let mut text = std::fs::read_to_string(&path)?;
+    text += "\n[rules]\nreorder_window_s = 1\n\n[rules.offline]\nwired_after_s = 4\n";
+    std::fs::write(&path, text)?;
+    let service = Service::start(&path, http_port, dir.path().join("run.log"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let messages: Vec<(String, bytes::Bytes)> = (0..3)
+        .map(|i| {
+            let line = format!(
+                r#"{{"device_id":"IDLE-1","ts":{},"seq":{i}}}"#,
+                now - 2000 + i * 1000
+            );
+            (
+                format!("{}/IDLE-1", names.topic_prefix),
+                bytes::Bytes::from(line),
+            )
+        })
+        .collect();
+    publish_messages(messages, &names, 0.0)?;
+    service.wait_ingested(3)?;
+    // No message comes: after 1 s of silence the clock moves with the wall clock, the device
+    // passes its 4 s offline threshold, and the alert comes while the service runs.
+    let metrics = service.wait_for(|m| {
+        m.by_label("lienwatch_alerts_total", "kind")
+            .contains_key("offline")
+    })?;
+    ensure!(metrics.get("lienwatch_messages_total") == 3.0);
+    service.terminate()?;
+    let alerts =
+        tests::read_alert_values(&dir.path().join(format!("run-alerts-{http_port}.jsonl")))?;
+    ensure!(
+        alerts
+            .iter()
+            .any(|a| a["kind"] == "offline" && a["phase"] == "open" && a["device_id"] == "IDLE-1"),
+        "no offline alert: {alerts:?}"
+    );
+    Ok(())
+}
