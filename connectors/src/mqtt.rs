@@ -329,8 +329,11 @@ impl MqttSource {
             Duration::from_millis(settings.reconnect_max_ms.max(settings.reconnect_min_ms)),
         );
         let (client, events) = session.split();
-        // Bounded: when the intake waits on a full worker channel, polling stops too.
-        let (events_tx, events_rx) = mpsc::channel(1024);
+        // Room for the broker's whole QoS 1 window (it sends no more while our acks wait on a
+        // full worker channel), so the event loop keeps running (pings, acks) under
+        // back-pressure; with QoS 0 a full channel stops polling, which slows the broker.
+        let (events_tx, events_rx) =
+            mpsc::channel(usize::from(settings.receive_maximum).max(64) + 64);
         let gate = Arc::clone(&shared);
         runtime.spawn(async move {
             // Nothing is received (and so nothing acknowledged) before the workers are ready.

@@ -608,29 +608,15 @@ mod tests {
             ..DecodeLimits::default()
         };
         let received = 1_764_403_200_000;
-        let line = |ts: i64| format!(r#"{{"device_id":"d","ts":{ts}}}"#);
         let mut out = Vec::new();
-        decode_payload(
-            line(received + 86_400_000).as_bytes(),
-            None,
-            received,
-            &limits,
-            &mut out,
-        );
-        decode_payload(
-            line(received + 86_400_001).as_bytes(),
-            None,
-            received,
-            &limits,
-            &mut out,
-        );
-        decode_payload(
-            line(received + 86_400_001).as_bytes(),
-            None,
-            received,
-            &DecodeLimits::default(),
-            &mut out,
-        );
+        for (ahead, limits) in [
+            (86_400_000, &limits),
+            (86_400_001, &limits),
+            (86_400_001, &DecodeLimits::default()),
+        ] {
+            let line = format!(r#"{{"device_id":"d","ts":{}}}"#, received + ahead);
+            decode_payload(line.as_bytes(), None, received, limits, &mut out);
+        }
         assert!(out[0].is_ok());
         assert_eq!(out[1].as_ref().unwrap_err().reason, "future_ts");
         assert!(out[2].is_ok(), "replay has no wall-clock check");
