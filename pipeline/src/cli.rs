@@ -267,6 +267,30 @@ fn run_check(path: &Path) -> anyhow::Result<()> {
             "off"
         }
     );
+    let m = &config.mqtt;
+    println!(
+        "run: MQTT {} (protocol level {}), topics {:?}, QoS {}, {}",
+        m.url,
+        m.protocol_version,
+        m.topics,
+        m.qos,
+        m.shared_group
+            .as_deref()
+            .map_or("no shared group".to_owned(), |g| format!(
+                "shared group {g}"
+            ))
+    );
+    if config.kafka.enabled {
+        println!(
+            "run: alerts to Kafka {} topic {}",
+            config.kafka.brokers, config.kafka.alerts_topic
+        );
+    } else {
+        println!("run: Kafka off");
+    }
+    if config.http.enabled {
+        println!("run: /metrics and /health on {}", config.http.listen);
+    }
     println!("\n# effective configuration\n{}", toml::to_string(&config)?);
     Ok(())
 }
