@@ -136,9 +136,10 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<crate::replay::Summary> {
         },
     )?;
     println!("\n{}", summary.render());
-    let expected: u64 = sim.incidents.values().sum();
+    let incidents: u64 = sim.incidents.values().sum();
     println!(
-        "the simulator injected incidents for {expected} expected alerts (truth: {})",
+        "the simulator injected {incidents} incidents; the alerts it expects (open or instant) \
+         are in {}",
         outputs.truth.display()
     );
     print_outputs(&alerts_path, &config.archive.url);
