@@ -248,7 +248,9 @@ async fn create_topic(config: &ClientConfig, settings: &KafkaSettings) -> Result
         settings.topic_partitions.max(1),
         TopicReplication::Fixed(settings.topic_replication.max(1)),
     );
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let results = admin
         .create_topics([&new], &options)
         .await
