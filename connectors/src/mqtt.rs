@@ -129,6 +129,14 @@ impl Default for MqttSettings {
 }
 
 impl MqttSettings {
+    fn qos(&self) -> QoS {
+        if self.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        }
+    }
+
     fn protocol(&self) -> Result<Protocol, MqttError> {
         match self.protocol_version {
             5 => Ok(Protocol::V5),
@@ -296,7 +304,7 @@ impl MqttSource {
                 settings.qos
             )));
         }
-        let session = Session::connect(settings)?;
+        let (client, events) = connect(settings)?;
         let epochs = EpochClock::new(epoch_ms);
         let shared = Arc::new(Shared {
             last_heard_ms: std::sync::atomic::AtomicI64::new(schemas::time::now_ms()),
@@ -319,16 +327,11 @@ impl MqttSource {
             });
         }
         let filters = subscriptions(settings);
-        let qos = if settings.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
+        let qos = settings.qos();
         let backoff = (
             Duration::from_millis(settings.reconnect_min_ms.max(1)),
             Duration::from_millis(settings.reconnect_max_ms.max(settings.reconnect_min_ms)),
         );
-        let (client, events) = session.split();
         // Room for the broker's whole QoS 1 window (it sends no more while our acks wait on a
         // full worker channel), so the event loop keeps running (pings, acks) under
         // back-pressure; with QoS 0 a full channel stops polling, which slows the broker.
@@ -435,12 +438,6 @@ pub fn device_of_topic(topic: &str) -> Option<&str> {
     topic.rsplit('/').next().filter(|d| !d.is_empty())
 }
 
-/// A connected (or connecting) session of either protocol version.
-enum Session {
-    V4(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
-    V5(rumqttc::v5::AsyncClient, Box<rumqttc::v5::EventLoop>),
-}
-
 /// The client half of a session: requests (subscribe, ack, disconnect).
 enum Client {
     V4(rumqttc::AsyncClient),
@@ -475,73 +472,65 @@ struct Received {
     token: AckToken,
 }
 
-impl Session {
-    fn connect(s: &MqttSettings) -> Result<Self, MqttError> {
-        let (tls, rest) = match s.url.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => (false, rest),
-            Some(("mqtts" | "ssl", rest)) => (true, rest),
-            _ => {
-                return Err(MqttError::Settings(format!(
-                    "url {:?}: expected mqtt://host:port or mqtts://host:port",
-                    s.url
-                )));
-            }
-        };
-        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_owned(),
-                p.parse::<u16>()
-                    .map_err(|_| MqttError::Settings(format!("url {:?}: bad port", s.url)))?,
-            ),
-            None => (rest.to_owned(), if tls { 8883 } else { 1883 }),
-        };
-        let transport = if tls {
-            Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(s)?)))
-        } else {
-            Transport::Tcp
-        };
-        // The request channel carries our acks; size it to the broker's window so acks
-        // rarely wait.
-        let requests = usize::from(s.receive_maximum).max(64) * 2;
-        let keep_alive = Duration::from_secs(s.keep_alive_s.max(1));
-        let password = s.resolved_password()?;
-        match s.protocol()? {
-            Protocol::V311 => {
-                let mut o = rumqttc::MqttOptions::new(&s.client_id, host, port);
-                o.set_keep_alive(keep_alive)
-                    .set_clean_session(s.clean_start)
-                    .set_manual_acks(true)
-                    .set_inflight(1000)
-                    .set_max_packet_size(s.max_packet_bytes as usize, s.max_packet_bytes as usize)
-                    .set_transport(transport);
-                if let Some(user) = &s.username {
-                    o.set_credentials(user, password.clone().unwrap_or_default());
-                }
-                let (client, events) = rumqttc::AsyncClient::new(o, requests);
-                Ok(Self::V4(client, Box::new(events)))
-            }
-            Protocol::V5 => {
-                let mut o = rumqttc::v5::MqttOptions::new(&s.client_id, host, port);
-                o.set_keep_alive(keep_alive)
-                    .set_clean_start(s.clean_start)
-                    .set_session_expiry_interval(Some(s.session_expiry_s))
-                    .set_receive_maximum(Some(s.receive_maximum.max(1)))
-                    .set_max_packet_size(Some(s.max_packet_bytes))
-                    .set_manual_acks(true)
-                    .set_transport(transport);
-                if let Some(user) = &s.username {
-                    o.set_credentials(user, password.clone().unwrap_or_default());
-                }
-                let (client, events) = rumqttc::v5::AsyncClient::new(o, requests);
-                Ok(Self::V5(client, Box::new(events)))
-            }
+/// A session of either protocol version, in its two halves.
+fn connect(s: &MqttSettings) -> Result<(Client, Events), MqttError> {
+    let (tls, rest) = match s.url.split_once("://") {
+        Some(("mqtt" | "tcp", rest)) => (false, rest),
+        Some(("mqtts" | "ssl", rest)) => (true, rest),
+        _ => {
+            return Err(MqttError::Settings(format!(
+                "url {:?}: expected mqtt://host:port or mqtts://host:port",
+                s.url
+            )));
         }
-    }
-
-    fn split(self) -> (Client, Events) {
-        match self {
-            Self::V4(c, e) => (Client::V4(c), Events::V4(e)),
-            Self::V5(c, e) => (Client::V5(c), Events::V5(e)),
+    };
+    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_owned(),
+            p.parse::<u16>()
+                .map_err(|_| MqttError::Settings(format!("url {:?}: bad port", s.url)))?,
+        ),
+        None => (rest.to_owned(), if tls { 8883 } else { 1883 }),
+    };
+    let transport = if tls {
+        Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(s)?)))
+    } else {
+        Transport::Tcp
+    };
+    // The request channel carries our acks; size it to the broker's window so acks
+    // rarely wait.
+    let requests = usize::from(s.receive_maximum).max(64) * 2;
+    let keep_alive = Duration::from_secs(s.keep_alive_s.max(1));
+    let password = s.resolved_password()?;
+    match s.protocol()? {
+        Protocol::V311 => {
+            let mut o = rumqttc::MqttOptions::new(&s.client_id, host, port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_session(s.clean_start)
+                .set_manual_acks(true)
+                .set_inflight(1000)
+                .set_max_packet_size(s.max_packet_bytes as usize, s.max_packet_bytes as usize)
+                .set_transport(transport);
+            if let Some(user) = &s.username {
+                o.set_credentials(user, password.clone().unwrap_or_default());
+            }
+            let (client, events) = rumqttc::AsyncClient::new(o, requests);
+            Ok((Client::V4(client), Events::V4(Box::new(events))))
+        }
+        Protocol::V5 => {
+            let mut o = rumqttc::v5::MqttOptions::new(&s.client_id, host, port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_start(s.clean_start)
+                .set_session_expiry_interval(Some(s.session_expiry_s))
+                .set_receive_maximum(Some(s.receive_maximum.max(1)))
+                .set_max_packet_size(Some(s.max_packet_bytes))
+                .set_manual_acks(true)
+                .set_transport(transport);
+            if let Some(user) = &s.username {
+                o.set_credentials(user, password.clone().unwrap_or_default());
+            }
+            let (client, events) = rumqttc::v5::AsyncClient::new(o, requests);
+            Ok((Client::V5(client), Events::V5(Box::new(events))))
         }
     }
 }
@@ -769,9 +758,10 @@ async fn poll_loop(
                     continue;
                 };
                 received.increment(1);
+                let received_at_ms = schemas::time::now_ms();
                 shared
                     .last_heard_ms
-                    .store(schemas::time::now_ms(), Ordering::Release);
+                    .store(received_at_ms, Ordering::Release);
                 let worker = worker_of(msg.topic_device.as_deref(), tx.len());
                 // Every earlier message is in its channel: their epochs are sealed.
                 let epoch = epochs.now().max(shared.sealed.load(Ordering::Acquire));
@@ -780,7 +770,7 @@ async fn poll_loop(
                     seq,
                     epoch,
                     device_id: msg.topic_device,
-                    received_at_ms: schemas::time::now_ms(),
+                    received_at_ms,
                     payload: msg.payload,
                 };
                 seq += 1;
@@ -850,14 +840,10 @@ pub async fn publish(
         clean_start: true,
         ..settings.clone()
     };
-    let (Client::V4(client), Events::V4(mut events)) = Session::connect(&publisher)?.split() else {
+    let (Client::V4(client), Events::V4(mut events)) = connect(&publisher)? else {
         return Err(MqttError::Settings("publisher session".into()));
     };
-    let qos = if settings.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
+    let qos = settings.qos();
     let acked = Arc::new(AtomicU64::new(0));
     // Some("") once our DISCONNECT went out, Some(error) if the connection failed.
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(None::<String>);

@@ -16,12 +16,12 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{Scope, StreamVec};
 
 use connectors::{AlertLog, AlertProducer, ArchiveStats, ArchiveWriter};
-use operators::dataflow::{Output, RunFleet};
+use operators::dataflow::{Output, RunFleet, id_key};
 use operators::fences::FenceIndex;
-use operators::fleet::{EpochSample, Fleet, FleetStats};
+use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
 use operators::registry::Registry;
 use schemas::time::now_ms;
-use schemas::{Alert, DecodeLimits, DeviceClass, Reading, Record, Reject};
+use schemas::{Alert, DecodeLimits, DeviceClass, Reading, Record, Reject, decode_payload};
 
 use crate::config::Config;
 
@@ -59,7 +59,7 @@ pub(crate) type Streams<'scope> = (
 
 /// Resolves a reading's identity in the registry (SPEC §3): unregistered devices are their
 /// own vehicle, with the `wired` thresholds and no loan.
-pub(crate) fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -> Record {
+fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -> Record {
     match registry.device(&reading.device_id) {
         Some(device) => Record {
             vehicle_id: device.vehicle_id.clone(),
@@ -79,6 +79,51 @@ pub(crate) fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -
             ingest_seq,
             reading: Box::new(reading),
         },
+    }
+}
+
+/// What a source gathers for its open epoch: records and rejects to send, and the per-device
+/// event-time maxima of the epoch's clock sample.
+#[derive(Default)]
+pub(crate) struct EpochBatch {
+    decoded: Vec<Result<Reading, Reject>>,
+    pub(crate) records: Vec<Record>,
+    pub(crate) rejects: Vec<Reject>,
+    pub(crate) top: TopTimes,
+}
+
+impl EpochBatch {
+    /// Decodes one message, the `seq`-th of the source's input, into records and rejects;
+    /// returns the readings it held.
+    pub(crate) fn decode(
+        &mut self,
+        payload: &[u8],
+        topic_device: Option<&str>,
+        received_at_ms: i64,
+        seq: u64,
+        setup: &SourceSetup,
+    ) -> u64 {
+        decode_payload(
+            payload,
+            topic_device,
+            received_at_ms,
+            &setup.limits,
+            &mut self.decoded,
+        );
+        let mut readings = 0;
+        for (element, item) in self.decoded.drain(..).enumerate() {
+            match item {
+                Ok(reading) => {
+                    readings += 1;
+                    self.top.offer(id_key(&reading.device_id), reading.ts_ms);
+                    let ingest_seq = (seq << 16) | element.min(0xffff) as u64;
+                    self.records
+                        .push(identify(reading, ingest_seq, &setup.registry));
+                }
+                Err(reject) => self.rejects.push(reject),
+            }
+        }
+        readings
     }
 }
 

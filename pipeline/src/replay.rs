@@ -26,16 +26,16 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use connectors::{AlertLog, ArchiveStats, LineBatch, LineSource};
-use operators::dataflow::id_key;
 use operators::fences::FenceIndex;
-use operators::fleet::{EpochSample, TopTimes};
+use operators::fleet::EpochSample;
 use operators::registry::Registry;
 use schemas::time::now_ms;
-use schemas::{Record, Reject, decode_payload};
+use schemas::{Record, Reject};
 
 use crate::config::Config;
 use crate::dataflow::{
-    AlertSinks, ErrorSlot, Quiet, Source, SourceSetup, Streams, WorkerReport, identify, run_worker,
+    AlertSinks, EpochBatch, ErrorSlot, Quiet, Source, SourceSetup, Streams, WorkerReport,
+    run_worker,
 };
 
 /// Lines a source decodes per activation, so one source cannot starve the other operators.
@@ -285,11 +285,8 @@ fn replay_source<'scope>(
     builder.build(move |capabilities| {
         let mut capabilities = Some(capabilities);
         let mut epoch = 0u64;
-        let mut top = TopTimes::default();
         let mut batch = LineBatch::default();
-        let mut decoded = Vec::new();
-        let mut pending_records: Vec<Record> = Vec::new();
-        let mut pending_rejects: Vec<Reject> = Vec::new();
+        let mut open = EpochBatch::default();
         move |_frontiers| {
             let Some(caps) = capabilities.as_mut() else {
                 return;
@@ -312,12 +309,12 @@ fn replay_source<'scope>(
                 if line_epoch > epoch {
                     records_h
                         .session(&caps[0])
-                        .give_container(&mut pending_records);
+                        .give_container(&mut open.records);
                     rejects_h
                         .session(&caps[1])
-                        .give_container(&mut pending_rejects);
-                    if !top.is_empty() {
-                        samples_h.session(&caps[2]).give(top.take());
+                        .give_container(&mut open.rejects);
+                    if !open.top.is_empty() {
+                        samples_h.session(&caps[2]).give(open.top.take());
                     }
                     for cap in caps.iter_mut() {
                         cap.downgrade(&line_epoch);
@@ -325,30 +322,19 @@ fn replay_source<'scope>(
                     epoch = line_epoch;
                 }
                 report.messages += 1;
-                decode_payload(bytes, None, received_at, &setup.limits, &mut decoded);
-                for (element, item) in decoded.drain(..).enumerate() {
-                    match item {
-                        Ok(reading) => {
-                            report.readings += 1;
-                            top.offer(id_key(&reading.device_id), reading.ts_ms);
-                            let seq = (line << 16) | element.min(0xffff) as u64;
-                            pending_records.push(identify(reading, seq, &setup.registry));
-                        }
-                        Err(reject) => pending_rejects.push(reject),
-                    }
-                }
+                report.readings += open.decode(bytes, None, received_at, line, &setup);
             }
             records_h
                 .session(&caps[0])
-                .give_container(&mut pending_records);
+                .give_container(&mut open.records);
             rejects_h
                 .session(&caps[1])
-                .give_container(&mut pending_rejects);
+                .give_container(&mut open.rejects);
             if more {
                 activator.activate();
             } else {
-                if !top.is_empty() {
-                    samples_h.session(&caps[2]).give(top.take());
+                if !open.top.is_empty() {
+                    samples_h.session(&caps[2]).give(open.top.take());
                 }
                 capabilities = None;
             }

@@ -32,14 +32,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use connectors::{AlertProducer, Inlet, Message, MqttSource, WorkerInlet};
-use operators::dataflow::id_key;
-use operators::fleet::{IDLE_DEVICE, TopTimes};
-use schemas::decode_payload;
+use operators::fleet::IDLE_DEVICE;
 
 use crate::config::Config;
 use crate::dataflow::{
-    AlertPrinter, AlertSinks, ErrorSlot, Source, SourceSetup, Streams, WorkerEvents, WorkerReport,
-    identify, run_worker,
+    AlertPrinter, AlertSinks, EpochBatch, ErrorSlot, Source, SourceSetup, Streams, WorkerEvents,
+    WorkerReport, run_worker,
 };
 use crate::replay::{Summary, load_reference, merge, open_alert_log};
 
@@ -477,13 +475,10 @@ impl Source for LiveSource {
         let readings_in = metrics::counter!("lienwatch_readings_total");
         builder.build(move |capabilities| {
             let mut capabilities = Some(capabilities);
-            // The epoch `top` and the pending containers belong to.
+            // The epoch the open batch belongs to.
             let mut current = 0u64;
-            let mut top = TopTimes::default();
+            let mut open = EpochBatch::default();
             let mut messages: Vec<Message> = Vec::new();
-            let mut decoded = Vec::new();
-            let mut pending_records = Vec::new();
-            let mut pending_rejects = Vec::new();
             move |_frontiers| {
                 let Some(caps) = capabilities.as_mut() else {
                     return;
@@ -494,25 +489,23 @@ impl Source for LiveSource {
                 let mut records_h = records_out.activate();
                 let mut rejects_h = rejects_out.activate();
                 let mut samples_h = samples_out.activate();
-                // Sends what belongs to `current` at that epoch.
-                let mut flush = |current: u64,
-                                 top: &mut TopTimes,
-                                 records: &mut Vec<_>,
-                                 rejects: &mut Vec<_>| {
-                    if !records.is_empty() {
+                // Sends the batch's records and rejects at epoch `at`, and its clock sample
+                // too once the epoch is done.
+                let mut flush = |at: u64, open: &mut EpochBatch, done: bool| {
+                    if !open.records.is_empty() {
                         records_h
-                            .session(&caps[0].delayed(&current))
-                            .give_container(records);
+                            .session(&caps[0].delayed(&at))
+                            .give_container(&mut open.records);
                     }
-                    if !rejects.is_empty() {
+                    if !open.rejects.is_empty() {
                         rejects_h
-                            .session(&caps[1].delayed(&current))
-                            .give_container(rejects);
+                            .session(&caps[1].delayed(&at))
+                            .give_container(&mut open.rejects);
                     }
-                    if !top.is_empty() {
+                    if done && !open.top.is_empty() {
                         samples_h
-                            .session(&caps[2].delayed(&current))
-                            .give(top.take());
+                            .session(&caps[2].delayed(&at))
+                            .give(open.top.take());
                     }
                 };
                 let mut report = report.borrow_mut();
@@ -521,48 +514,22 @@ impl Source for LiveSource {
                     // Epochs never decrease, and none is before the capabilities' time.
                     let epoch = message.epoch.max(*caps[0].time());
                     if epoch > current {
-                        flush(
-                            current,
-                            &mut top,
-                            &mut pending_records,
-                            &mut pending_rejects,
-                        );
+                        flush(current, &mut open, true);
                         current = epoch;
                     }
                     report.messages += 1;
-                    decode_payload(
+                    readings += open.decode(
                         &message.payload,
                         message.device_id.as_deref(),
                         message.received_at_ms,
-                        &setup.limits,
-                        &mut decoded,
+                        message.seq,
+                        &setup,
                     );
-                    for (element, item) in decoded.drain(..).enumerate() {
-                        match item {
-                            Ok(reading) => {
-                                readings += 1;
-                                top.offer(id_key(&reading.device_id), reading.ts_ms);
-                                let seq = (message.seq << 16) | element.min(0xffff) as u64;
-                                pending_records.push(identify(reading, seq, &setup.registry));
-                            }
-                            Err(reject) => pending_rejects.push(reject),
-                        }
-                    }
                 }
                 report.readings += readings;
                 messages_in.increment(messages.len() as u64);
                 readings_in.increment(readings);
                 ingested.fetch_add(messages.len() as u64, Ordering::AcqRel);
-                // Records go out now; the epoch's clock sample only once the epoch is done.
-                if !pending_records.is_empty() || !pending_rejects.is_empty() {
-                    let mut none = TopTimes::default();
-                    flush(
-                        current,
-                        &mut none,
-                        &mut pending_records,
-                        &mut pending_rejects,
-                    );
-                }
                 // What may still come: nothing before `sealed` once the channel was drained,
                 // nothing before the last message taken otherwise.
                 let open_from = match state {
@@ -570,14 +537,8 @@ impl Source for LiveSource {
                     Inlet::Drained => Some(sealed.max(current)),
                     Inlet::More => Some(current),
                 };
-                if open_from.is_none_or(|t| t > current) {
-                    flush(
-                        current,
-                        &mut top,
-                        &mut pending_records,
-                        &mut pending_rejects,
-                    );
-                }
+                // Records go out now; the clock sample once the epoch is done.
+                flush(current, &mut open, open_from.is_none_or(|t| t > current));
                 // Heard nothing for long: the closing epochs' wall time may move the clock.
                 if let (Some(t), Some(silent)) = (open_from, inlet.silent_ms()) {
                     let closing_ms = (t.saturating_sub(*caps[2].time())).saturating_mul(epoch_ms);
