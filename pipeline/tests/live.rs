@@ -509,6 +509,30 @@ fn telemetry_keys(root: &str) -> Result<Vec<Value>> {
     }
 }
 
+/// The S3 archive under `names` holds every reading replay accepted, exactly as replay's
+/// local archive in `dir` does (the same (device, ts, seq) rows, each as often); `what`
+/// names the run(s) in the failure.
+fn archive_matches_replay(
+    dir: &Path,
+    names: &Names,
+    replay_summary: &Value,
+    what: &str,
+) -> Result<()> {
+    let s3_rows = telemetry_keys(&format!("s3://{BUCKET}/{}", names.s3_prefix))?;
+    let local_rows = telemetry_keys(&dir.join("replay-archive").display().to_string())?;
+    let s3_total: u64 = s3_rows.iter().filter_map(|r| r[3].as_u64()).sum();
+    ensure!(
+        s3_total == replay_summary["accepted"].as_u64().unwrap_or_default(),
+        "{s3_total} readings archived by {what}, replay accepted {}",
+        replay_summary["accepted"]
+    );
+    ensure!(
+        s3_rows == local_rows,
+        "the archive of {what} differs from replay's"
+    );
+    Ok(())
+}
+
 #[test]
 fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Result<()> {
     require_services()?;
@@ -585,18 +609,7 @@ fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Resu
     // archive, readable by DuckDB with the same schema.
     let s3_root = format!("s3://{BUCKET}/{}", names.s3_prefix);
     let local_root = dir.path().join("replay-archive").display().to_string();
-    let s3_rows = telemetry_keys(&s3_root)?;
-    let local_rows = telemetry_keys(&local_root)?;
-    let s3_total: u64 = s3_rows.iter().filter_map(|r| r[3].as_u64()).sum();
-    ensure!(
-        s3_total == replay_summary["accepted"].as_u64().unwrap_or_default(),
-        "{s3_total} readings in S3, replay accepted {}",
-        replay_summary["accepted"]
-    );
-    ensure!(
-        s3_rows == local_rows,
-        "the S3 archive's readings differ from replay's"
-    );
+    archive_matches_replay(dir.path(), &names, &replay_summary, "the service")?;
     for dataset in ["telemetry", "alerts", "rejects"] {
         let describe = |root: &str| {
             format!(
@@ -704,20 +717,7 @@ fn sigterm_mid_stream_loses_nothing_acknowledged_and_a_restart_takes_the_rest() 
     );
 
     // Together: every accepted reading exactly once, as replay archives them.
-    let s3_root = format!("s3://{BUCKET}/{}", names.s3_prefix);
-    let s3_rows = telemetry_keys(&s3_root)?;
-    let local_rows = telemetry_keys(&dir.path().join("replay-archive").display().to_string())?;
-    let s3_total: u64 = s3_rows.iter().filter_map(|r| r[3].as_u64()).sum();
-    ensure!(
-        s3_total == replay_summary["accepted"].as_u64().unwrap_or_default(),
-        "{s3_total} readings archived over both runs, replay accepted {}",
-        replay_summary["accepted"]
-    );
-    ensure!(
-        s3_rows == local_rows,
-        "the two runs' archive differs from replay's"
-    );
-    Ok(())
+    archive_matches_replay(dir.path(), &names, &replay_summary, "both runs")
 }
 
 #[test]
@@ -779,17 +779,7 @@ fn a_cluster_of_two_processes_splits_the_stream_and_archives_every_reading_once(
     }
 
     // Every accepted reading archived exactly once over both processes, as replay does.
-    let s3_root = format!("s3://{BUCKET}/{}", names.s3_prefix);
-    let s3_rows = telemetry_keys(&s3_root)?;
-    let local_rows = telemetry_keys(&dir.path().join("replay-archive").display().to_string())?;
-    ensure!(
-        s3_rows == local_rows,
-        "the cluster's archive differs from replay's"
-    );
-    ensure!(
-        s3_rows.iter().filter_map(|r| r[3].as_u64()).sum::<u64>()
-            == replay_summary["accepted"].as_u64().unwrap_or_default()
-    );
+    archive_matches_replay(dir.path(), &names, &replay_summary, "the cluster")?;
     // Each vehicle is processed by one worker of the cluster: no alert comes twice, and the
     // alerts of a vehicle come from one process. (The broker hands a device's messages to
     // either process, so readings can arrive out of order across the two sessions; with
@@ -894,17 +884,12 @@ fn reconnects_and_resubscribes_when_the_broker_restarts_and_lost_the_session() -
     service.wait_ingested(total)?;
     service.terminate()?;
 
-    let s3_rows = telemetry_keys(&format!("s3://{BUCKET}/{}", names.s3_prefix))?;
-    let local_rows = telemetry_keys(&dir.path().join("replay-archive").display().to_string())?;
-    ensure!(
-        s3_rows == local_rows,
-        "the archive differs from replay's after the reconnect"
-    );
-    ensure!(
-        s3_rows.iter().filter_map(|r| r[3].as_u64()).sum::<u64>()
-            == replay_summary["accepted"].as_u64().unwrap_or_default()
-    );
-    Ok(())
+    archive_matches_replay(
+        dir.path(),
+        &names,
+        &replay_summary,
+        "the reconnected service",
+    )
 }
 
 /// A test CA and a server certificate for 127.0.0.1, made with the openssl command line.
