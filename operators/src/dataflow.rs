@@ -11,7 +11,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use xxhash_rust::xxh3::xxh3_64;
 
-use schemas::{Alert, Record, Reject};
+use schemas::{Alert, DailyFeatures, Record, Reject};
 
 use crate::fleet::{EpochSample, Fleet, FleetOutputs, FleetStats};
 
@@ -24,6 +24,8 @@ pub enum Output {
     Archive(Record),
     /// A reading rejected by the fleet (future timestamp).
     Reject(Reject),
+    /// A closed (or revised) vehicle-day of features.
+    Features(DailyFeatures),
     /// The pipeline clock after an epoch: sinks may close what ends before it.
     Watermark(i64),
 }

@@ -6,15 +6,18 @@
 //! - [`reading`]: the internal record types ([`Reading`], [`Record`], alarms, device classes).
 //! - [`decode`]: payload bytes → readings or rejects, with the SPEC reject reasons.
 //! - [`alert`]: alert kinds, phases, severities, deterministic alert ids.
+//! - [`features`]: the daily valuation features row (SPEC §5).
 //! - [`arrow`]: Arrow schemas of `telemetry`, `alerts` and `rejects`.
 //! - [`time`]: epoch-millisecond helpers and RFC 3339 formatting.
 
 pub mod alert;
 pub mod arrow;
 pub mod decode;
+pub mod features;
 pub mod reading;
 pub mod time;
 
 pub use alert::{Alert, AlertKind, Phase, Severity};
+pub use features::DailyFeatures;
 pub use decode::{DecodeLimits, Reject, RejectReason, decode_payload};
 pub use reading::{Alarm, AlarmSet, DeviceClass, Gnss, Obd, Power, Reading, Record};
