@@ -1,6 +1,7 @@
 //! Arrow schemas of the archive datasets (SPEC §6). Column names follow SPEC §2 flattened
 //! (`gnss.lat` → `lat`); the GNSS speed becomes `gnss_speed_kmh` because `speed_kmh` is the
-//! vehicle (OBD) speed. Timestamps are `Timestamp(Microsecond, "UTC")`.
+//! vehicle (OBD) speed. Timestamps are `Timestamp(Microsecond, "UTC")`; the local day of a
+//! `features_daily` row is a `Date32`.
 
 use std::sync::{Arc, LazyLock};
 
@@ -78,3 +79,102 @@ pub static REJECTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("raw", DataType::Binary, false),
     ]))
 });
+
+/// Schema of the `features_daily` dataset: one row per vehicle, local day and revision, the
+/// columns of SPEC §5 in that order (nullable where [`crate::DailyFeatures`] has an `Option`).
+pub static FEATURES_DAILY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let km = |name| Field::new(name, DataType::Float64, false);
+    let km_or_null = |name| Field::new(name, DataType::Float64, true);
+    let count = |name| Field::new(name, DataType::UInt32, false);
+    Arc::new(Schema::new(vec![
+        Field::new("vehicle_id", DataType::Utf8, false),
+        Field::new("loan_id", DataType::Utf8, true),
+        Field::new("date", DataType::Date32, false),
+        Field::new("revision", DataType::UInt32, false),
+        km_or_null("odometer_start_km"),
+        km_or_null("odometer_end_km"),
+        km_or_null("odometer_km"),
+        km("gnss_km"),
+        Field::new("driving_minutes", DataType::Float64, false),
+        count("trips"),
+        Field::new("max_speed_kmh", DataType::Float64, true),
+        count("harsh_accel"),
+        count("harsh_brake"),
+        km("night_km"),
+        km("mil_km"),
+        Field::new("dtc_count_max", DataType::UInt32, true),
+        Field::new("messages", DataType::UInt64, false),
+        Field::new("first_ts", ts_type(), false),
+        Field::new("last_ts", ts_type(), false),
+        km("km_7d"),
+        km("km_30d"),
+        km("projected_annual_km"),
+        Field::new("odo_gnss_ratio_30d", DataType::Float64, true),
+    ]))
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `features_daily` columns are the SPEC §5 columns, in order, and the JSON row has
+    /// exactly the same fields.
+    #[test]
+    fn features_daily_columns_follow_the_spec_and_the_row() {
+        let spec = "vehicle_id, loan_id, date, revision, odometer_start_km, odometer_end_km, \
+                    odometer_km, gnss_km, driving_minutes, trips, max_speed_kmh, harsh_accel, \
+                    harsh_brake, night_km, mil_km, dtc_count_max, messages, first_ts, last_ts, \
+                    km_7d, km_30d, projected_annual_km, odo_gnss_ratio_30d";
+        let names: Vec<&str> = FEATURES_DAILY
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, spec.split(", ").collect::<Vec<_>>());
+        let row = crate::DailyFeatures {
+            vehicle_id: "V".into(),
+            loan_id: None,
+            date: "2026-11-28".into(),
+            revision: 0,
+            odometer_start_km: None,
+            odometer_end_km: None,
+            odometer_km: None,
+            gnss_km: 0.0,
+            driving_minutes: 0.0,
+            trips: 0,
+            max_speed_kmh: None,
+            harsh_accel: 0,
+            harsh_brake: 0,
+            night_km: 0.0,
+            mil_km: 0.0,
+            dtc_count_max: None,
+            messages: 1,
+            first_ts: 0,
+            last_ts: 0,
+            km_7d: 0.0,
+            km_30d: 0.0,
+            projected_annual_km: 0.0,
+            odo_gnss_ratio_30d: None,
+        };
+        let json = serde_json::to_value(&row).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted_names = names.clone();
+        keys.sort_unstable();
+        sorted_names.sort_unstable();
+        assert_eq!(keys, sorted_names);
+        // Every `Option` of the row is `None` here: the nullable columns are the null fields.
+        for field in FEATURES_DAILY.fields() {
+            assert_eq!(
+                field.is_nullable(),
+                json[field.name()].is_null(),
+                "{}",
+                field.name()
+            );
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! - [`decode`]: payload bytes → readings or rejects, with the SPEC reject reasons.
 //! - [`alert`]: alert kinds, phases, severities, deterministic alert ids.
 //! - [`features`]: the daily valuation features row (SPEC §5).
-//! - [`arrow`]: Arrow schemas of `telemetry`, `alerts` and `rejects`.
+//! - [`arrow`]: Arrow schemas of `telemetry`, `alerts`, `rejects` and `features_daily`.
 //! - [`time`]: epoch-millisecond helpers and RFC 3339 formatting.
 
 pub mod alert;
@@ -18,6 +18,6 @@ pub mod reading;
 pub mod time;
 
 pub use alert::{Alert, AlertKind, Phase, Severity};
-pub use features::DailyFeatures;
 pub use decode::{DecodeLimits, Reject, RejectReason, decode_payload};
+pub use features::DailyFeatures;
 pub use reading::{Alarm, AlarmSet, DeviceClass, Gnss, Obd, Power, Reading, Record};
