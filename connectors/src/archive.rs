@@ -1,14 +1,15 @@
-//! The Parquet archive sink (SPEC §6): `telemetry`, `alerts` and `rejects` as hive-partitioned,
-//! zstd-compressed, sorted Parquet files in an object store.
+//! The Parquet archive sink (SPEC §6): `telemetry`, `alerts`, `rejects` and `features_daily`
+//! as hive-partitioned, zstd-compressed, sorted Parquet files in an object store.
 //!
 //! One [`ArchiveWriter`] per timely worker, driven from the worker thread with a synchronous
-//! API. Rows are appended to Arrow column builders per (dataset, UTC date and hour) partition,
-//! sorted and encoded on the worker thread when a partition is rolled, and handed to an
-//! uploader thread that publishes each file with a single create-only `put`, so a file
-//! becomes visible only when complete.
+//! API. Rows are appended to Arrow column builders per (dataset, partition) — a UTC date and
+//! hour, or for `features_daily` the local date — sorted and encoded on the worker thread when
+//! a partition is rolled, and handed to an uploader thread that publishes each file with a
+//! single create-only `put`, so a file becomes visible only when complete.
 //!
 //! Object keys:
-//! `<dataset>/date=YYYY-MM-DD/hour=HH/part-<process>-<worker>-<run>-<seq>.parquet`.
+//! `<dataset>/date=YYYY-MM-DD/hour=HH/part-<process>-<worker>-<run>-<seq>.parquet`, and
+//! `features_daily/date=YYYY-MM-DD/part-<process>-<worker>-<run>-<seq>.parquet`.
 
 mod rows;
 #[cfg(test)]
@@ -21,7 +22,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use arrow_schema::ArrowError;
 use arrow_select::take::take_record_batch;
 use bytes::Bytes;
-use chrono::DateTime;
 use object_store::RetryConfig;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -34,10 +34,9 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use schemas::time::HOUR_MS;
-use schemas::{Alert, Record, Reject};
+use schemas::{Alert, DailyFeatures, Record, Reject};
 
-use rows::{AlertColumns, Columns, RejectColumns, TelemetryColumns};
+use rows::{AlertColumns, Columns, Dataset, FeaturesColumns, RejectColumns, TelemetryColumns};
 use upload::{Upload, Uploader};
 
 /// When the estimated bytes buffered over all partitions of a writer exceed this many times
@@ -117,6 +116,8 @@ pub struct ArchiveStats {
     pub alert_rows: u64,
     /// Rows in published `rejects` files.
     pub reject_rows: u64,
+    /// Rows in published `features_daily` files.
+    pub features_rows: u64,
 }
 
 /// Errors of the archive sink.
@@ -307,10 +308,11 @@ fn run_token(now_ms: i64) -> String {
     String::from_utf8(digits).expect("base-36 digits are ASCII")
 }
 
-/// Rows of one (dataset, hour) partition waiting to be written.
+/// Rows of one (dataset, partition) waiting to be written.
 struct Buffer<C> {
-    /// The partition: hours since the epoch (UTC).
-    hour: i64,
+    /// The partition: hours (days for `features_daily`) since the epoch, see
+    /// [`Dataset::span_ms`].
+    key: i64,
     /// The rows, in arrival order, as column builders.
     columns: C,
     /// Estimated uncompressed bytes of the rows.
@@ -325,7 +327,7 @@ struct Partitions<C> {
     /// late or early ones), so a scan is cheaper than hashing.
     open: Vec<Buffer<C>>,
     /// Index in `open` of the partition the last row went to: consecutive rows mostly hit
-    /// the same hour. Only a hint, checked against the hour before use.
+    /// the same partition. Only a hint, checked against the key before use.
     last: usize,
     /// Writer settings of the dataset's files (compression, row groups, sorting columns).
     props: WriterProperties,
@@ -356,14 +358,14 @@ impl<C: Columns> Partitions<C> {
         }
     }
 
-    /// The partition of `hour`, opened (stamped `clock_ms`) if needed.
-    fn get_or_open(&mut self, hour: i64, clock_ms: i64) -> &mut Buffer<C> {
-        if self.open.get(self.last).is_none_or(|b| b.hour != hour) {
-            self.last = match self.open.iter().position(|b| b.hour == hour) {
+    /// The partition `key`, opened (stamped `clock_ms`) if needed.
+    fn get_or_open(&mut self, key: i64, clock_ms: i64) -> &mut Buffer<C> {
+        if self.open.get(self.last).is_none_or(|b| b.key != key) {
+            self.last = match self.open.iter().position(|b| b.key == key) {
                 Some(index) => index,
                 None => {
                     self.open.push(Buffer {
-                        hour,
+                        key,
                         columns: C::with_capacity(0),
                         bytes: 0,
                         opened_ms: clock_ms,
@@ -374,33 +376,57 @@ impl<C: Columns> Partitions<C> {
         }
         &mut self.open[self.last]
     }
+}
 
-    /// Takes the partition of `hour` out, if open.
-    fn remove(&mut self, hour: i64) -> Option<Buffer<C>> {
-        let index = self.open.iter().position(|b| b.hour == hour)?;
-        Some(self.open.swap_remove(index))
-    }
+/// A dataset's open partitions whatever its row type: what rolling them needs, so the writer
+/// treats its datasets alike.
+trait Rollable {
+    /// The dataset.
+    fn dataset(&self) -> Dataset;
 
-    /// Hours of the partitions whose (hour, `opened_ms`) satisfies `due`, ascending.
-    fn hours(&self, due: impl Fn(i64, i64) -> bool) -> Vec<i64> {
-        let mut hours: Vec<i64> = self
-            .open
-            .iter()
-            .filter(|b| due(b.hour, b.opened_ms))
-            .map(|b| b.hour)
-            .collect();
-        hours.sort_unstable();
-        hours
-    }
+    /// Keys of the partitions whose (key, `opened_ms`) satisfies `due`, ascending.
+    fn keys(&self, due: &dyn Fn(i64, i64) -> bool) -> Vec<i64>;
+
+    /// Takes partition `key` out and writes it through `out`.
+    fn roll(&mut self, out: &mut Output, key: i64) -> Rolled;
 
     /// Rows buffered over all partitions.
+    fn buffered_rows(&self) -> usize;
+
+    /// (estimated bytes, key) of the partition with the most estimated bytes.
+    fn largest(&self) -> Option<(u64, i64)>;
+}
+
+impl<C: Columns> Rollable for Partitions<C> {
+    fn dataset(&self) -> Dataset {
+        C::DATASET
+    }
+
+    fn keys(&self, due: &dyn Fn(i64, i64) -> bool) -> Vec<i64> {
+        let mut keys: Vec<i64> = self
+            .open
+            .iter()
+            .filter(|b| due(b.key, b.opened_ms))
+            .map(|b| b.key)
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn roll(&mut self, out: &mut Output, key: i64) -> Rolled {
+        let Some(index) = self.open.iter().position(|b| b.key == key) else {
+            return (0, Ok(()));
+        };
+        let buffer = self.open.swap_remove(index);
+        (buffer.bytes, out.write(key, buffer.columns, &self.props))
+    }
+
     fn buffered_rows(&self) -> usize {
         self.open.iter().map(|b| b.columns.len()).sum()
     }
 
-    /// The partition with the most estimated bytes.
     fn largest(&self) -> Option<(u64, i64)> {
-        self.open.iter().map(|b| (b.bytes, b.hour)).max()
+        self.open.iter().map(|b| (b.bytes, b.key)).max()
     }
 }
 
@@ -421,20 +447,17 @@ struct Output {
 }
 
 impl Output {
-    /// Sorts, encodes and queues one partition's rows as the writer's next file.
+    /// Sorts, encodes and queues the rows of partition `key` as the writer's next file.
     fn write<C: Columns>(
         &mut self,
-        hour: i64,
+        key: i64,
         columns: C,
         props: &WriterProperties,
     ) -> Result<(), ArchiveError> {
-        let start =
-            DateTime::from_timestamp_millis(hour.saturating_mul(HOUR_MS)).unwrap_or_default();
         let path = Path::from(format!(
-            "{}/date={}/hour={}/part-{}-{}-{}-{:06}.parquet",
+            "{}/{}/part-{}-{}-{}-{:06}.parquet",
             C::DATASET.dir(),
-            start.format("%Y-%m-%d"),
-            start.format("%H"),
+            C::DATASET.partition_dirs(key),
             self.process,
             self.worker,
             self.run,
@@ -477,18 +500,22 @@ impl Output {
 /// # Buffering and flush rules
 ///
 /// - Rows are appended to Arrow column builders as they are pushed (the pushed row itself is
-///   not kept), per dataset and per UTC date/hour of their event time (`telemetry`: `ts`,
-///   `alerts`: `event_time`, `rejects`: `received_at`), with a cheap estimate of their
-///   uncompressed size.
+///   not kept), per dataset and partition, with a cheap estimate of their uncompressed size.
+///   Partitions are the UTC date and hour of the event time (`telemetry`: `ts`, `alerts`:
+///   `event_time`) or arrival time (`rejects`: `received_at`), and the local `date` of a
+///   `features_daily` row.
 /// - A partition is written as one file when its estimate reaches `max_file_bytes` (checked
 ///   on every push), when it has been open `max_file_age_s` by the writer clock (checked by
-///   [`roll_due`](Self::roll_due)), or at [`finish`](Self::finish). When the estimate over all
-///   partitions exceeds twice `max_file_bytes`, the largest partition is written early.
+///   [`roll_due`](Self::roll_due)), when the pipeline clock has passed it (checked by
+///   [`roll_event_time`](Self::roll_event_time)), or at [`finish`](Self::finish). When the
+///   estimate over all partitions exceeds twice `max_file_bytes`, the largest partition is
+///   written early.
 /// - Writing sorts the rows (telemetry by `(vehicle_id, ts)`, alerts by
-///   `(vehicle_id, event_time)`, rejects by `received_at`), encodes row groups of
-///   `row_group_rows` rows with zstd on the calling thread and queues the file for the
-///   uploader thread. At most 64 MiB of encoded files wait in the queue (one larger file
-///   may wait alone); a full queue blocks the caller (back-pressure).
+///   `(vehicle_id, event_time)`, rejects by `received_at`, features by
+///   `(vehicle_id, date, revision)`), encodes row groups of `row_group_rows` rows with zstd on
+///   the calling thread and queues the file for the uploader thread. At most 64 MiB of encoded
+///   files wait in the queue (one larger file may wait alone); a full queue blocks the caller
+///   (back-pressure).
 /// - The uploader publishes each file with one create-only `put` (never overwriting),
 ///   retrying failures with backoff; files it gives up on are logged and reported by
 ///   [`finish`](Self::finish).
@@ -511,6 +538,8 @@ pub struct ArchiveWriter {
     alerts: Partitions<AlertColumns>,
     /// Open `rejects` partitions.
     rejects: Partitions<RejectColumns>,
+    /// Open `features_daily` partitions.
+    features: Partitions<FeaturesColumns>,
     /// First error of a roll triggered by a push, returned by the next `roll_due`/`finish`.
     deferred: Option<ArchiveError>,
     /// File naming and the uploader.
@@ -518,18 +547,18 @@ pub struct ArchiveWriter {
 }
 
 /// Appends `row` to its partition in `parts`; returns the row's size estimate, its partition
-/// hour and whether that partition is now full.
+/// key and whether that partition is now full.
 fn buffer<C: Columns>(
     parts: &mut Partitions<C>,
     row: &C::Row,
     clock_ms: i64,
     max_file_bytes: u64,
 ) -> (u64, i64, bool) {
-    let hour = C::partition_ms(row).div_euclid(HOUR_MS);
-    let buffer = parts.get_or_open(hour, clock_ms);
+    let key = C::partition_ms(row).div_euclid(C::DATASET.span_ms());
+    let buffer = parts.get_or_open(key, clock_ms);
     let estimate = buffer.columns.push(row);
     buffer.bytes += estimate;
-    (estimate, hour, buffer.bytes >= max_file_bytes)
+    (estimate, key, buffer.bytes >= max_file_bytes)
 }
 
 impl ArchiveWriter {
@@ -566,6 +595,7 @@ impl ArchiveWriter {
             telemetry: Partitions::new(compression, rows),
             alerts: Partitions::new(compression, rows),
             rejects: Partitions::new(compression, rows),
+            features: Partitions::new(compression, rows),
             deferred: None,
             out: Output {
                 process,
@@ -587,13 +617,13 @@ impl ArchiveWriter {
             self.clock_ms,
             self.max_file_bytes,
         );
-        self.after_push(pushed, |w, hour| roll(&mut w.out, &mut w.telemetry, hour));
+        self.after_push(pushed, |w, key| w.telemetry.roll(&mut w.out, key));
     }
 
     /// Buffers one alert (its evidence is rendered as JSON text).
     pub fn push_alert(&mut self, alert: &Alert) {
         let pushed = buffer(&mut self.alerts, alert, self.clock_ms, self.max_file_bytes);
-        self.after_push(pushed, |w, hour| roll(&mut w.out, &mut w.alerts, hour));
+        self.after_push(pushed, |w, key| w.alerts.roll(&mut w.out, key));
     }
 
     /// Buffers one rejected message.
@@ -604,18 +634,29 @@ impl ArchiveWriter {
             self.clock_ms,
             self.max_file_bytes,
         );
-        self.after_push(pushed, |w, hour| roll(&mut w.out, &mut w.rejects, hour));
+        self.after_push(pushed, |w, key| w.rejects.roll(&mut w.out, key));
+    }
+
+    /// Buffers one row of daily features (a first emission or a revision: each is a row).
+    pub fn push_features(&mut self, features: &DailyFeatures) {
+        let pushed = buffer(
+            &mut self.features,
+            features,
+            self.clock_ms,
+            self.max_file_bytes,
+        );
+        self.after_push(pushed, |w, key| w.features.roll(&mut w.out, key));
     }
 
     /// Rolls a full partition, or the largest one when over the memory budget.
     fn after_push(
         &mut self,
-        (estimate, hour, full): (u64, i64, bool),
+        (estimate, key, full): (u64, i64, bool),
         roll_pushed: impl FnOnce(&mut Self, i64) -> Rolled,
     ) {
         self.buffered_bytes += estimate;
         let rolled = if full {
-            roll_pushed(self, hour)
+            roll_pushed(self, key)
         } else if self.buffered_bytes > self.budget_bytes {
             self.roll_largest()
         } else {
@@ -633,32 +674,43 @@ impl ArchiveWriter {
         }
     }
 
+    /// The open partitions of every dataset, in dataset order, and the file output.
+    fn datasets(&mut self) -> ([&mut dyn Rollable; 4], &mut Output) {
+        (
+            [
+                &mut self.telemetry,
+                &mut self.alerts,
+                &mut self.rejects,
+                &mut self.features,
+            ],
+            &mut self.out,
+        )
+    }
+
     /// Rolls the partition with the most estimated bytes, over all datasets.
     fn roll_largest(&mut self) -> Rolled {
-        let t = self.telemetry.largest().map(|(b, h)| (b, 0, h));
-        let a = self.alerts.largest().map(|(b, h)| (b, 1, h));
-        let r = self.rejects.largest().map(|(b, h)| (b, 2, h));
-        match [t, a, r].into_iter().flatten().max() {
-            Some((_, 0, hour)) => roll(&mut self.out, &mut self.telemetry, hour),
-            Some((_, 1, hour)) => roll(&mut self.out, &mut self.alerts, hour),
-            Some((_, _, hour)) => roll(&mut self.out, &mut self.rejects, hour),
+        let (datasets, out) = self.datasets();
+        let largest = (0..datasets.len())
+            .filter_map(|d| datasets[d].largest().map(|(bytes, key)| (bytes, d, key)))
+            .max();
+        match largest {
+            Some((_, d, key)) => datasets[d].roll(out, key),
             None => (0, Ok(())),
         }
     }
 
-    /// Writes every partition whose (hour, `opened_ms`) satisfies `due`, in dataset and hour
-    /// order.
-    fn roll_matching(&mut self, due: impl Fn(i64, i64) -> bool) {
-        for hour in self.telemetry.hours(&due) {
-            let result = roll(&mut self.out, &mut self.telemetry, hour);
-            self.settle(result);
+    /// Writes every partition whose (dataset, key, `opened_ms`) satisfies `due`, in dataset
+    /// and key order.
+    fn roll_matching(&mut self, due: impl Fn(Dataset, i64, i64) -> bool) {
+        let (datasets, out) = self.datasets();
+        let mut rolled = Vec::new();
+        for parts in datasets {
+            let dataset = parts.dataset();
+            for key in parts.keys(&|key, opened_ms| due(dataset, key, opened_ms)) {
+                rolled.push(parts.roll(out, key));
+            }
         }
-        for hour in self.alerts.hours(&due) {
-            let result = roll(&mut self.out, &mut self.alerts, hour);
-            self.settle(result);
-        }
-        for hour in self.rejects.hours(&due) {
-            let result = roll(&mut self.out, &mut self.rejects, hour);
+        for result in rolled {
             self.settle(result);
         }
     }
@@ -671,24 +723,18 @@ impl ArchiveWriter {
     pub fn roll_due(&mut self, now_ms: i64) -> Result<(), ArchiveError> {
         self.clock_ms = self.clock_ms.max(now_ms);
         let max_age_ms = self.max_age_ms;
-        self.roll_matching(|_, opened_ms| now_ms.saturating_sub(opened_ms) >= max_age_ms);
+        self.roll_matching(|_, _, opened_ms| now_ms.saturating_sub(opened_ms) >= max_age_ms);
         self.deferred.take().map_or(Ok(()), Err)
     }
 
-    /// Writes the `telemetry` and `alerts` partitions of every hour that ended at or before
-    /// `event_time_ms` — the pipeline clock, past which only late data arrives. Keeps memory
-    /// at about an hour of data when a replay covers days; late rows for a closed hour start
-    /// a new file in that hour's partition. `rejects` (partitioned by arrival time) roll by age.
+    /// Writes the partitions the pipeline clock `event_time_ms` has passed, past which only
+    /// late data arrives: the `telemetry` and `alerts` hours that ended at or before it, and
+    /// the `features_daily` dates that ended everywhere (12 h after their UTC end, for the
+    /// westernmost zone) at or before it. Keeps memory at about an hour of data when a replay
+    /// covers days; late rows (and feature revisions) for a closed partition start a new file
+    /// in it. `rejects` (partitioned by arrival time) roll by age.
     pub fn roll_event_time(&mut self, event_time_ms: i64) -> Result<(), ArchiveError> {
-        let closed = |hour: i64| (hour + 1).saturating_mul(HOUR_MS) <= event_time_ms;
-        for hour in self.telemetry.hours(|h, _| closed(h)) {
-            let result = roll(&mut self.out, &mut self.telemetry, hour);
-            self.settle(result);
-        }
-        for hour in self.alerts.hours(|h, _| closed(h)) {
-            let result = roll(&mut self.out, &mut self.alerts, hour);
-            self.settle(result);
-        }
+        self.roll_matching(|dataset, key, _| dataset.closed_at(key, event_time_ms));
         self.deferred.take().map_or(Ok(()), Err)
     }
 
@@ -698,7 +744,7 @@ impl ArchiveWriter {
     /// Fails with the first encoding error, or with [`ArchiveError::Upload`] when any file
     /// could not be published (each failure is also logged).
     pub fn finish(mut self) -> Result<ArchiveStats, ArchiveError> {
-        self.roll_matching(|_, _| true);
+        self.roll_matching(|_, _, _| true);
         let report = self.out.uploader.finish()?;
         if let Some(error) = self.deferred.take() {
             return Err(error);
@@ -720,19 +766,10 @@ impl ArchiveWriter {
 /// file was written and queued.
 type Rolled = (u64, Result<(), ArchiveError>);
 
-/// Takes partition `hour` out of `parts` and writes it.
-fn roll<C: Columns>(out: &mut Output, parts: &mut Partitions<C>, hour: i64) -> Rolled {
-    match parts.remove(hour) {
-        Some(buffer) => (buffer.bytes, out.write(hour, buffer.columns, &parts.props)),
-        None => (0, Ok(())),
-    }
-}
-
 impl Drop for ArchiveWriter {
     fn drop(&mut self) {
-        let rows = self.telemetry.buffered_rows()
-            + self.alerts.buffered_rows()
-            + self.rejects.buffered_rows();
+        let (datasets, _) = self.datasets();
+        let rows: usize = datasets.iter().map(|d| d.buffered_rows()).sum();
         if rows > 0 {
             tracing::error!(
                 rows,

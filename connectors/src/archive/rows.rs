@@ -1,31 +1,42 @@
-//! The three archived datasets and how their rows are buffered: each open partition appends
+//! The four archived datasets and how their rows are buffered: each open partition appends
 //! every pushed row straight into Arrow column builders matching the dataset's declared schema
 //! in [`schemas::arrow`], so the writer keeps about 100 bytes a telemetry row instead of the
 //! row itself. At roll time the columns become a [`RecordBatch`] in arrival order and
 //! [`file_order`] gives the permutation that sorts it into file order.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, ListBuilder,
-    StringBuilder, TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
+    ArrayBuilder, BinaryBuilder, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder,
+    ListBuilder, StringBuilder, TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder,
+    UInt64Builder,
 };
 use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::types::{Date32Type, TimestampMicrosecondType, UInt32Type};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
-use arrow_schema::{ArrowError, SchemaRef};
-use schemas::{Alert, Record, Reject};
+use arrow_schema::{ArrowError, DataType, SchemaRef};
+use chrono::{DateTime, NaiveDate};
+use schemas::time::{DAY_MS, HOUR_MS};
+use schemas::{Alert, DailyFeatures, Record, Reject};
+
+/// A local day ends at most this long after the UTC midnight that ends the same date: in the
+/// westernmost zone, UTC−12. Once the pipeline clock is that far past a date, every vehicle's
+/// day of that date has closed and only revisions (late data) can follow.
+const WESTMOST_OFFSET_MS: i64 = 12 * HOUR_MS;
 
 /// The archive datasets (SPEC §6), each a top-level directory under the root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Dataset {
-    /// Accepted telemetry, partitioned by `ts`.
+    /// Accepted telemetry, partitioned by the UTC date and hour of `ts`.
     Telemetry,
-    /// Alerts, partitioned by `event_time`.
+    /// Alerts, partitioned by the UTC date and hour of `event_time`.
     Alerts,
-    /// Rejected messages, partitioned by `received_at`.
+    /// Rejected messages, partitioned by the UTC date and hour of `received_at`.
     Rejects,
+    /// Daily features, partitioned by their (local) `date` only.
+    FeaturesDaily,
 }
 
 impl Dataset {
@@ -35,6 +46,45 @@ impl Dataset {
             Dataset::Telemetry => "telemetry",
             Dataset::Alerts => "alerts",
             Dataset::Rejects => "rejects",
+            Dataset::FeaturesDaily => "features_daily",
+        }
+    }
+
+    /// Length of one partition in ms: partition `key` holds the rows whose
+    /// [`Columns::partition_ms`] is in `key * span .. (key + 1) * span`.
+    pub(super) fn span_ms(self) -> i64 {
+        match self {
+            Dataset::FeaturesDaily => DAY_MS,
+            Dataset::Telemetry | Dataset::Alerts | Dataset::Rejects => HOUR_MS,
+        }
+    }
+
+    /// The hive partition directories of partition `key`: `date=YYYY-MM-DD/hour=HH`, or
+    /// `date=YYYY-MM-DD` for the daily dataset (SPEC §6).
+    pub(super) fn partition_dirs(self, key: i64) -> String {
+        let start =
+            DateTime::from_timestamp_millis(key.saturating_mul(self.span_ms())).unwrap_or_default();
+        match self {
+            Dataset::FeaturesDaily => format!("date={}", start.format("%Y-%m-%d")),
+            Dataset::Telemetry | Dataset::Alerts | Dataset::Rejects => {
+                format!(
+                    "date={}/hour={}",
+                    start.format("%Y-%m-%d"),
+                    start.format("%H")
+                )
+            }
+        }
+    }
+
+    /// Whether the pipeline clock at `clock_ms` has passed partition `key`: whatever arrives
+    /// for it from now on is late data, so its buffered rows can be written. `rejects` are
+    /// partitioned by arrival, not event time, so the clock never closes them.
+    pub(super) fn closed_at(self, key: i64, clock_ms: i64) -> bool {
+        let end = (key + 1).saturating_mul(self.span_ms());
+        match self {
+            Dataset::Telemetry | Dataset::Alerts => end <= clock_ms,
+            Dataset::FeaturesDaily => end.saturating_add(WESTMOST_OFFSET_MS) <= clock_ms,
+            Dataset::Rejects => false,
         }
     }
 }
@@ -47,7 +97,8 @@ pub(super) trait Columns {
     /// The dataset the rows go to.
     const DATASET: Dataset;
     /// Leaf column indices the rows are sorted by, declared as Parquet `sorting_columns`:
-    /// an optional string column, then a `Timestamp(Microsecond)` column (see [`file_order`]).
+    /// an optional string column, then a `Timestamp(Microsecond)` column or a `Date32` and a
+    /// `UInt32` column (see [`file_order`]).
     const SORT_COLUMNS: &'static [i32];
     /// High-cardinality columns written without dictionary encoding (raw floats, times, bytes).
     const PLAIN_COLUMNS: &'static [&'static str];
@@ -55,7 +106,8 @@ pub(super) trait Columns {
     /// The declared Arrow schema of the dataset.
     fn schema() -> SchemaRef;
 
-    /// The event time (epoch ms) that picks the row's date/hour partition.
+    /// A time (epoch ms) in the row's partition (see [`Dataset::span_ms`]): its event or
+    /// arrival time, or the start of its day.
     fn partition_ms(row: &Self::Row) -> i64;
 
     /// Empty builders with room for about `rows` rows.
@@ -444,40 +496,223 @@ impl Columns for RejectColumns {
     }
 }
 
+/// Days since the epoch of a row's local `date` (its `Date32` value and partition). A `date`
+/// that is not `YYYY-MM-DD` (which the fleet never emits) falls back to the UTC day of
+/// `first_ts`, within a day of it, so the row is still archived.
+fn epoch_days(row: &DailyFeatures) -> i32 {
+    NaiveDate::parse_from_str(&row.date, "%Y-%m-%d").map_or_else(
+        |_| i32::try_from(row.first_ts.div_euclid(DAY_MS)).unwrap_or_default(),
+        |date| date.to_epoch_days(),
+    )
+}
+
+/// Builders of the `features_daily` columns, in [`schemas::arrow::FEATURES_DAILY`] order.
+pub(super) struct FeaturesColumns {
+    vehicle_id: StringBuilder,
+    loan_id: StringBuilder,
+    date: Date32Builder,
+    revision: UInt32Builder,
+    odometer_start_km: Float64Builder,
+    odometer_end_km: Float64Builder,
+    odometer_km: Float64Builder,
+    gnss_km: Float64Builder,
+    driving_minutes: Float64Builder,
+    trips: UInt32Builder,
+    max_speed_kmh: Float64Builder,
+    harsh_accel: UInt32Builder,
+    harsh_brake: UInt32Builder,
+    night_km: Float64Builder,
+    mil_km: Float64Builder,
+    dtc_count_max: UInt32Builder,
+    messages: UInt64Builder,
+    first_ts: TimestampMicrosecondBuilder,
+    last_ts: TimestampMicrosecondBuilder,
+    km_7d: Float64Builder,
+    km_30d: Float64Builder,
+    projected_annual_km: Float64Builder,
+    odo_gnss_ratio_30d: Float64Builder,
+}
+
+impl Columns for FeaturesColumns {
+    type Row = DailyFeatures;
+    const DATASET: Dataset = Dataset::FeaturesDaily;
+    /// `(vehicle_id, date, revision)`: a vehicle's days in order, revisions after the row
+    /// they revise.
+    const SORT_COLUMNS: &'static [i32] = &[0, 2, 3];
+    const PLAIN_COLUMNS: &'static [&'static str] = &[
+        "odometer_start_km",
+        "odometer_end_km",
+        "first_ts",
+        "last_ts",
+    ];
+
+    fn schema() -> SchemaRef {
+        Arc::clone(&schemas::arrow::FEATURES_DAILY)
+    }
+
+    fn partition_ms(row: &DailyFeatures) -> i64 {
+        i64::from(epoch_days(row)) * DAY_MS
+    }
+
+    fn with_capacity(n: usize) -> Self {
+        let floats = || Float64Builder::with_capacity(n);
+        let counts = || UInt32Builder::with_capacity(n);
+        Self {
+            vehicle_id: strings(n, 12),
+            loan_id: strings(n, 12),
+            date: Date32Builder::with_capacity(n),
+            revision: counts(),
+            odometer_start_km: floats(),
+            odometer_end_km: floats(),
+            odometer_km: floats(),
+            gnss_km: floats(),
+            driving_minutes: floats(),
+            trips: counts(),
+            max_speed_kmh: floats(),
+            harsh_accel: counts(),
+            harsh_brake: counts(),
+            night_km: floats(),
+            mil_km: floats(),
+            dtc_count_max: counts(),
+            messages: UInt64Builder::with_capacity(n),
+            first_ts: timestamps(n),
+            last_ts: timestamps(n),
+            km_7d: floats(),
+            km_30d: floats(),
+            projected_annual_km: floats(),
+            odo_gnss_ratio_30d: floats(),
+        }
+    }
+
+    fn push(&mut self, row: &DailyFeatures) -> u64 {
+        self.vehicle_id.append_value(&row.vehicle_id);
+        self.loan_id.append_option(row.loan_id.as_deref());
+        self.date.append_value(epoch_days(row));
+        self.revision.append_value(row.revision);
+        self.odometer_start_km.append_option(row.odometer_start_km);
+        self.odometer_end_km.append_option(row.odometer_end_km);
+        self.odometer_km.append_option(row.odometer_km);
+        self.gnss_km.append_value(row.gnss_km);
+        self.driving_minutes.append_value(row.driving_minutes);
+        self.trips.append_value(row.trips);
+        self.max_speed_kmh.append_option(row.max_speed_kmh);
+        self.harsh_accel.append_value(row.harsh_accel);
+        self.harsh_brake.append_value(row.harsh_brake);
+        self.night_km.append_value(row.night_km);
+        self.mil_km.append_value(row.mil_km);
+        self.dtc_count_max.append_option(row.dtc_count_max);
+        self.messages.append_value(row.messages);
+        self.first_ts.append_value(micros(row.first_ts));
+        self.last_ts.append_value(micros(row.last_ts));
+        self.km_7d.append_value(row.km_7d);
+        self.km_30d.append_value(row.km_30d);
+        self.projected_annual_km
+            .append_value(row.projected_annual_km);
+        self.odo_gnss_ratio_30d
+            .append_option(row.odo_gnss_ratio_30d);
+        // Twelve floats, four 32-bit and three 64-bit integers, the date, two string offsets,
+        // validity bits.
+        156 + len(&row.vehicle_id) + opt_len(row.loan_id.as_ref())
+    }
+
+    fn len(&self) -> usize {
+        self.date.len()
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.vehicle_id.finish()),
+            Arc::new(self.loan_id.finish()),
+            Arc::new(self.date.finish()),
+            Arc::new(self.revision.finish()),
+            Arc::new(self.odometer_start_km.finish()),
+            Arc::new(self.odometer_end_km.finish()),
+            Arc::new(self.odometer_km.finish()),
+            Arc::new(self.gnss_km.finish()),
+            Arc::new(self.driving_minutes.finish()),
+            Arc::new(self.trips.finish()),
+            Arc::new(self.max_speed_kmh.finish()),
+            Arc::new(self.harsh_accel.finish()),
+            Arc::new(self.harsh_brake.finish()),
+            Arc::new(self.night_km.finish()),
+            Arc::new(self.mil_km.finish()),
+            Arc::new(self.dtc_count_max.finish()),
+            Arc::new(self.messages.finish()),
+            Arc::new(self.first_ts.finish()),
+            Arc::new(self.last_ts.finish()),
+            Arc::new(self.km_7d.finish()),
+            Arc::new(self.km_30d.finish()),
+            Arc::new(self.projected_annual_km.finish()),
+            Arc::new(self.odo_gnss_ratio_30d.finish()),
+        ];
+        RecordBatch::try_new(Self::schema(), columns)
+    }
+}
+
 /// The permutation that puts `batch` (rows in arrival order) in file order: by the
-/// `sort_columns` (an optional string column, then a timestamp column), ties in arrival
-/// order; `None` when the rows already are in file order.
+/// `sort_columns` (an optional string column, then the columns of [`ordered_numbers`]), ties
+/// in arrival order; `None` when the rows already are in file order.
 ///
 /// Sorting moves small fixed-size keys, not rows: each string becomes a `u128` with the same
 /// order (the string's bytes and length packed when it has at most [`PACKED`] bytes, else its
-/// rank among the distinct strings), then `(string key, time, index)` triples are sorted, so
-/// string comparisons do not chase pointers `n log n` times.
+/// rank among the distinct strings), the other columns one `i64`, then
+/// `(string key, number, index)` triples are sorted, so string comparisons do not chase
+/// pointers `n log n` times.
 pub(super) fn file_order(batch: &RecordBatch, sort_columns: &[i32]) -> Option<UInt64Array> {
-    let (&time, group) = sort_columns
-        .split_last()
-        .expect("a dataset sorts by at least its time column");
-    let times = batch
-        .column(time as usize)
-        .as_primitive::<TimestampMicrosecondType>()
-        .values();
+    let (group, numeric) = match sort_columns.split_first() {
+        Some((&first, rest)) if batch.column(first as usize).data_type() == &DataType::Utf8 => {
+            (Some(first), rest)
+        }
+        _ => (None, sort_columns),
+    };
+    let numbers = ordered_numbers(batch, numeric);
     let mut keys: Vec<(u128, i64, u64)> = match group {
-        [] => times.iter().zip(0..).map(|(&t, i)| (0, t, i)).collect(),
-        [group] => {
-            let strings = batch.column(*group as usize).as_string::<i32>();
+        None => numbers.iter().zip(0..).map(|(&t, i)| (0, t, i)).collect(),
+        Some(group) => {
+            let strings = batch.column(group as usize).as_string::<i32>();
             string_keys(strings)
                 .into_iter()
-                .zip(times.iter())
+                .zip(numbers.iter())
                 .zip(0..)
                 .map(|((g, &t), i)| (g, t, i))
                 .collect()
         }
-        _ => unreachable!("at most one string sort column"),
     };
     if keys.is_sorted() {
         return None;
     }
     keys.sort_unstable();
     Some(keys.into_iter().map(|(_, _, index)| index).collect())
+}
+
+/// The non-string sort `columns` as one `i64` per row with the same order: a
+/// `Timestamp(Microsecond)` column as it is (borrowed, the common case), or a `Date32` and a
+/// `UInt32` column packed as `day << 32 | n` (the signed day in the high half keeps the order,
+/// the unsigned `n` fills the low half).
+///
+/// # Panics
+///
+/// On any other column list: the datasets' sort columns are constants, checked by the tests.
+fn ordered_numbers<'a>(batch: &'a RecordBatch, columns: &[i32]) -> Cow<'a, [i64]> {
+    let column = |index: i32| batch.column(index as usize);
+    match *columns {
+        [time] => Cow::Borrowed(
+            column(time)
+                .as_primitive::<TimestampMicrosecondType>()
+                .values(),
+        ),
+        [day, n] => {
+            let days = column(day).as_primitive::<Date32Type>().values();
+            let ns = column(n).as_primitive::<UInt32Type>().values();
+            Cow::Owned(
+                days.iter()
+                    .zip(ns.iter())
+                    .map(|(&day, &n)| (i64::from(day) << 32) | i64::from(n))
+                    .collect(),
+            )
+        }
+        _ => unreachable!("sort columns end in a timestamp or a date and a count"),
+    }
 }
 
 /// Strings of at most this many bytes are packed into their sort key.
@@ -692,6 +927,58 @@ mod tests {
         let batch = columns.finish().unwrap();
         let order = file_order(&batch, RejectColumns::SORT_COLUMNS).unwrap();
         assert_eq!(order.values().to_vec(), [3, 1, 0, 2]);
+    }
+
+    #[test]
+    fn features_sort_by_vehicle_then_date_then_revision() {
+        let row = |vehicle: &str, date: &str, revision: u32| DailyFeatures {
+            vehicle_id: vehicle.into(),
+            loan_id: None,
+            date: date.into(),
+            revision,
+            odometer_start_km: None,
+            odometer_end_km: None,
+            odometer_km: None,
+            gnss_km: 0.0,
+            driving_minutes: 0.0,
+            trips: 0,
+            max_speed_kmh: None,
+            harsh_accel: 0,
+            harsh_brake: 0,
+            night_km: 0.0,
+            mil_km: 0.0,
+            dtc_count_max: None,
+            messages: 1,
+            first_ts: 0,
+            last_ts: 0,
+            km_7d: 0.0,
+            km_30d: 0.0,
+            projected_annual_km: 0.0,
+            odo_gnss_ratio_30d: None,
+        };
+        // Dates before the epoch (negative days) and the largest revision keep their order.
+        let rows = [
+            row("B", "2026-11-28", 0),
+            row("A", "2026-11-29", 0),
+            row("A", "2026-11-28", u32::MAX),
+            row("A", "1969-12-31", 3),
+            row("A", "2026-11-28", 1),
+            row("A", "1969-12-31", 0),
+            row("A", "2026-11-28", 1),
+        ];
+        let mut columns = FeaturesColumns::with_capacity(0);
+        for r in &rows {
+            columns.push(r);
+        }
+        let batch = columns.finish().unwrap();
+        assert_eq!(batch.schema(), FeaturesColumns::schema());
+        let order = file_order(&batch, FeaturesColumns::SORT_COLUMNS).unwrap();
+        assert_eq!(order.values().to_vec(), [5, 3, 4, 6, 2, 1, 0]);
+        assert_eq!(
+            batch.column(2).as_primitive::<Date32Type>().value(3),
+            -1,
+            "1969-12-31"
+        );
     }
 
     #[test]

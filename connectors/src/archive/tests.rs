@@ -5,9 +5,12 @@ use std::path::{Path as FsPath, PathBuf};
 
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::types::{
+    Date32Type, Float64Type, TimestampMicrosecondType, UInt32Type, UInt64Type,
+};
 use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use schemas::time::{DAY_MS, HOUR_MS};
 use schemas::{AlertKind, Gnss, Phase, Reading, Severity};
 use serde_json::{Map, Value};
 
@@ -78,6 +81,38 @@ fn reject(received_at_ms: i64) -> Reject {
         ts_ms: None,
         received_at_ms,
         raw: vec![0xff, b'{'],
+    }
+}
+
+/// A features row of `vehicle` for local `date` (days after 2026-11-28), revision `revision`.
+fn features(vehicle: &str, day: i64, revision: u32) -> DailyFeatures {
+    let date =
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap() + chrono::Days::new(day as u64);
+    let first_ts = BASE_MS + day * DAY_MS;
+    DailyFeatures {
+        vehicle_id: vehicle.into(),
+        loan_id: Some(format!("L-{vehicle}")),
+        date: date.format("%Y-%m-%d").to_string(),
+        revision,
+        odometer_start_km: Some(45_210.4),
+        odometer_end_km: None,
+        odometer_km: None,
+        gnss_km: 12.5,
+        driving_minutes: 31.0,
+        trips: 2,
+        max_speed_kmh: Some(88.0),
+        harsh_accel: 1,
+        harsh_brake: 0,
+        night_km: 0.0,
+        mil_km: 0.0,
+        dtc_count_max: None,
+        messages: 120 + u64::from(revision),
+        first_ts,
+        last_ts: first_ts + 3 * HOUR_MS,
+        km_7d: 80.0,
+        km_30d: 300.0,
+        projected_annual_km: 3650.0,
+        odo_gnss_ratio_30d: None,
     }
 }
 
@@ -411,5 +446,120 @@ fn run_tokens_are_unique_and_base36() {
     assert!(
         a.bytes()
             .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+    );
+}
+
+#[test]
+fn features_go_to_daily_partitions_sorted_by_vehicle_date_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 2).unwrap();
+    // Two dates, pushed as a fleet emits them: days closing vehicle by vehicle, then
+    // revisions of the first date after late data.
+    for day in 0..2 {
+        for v in ["V2", "V0", "V1"] {
+            writer.push_features(&features(v, day, 0));
+        }
+    }
+    writer.push_features(&features("V1", 0, 2));
+    writer.push_features(&features("V1", 0, 1));
+    let stats = writer.finish().unwrap();
+    assert_eq!((stats.files, stats.features_rows), (2, 8));
+
+    let all = files(dir.path());
+    let mut dates = Vec::new();
+    for path in &all {
+        let rel = path.strip_prefix(dir.path()).unwrap().to_str().unwrap();
+        let parts: Vec<&str> = rel.split('/').collect();
+        assert_eq!(parts.len(), 3, "no hour level: {rel}");
+        assert_eq!(parts[0], "features_daily");
+        assert!(parts[2].starts_with("part-0-2-") && parts[2].ends_with(".parquet"));
+        let date = parts[1].strip_prefix("date=").unwrap();
+        dates.push(date.to_owned());
+        let batches = read_file(path, &schemas::arrow::FEATURES_DAILY, 500);
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        let ids = batch.column(0).as_string::<i32>();
+        let days = batch.column(2).as_primitive::<Date32Type>();
+        let revisions = batch.column(3).as_primitive::<UInt32Type>();
+        let keys: Vec<(&str, i32, u32)> = (0..batch.num_rows())
+            .map(|r| (ids.value(r), days.value(r), revisions.value(r)))
+            .collect();
+        let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+            .unwrap()
+            .to_epoch_days();
+        assert!(keys.iter().all(|k| k.1 == day), "{rel}: {keys:?}");
+        let order: Vec<(&str, u32)> = keys.iter().map(|k| (k.0, k.2)).collect();
+        if date == "2026-11-28" {
+            assert_eq!(
+                order,
+                [("V0", 0), ("V1", 0), ("V1", 1), ("V1", 2), ("V2", 0)]
+            );
+        } else {
+            assert_eq!(order, [("V0", 0), ("V1", 0), ("V2", 0)]);
+        }
+        // Values and nulls of the first row (V0, revision 0) as pushed.
+        let base = chrono::NaiveDate::from_ymd_opt(2026, 11, 28)
+            .unwrap()
+            .to_epoch_days();
+        let pushed = features("V0", i64::from(day - base), 0);
+        let float = |column: usize| batch.column(column).as_primitive::<Float64Type>().value(0);
+        assert_eq!(batch.column(1).as_string::<i32>().value(0), "L-V0");
+        assert_eq!(Some(float(4)), pushed.odometer_start_km);
+        assert_eq!(float(7), pushed.gnss_km);
+        assert_eq!(float(21), pushed.projected_annual_km);
+        for nullable in [5, 6, 15, 22] {
+            assert!(batch.column(nullable).is_null(0), "column {nullable}");
+        }
+        assert_eq!(batch.column(9).as_primitive::<UInt32Type>().value(0), 2);
+        assert_eq!(batch.column(16).as_primitive::<UInt64Type>().value(0), 120);
+        let ts = |column: usize| {
+            batch
+                .column(column)
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0)
+        };
+        assert_eq!(
+            (ts(17), ts(18)),
+            (pushed.first_ts * 1000, pushed.last_ts * 1000)
+        );
+    }
+    dates.sort();
+    assert_eq!(dates, ["2026-11-28", "2026-11-29"]);
+}
+
+#[test]
+fn feature_dates_roll_once_the_clock_passed_them_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 0).unwrap();
+    let midnight = BASE_MS - BASE_MS.rem_euclid(DAY_MS);
+    writer.push_features(&features("V", 0, 0));
+    // The date has ended in UTC but not yet at UTC−12.
+    writer
+        .roll_event_time(midnight + DAY_MS + 12 * HOUR_MS - 1)
+        .unwrap();
+    assert_eq!(writer.out.seq, 0);
+    writer
+        .roll_event_time(midnight + DAY_MS + 12 * HOUR_MS)
+        .unwrap();
+    assert_eq!(writer.out.seq, 1);
+    // A revision after the date closed starts a new file in the same partition.
+    writer.push_features(&features("V", 0, 1));
+    let stats = writer.finish().unwrap();
+    assert_eq!((stats.files, stats.features_rows), (2, 2));
+    let all = files(&dir.path().join("features_daily/date=2026-11-28"));
+    assert_eq!(all.len(), 2);
+}
+
+#[test]
+fn a_malformed_feature_date_files_the_row_under_its_first_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 0).unwrap();
+    let mut row = features("V", 1, 0);
+    row.date = "29/11/2026".into();
+    writer.push_features(&row);
+    assert_eq!(writer.finish().unwrap().features_rows, 1);
+    assert_eq!(
+        files(&dir.path().join("features_daily/date=2026-11-29")).len(),
+        1
     );
 }

@@ -178,6 +178,7 @@ fn run(
                     Dataset::Telemetry => stats.telemetry_rows += upload.rows,
                     Dataset::Alerts => stats.alert_rows += upload.rows,
                     Dataset::Rejects => stats.reject_rows += upload.rows,
+                    Dataset::FeaturesDaily => stats.features_rows += upload.rows,
                 }
             }
             Err((attempts, error)) => {
