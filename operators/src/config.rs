@@ -62,6 +62,18 @@ pub struct RulesConfig {
     pub dtc_cleared: DtcRules,
     /// `vin_mismatch` settings.
     pub vin_mismatch: EnabledOnly,
+    /// `odometer_mismatch` settings.
+    pub odometer_mismatch: MismatchRules,
+    /// `duplicate_collateral` settings.
+    pub duplicate_collateral: EnabledOnly,
+    /// `residence_change` settings.
+    pub residence_change: ResidenceRules,
+    /// `mileage_anomaly` settings.
+    pub mileage_anomaly: MileageRules,
+    /// `night_movement` settings.
+    pub night_movement: NightRules,
+    /// Daily features.
+    pub features: FeatureRules,
 }
 
 defaults!(RulesConfig {
@@ -86,6 +98,12 @@ defaults!(RulesConfig {
     odometer_rollback: RollbackRules::default(),
     dtc_cleared: DtcRules::default(),
     vin_mismatch: EnabledOnly::default(),
+    odometer_mismatch: MismatchRules::default(),
+    duplicate_collateral: EnabledOnly::default(),
+    residence_change: ResidenceRules::default(),
+    mileage_anomaly: MileageRules::default(),
+    night_movement: NightRules::default(),
+    features: FeatureRules::default(),
 });
 
 impl RulesConfig {
@@ -304,4 +322,139 @@ pub struct DtcRules {
 defaults!(DtcRules {
     enabled: true,
     min_drop_km: 0.5,
+});
+
+/// `odometer_mismatch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MismatchRules {
+    /// Whether the kind is evaluated.
+    pub enabled: bool,
+    /// GNSS distance the ratio is taken over.
+    pub window_km: f64,
+    /// GNSS distance between the window's checkpoints.
+    pub checkpoint_km: f64,
+    /// Odometer / GNSS below this is a mismatch.
+    pub min_ratio: f64,
+    /// Odometer / GNSS above this is a mismatch.
+    pub max_ratio: f64,
+    /// After firing, the device is quiet this long and then starts a fresh window.
+    pub rearm_after_s: u64,
+}
+
+defaults!(MismatchRules {
+    enabled: true,
+    window_km: 100.0,
+    checkpoint_km: 10.0,
+    min_ratio: 0.8,
+    max_ratio: 1.5,
+    rearm_after_s: 86_400,
+});
+
+/// `residence_change`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResidenceRules {
+    /// Whether the kind is evaluated.
+    pub enabled: bool,
+    /// A night location further than this from home is away.
+    pub distance_m: f64,
+    /// Consecutive nights away that fire.
+    pub nights: u32,
+    /// Radius of the home cluster.
+    pub cluster_m: f64,
+    /// Night locations home is chosen from.
+    pub history_nights: u32,
+    /// Nights of history needed first.
+    pub min_history_nights: u32,
+    /// A night location older than this (the device was silent) is no location.
+    pub max_fix_age_h: f64,
+}
+
+defaults!(ResidenceRules {
+    enabled: true,
+    distance_m: 5_000.0,
+    nights: 3,
+    cluster_m: 500.0,
+    history_nights: 30,
+    min_history_nights: 14,
+    max_fix_age_h: 24.0,
+});
+
+/// `mileage_anomaly`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MileageRules {
+    /// Whether the kind is evaluated.
+    pub enabled: bool,
+    /// Fires above this multiple of the median…
+    pub factor: f64,
+    /// …and above the median plus this.
+    pub margin_km: f64,
+    /// Active days the median is taken over.
+    pub window_days: u32,
+    /// Active days needed first.
+    pub min_active_days: u32,
+    /// A day with at least this GNSS distance is active.
+    pub active_day_km: f64,
+}
+
+defaults!(MileageRules {
+    enabled: true,
+    factor: 3.0,
+    margin_km: 300.0,
+    window_days: 28,
+    min_active_days: 14,
+    active_day_km: 1.0,
+});
+
+/// `night_movement`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NightRules {
+    /// Whether the kind is evaluated.
+    pub enabled: bool,
+    /// GNSS distance in tonight's window that fires.
+    pub min_km: f64,
+    /// Only when the past days' night share of distance was below this.
+    pub max_share_pct: f64,
+    /// Days the share is taken over.
+    pub window_days: u32,
+    /// Days of history needed first.
+    pub min_history_days: u32,
+    /// End of the night window, local hour (it starts at midnight).
+    pub end_hour: u32,
+}
+
+defaults!(NightRules {
+    enabled: true,
+    min_km: 5.0,
+    max_share_pct: 2.0,
+    window_days: 28,
+    min_history_days: 14,
+    end_hour: 5,
+});
+
+/// Daily features.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureRules {
+    /// Whether rows are emitted.
+    pub enabled: bool,
+    /// Late data revises closed days up to this many days before the open one.
+    pub revision_days: u32,
+    /// A speed gain at least this fast is a harsh acceleration.
+    pub harsh_accel_mps2: f64,
+    /// A speed loss at least this fast is a harsh braking.
+    pub harsh_brake_mps2: f64,
+    /// Readings further apart than this are not compared for harsh events.
+    pub harsh_max_gap_s: u64,
+}
+
+defaults!(FeatureRules {
+    enabled: true,
+    revision_days: 3,
+    harsh_accel_mps2: 3.0,
+    harsh_brake_mps2: 3.5,
+    harsh_max_gap_s: 10,
 });

@@ -4,16 +4,20 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
+use timely::dataflow::operators::{Capability, Concat};
 use xxhash_rust::xxh3::xxh3_64;
 
 use schemas::{Alert, DailyFeatures, Record, Reject};
 
 use crate::fleet::{EpochSample, Fleet, FleetOutputs, FleetStats};
+use crate::registry::Registry;
+use crate::vin_index::{VinClaim, VinIndex};
 
 /// What the fleet operator emits.
 #[derive(Clone, Debug)]
@@ -28,6 +32,12 @@ pub enum Output {
     Features(DailyFeatures),
     /// The pipeline clock after an epoch: sinks may close what ends before it.
     Watermark(i64),
+}
+
+/// What the fleet operator emits: outputs, and VIN claims for the index.
+enum Emitted {
+    Out(Output),
+    Claim(VinClaim),
 }
 
 /// A well-mixed 64-bit key of an id: vehicles are exchanged by it (timely masks low bits for
@@ -59,7 +69,8 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
         stats: Rc<RefCell<FleetStats>>,
     ) -> StreamVec<'scope, u64, Output> {
         let by_vehicle = Exchange::new(|r: &Record| id_key(&r.vehicle_id));
-        self.binary_frontier(
+        let registry = Arc::clone(fleet.reference().0);
+        let emitted = self.binary_frontier(
             samples.broadcast(),
             by_vehicle,
             Pipeline,
@@ -101,7 +112,7 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                             let mut session = output.session(cap);
                             session.give_iterator(outputs(out));
                             if let Some(w) = watermark {
-                                session.give(Output::Watermark(w));
+                                session.give(Emitted::Out(Output::Watermark(w)));
                             }
                         }
                     }
@@ -126,13 +137,68 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                     *stats.borrow_mut() = fleet.stats;
                 }
             },
-        )
+        );
+        let mut parts = emitted.partition(2, |e| match e {
+            Emitted::Out(o) => (0, Ok(o)),
+            Emitted::Claim(c) => (1, Err(c)),
+        });
+        let claims = parts.pop().expect("two parts").flat_map(Result::err);
+        let outputs = parts.pop().expect("two parts").flat_map(Result::ok);
+        outputs.concat(index_vins(claims, registry, wall_clock))
     }
 }
 
-fn outputs(out: FleetOutputs) -> impl Iterator<Item = Output> {
-    let alerts = out.vehicle.alerts.into_iter().map(Output::Alert);
-    let archive = out.vehicle.archive.into_iter().map(Output::Archive);
+/// The fleet-wide VIN index: claims exchanged by VIN, handled per epoch in (event time,
+/// vehicle) order so the result does not depend on the number of workers.
+fn index_vins<'scope>(
+    claims: StreamVec<'scope, u64, VinClaim>,
+    registry: Arc<Registry>,
+    wall_clock: fn() -> i64,
+) -> StreamVec<'scope, u64, Output> {
+    let by_vin = Exchange::new(|c: &VinClaim| id_key(&c.vin));
+    claims.unary_frontier(by_vin, "VinIndex", move |_capability, _info| {
+        let mut index = VinIndex::default();
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<VinClaim>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(time) = cap.least().copied() else {
+                    return;
+                };
+                if let Some(entry) = pending.get_mut(&time) {
+                    entry.1.append(data);
+                } else if let Some(held) = cap.retain_least(0) {
+                    pending.insert(time, (held, std::mem::take(data)));
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let (cap, mut batch) = entry.remove();
+                batch.sort_by(|a, b| (a.ts_ms, &a.vehicle_id).cmp(&(b.ts_ms, &b.vehicle_id)));
+                let now = wall_clock();
+                let alerts: Vec<Output> = batch
+                    .iter()
+                    .filter_map(|c| index.claim(c, &registry, now))
+                    .map(Output::Alert)
+                    .collect();
+                output.session(&cap).give_iterator(alerts.into_iter());
+            }
+        }
+    })
+}
+
+fn outputs(out: FleetOutputs) -> impl Iterator<Item = Emitted> {
+    let v = out.vehicle;
+    let alerts = v.alerts.into_iter().map(Output::Alert);
+    let archive = v.archive.into_iter().map(Output::Archive);
+    let features = v.features.into_iter().map(Output::Features);
     let rejects = out.rejects.into_iter().map(Output::Reject);
-    alerts.chain(archive).chain(rejects)
+    let claims = v.claims.into_iter().map(Emitted::Claim);
+    alerts
+        .chain(archive)
+        .chain(features)
+        .chain(rejects)
+        .map(Emitted::Out)
+        .chain(claims)
 }

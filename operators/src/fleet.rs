@@ -183,7 +183,7 @@ pub struct Fleet {
     /// (due, vehicle) of every vehicle's next timer.
     timers: BTreeSet<(i64, u32)>,
     scheduled: Vec<Option<i64>>,
-    /// Vehicles with buffered readings.
+    /// Vehicles with buffered readings or revised days.
     buffered: Vec<u32>,
     clock: PipelineClock,
     /// Counters.
@@ -217,23 +217,28 @@ impl Fleet {
         &self.rules
     }
 
+    /// The registry and fences in use.
+    pub fn reference(&self) -> (&Arc<Registry>, &Arc<FenceIndex>) {
+        (&self.registry, &self.fences)
+    }
+
+    /// Switches to a reloaded registry and fence index: every vehicle's profile follows from
+    /// its next reading on. `fences` must keep the indices of fences that stayed
+    /// ([`FenceIndex::reloaded`]), since vehicle state refers to fences by index.
+    pub fn set_reference(&mut self, registry: Arc<Registry>, fences: Arc<FenceIndex>) {
+        self.registry = registry;
+        self.fences = fences;
+        for vehicle in &mut self.vehicles {
+            let profile = profile(&self.registry, &self.fences, &vehicle.vehicle_id);
+            vehicle.set_profile(profile);
+        }
+    }
+
     fn vehicle_index(&mut self, record: &Record) -> u32 {
         if let Some(&i) = self.index.get(&record.vehicle_id) {
             return i;
         }
-        let entry = self.registry.vehicle(&record.vehicle_id);
-        let profile = Profile {
-            loan_id: entry.map(|e| e.loan_id.clone()),
-            vin: entry.and_then(|e| e.vin.clone()),
-            permitted: entry
-                .map(|e| {
-                    e.permitted_fences
-                        .iter()
-                        .filter_map(|id| self.fences.lookup(id))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let profile = profile(&self.registry, &self.fences, &record.vehicle_id);
         let i = u32::try_from(self.vehicles.len()).expect("fewer than 2^32 vehicles per worker");
         self.vehicles
             .push(VehicleState::new(record.vehicle_id.clone(), profile));
@@ -272,19 +277,19 @@ impl Fleet {
             }
             let v = self.vehicle_index(&record);
             let vehicle = &mut self.vehicles[v as usize];
-            let had_buffered = vehicle.has_buffered();
+            let waiting = |v: &VehicleState| v.has_buffered() || v.has_revisions();
+            let was_waiting = waiting(vehicle);
             match vehicle.arrive(record, clock, &env, &mut out.vehicle) {
                 Arrival::Duplicate => self.stats.duplicates += 1,
                 Arrival::Late => {
                     self.stats.accepted += 1;
                     self.stats.late += 1;
                 }
-                Arrival::Buffered => {
-                    self.stats.accepted += 1;
-                    if !had_buffered {
-                        self.buffered.push(v);
-                    }
-                }
+                Arrival::Buffered => self.stats.accepted += 1,
+            }
+            // Buffered readings and revised days wait for the end of the epoch.
+            if !was_waiting && waiting(vehicle) {
+                self.buffered.push(v);
             }
         }
         self.clock.close_epoch(samples, limit);
@@ -317,7 +322,7 @@ impl Fleet {
     }
 
     fn reschedule(&mut self, v: u32) {
-        let due = self.vehicles[v as usize].next_due(&self.rules, &self.fences);
+        let due = self.vehicles[v as usize].next_wakeup(&self.rules, &self.fences);
         let slot = &mut self.scheduled[v as usize];
         if *slot == due {
             return;
@@ -342,6 +347,23 @@ impl Fleet {
         for v in std::mem::take(&mut self.buffered) {
             self.vehicles[v as usize].flush(&env, &mut out.vehicle);
         }
+    }
+}
+
+/// The registry facts of a vehicle (defaults when unregistered).
+fn profile(registry: &Registry, fences: &FenceIndex, vehicle_id: &str) -> Profile {
+    let Some(entry) = registry.vehicle(vehicle_id) else {
+        return Profile::default();
+    };
+    Profile {
+        loan_id: Some(entry.loan_id.clone()),
+        vin: entry.vin.clone(),
+        permitted: entry
+            .permitted_fences
+            .iter()
+            .filter_map(|id| fences.lookup(id))
+            .collect(),
+        timezone: entry.timezone,
     }
 }
 

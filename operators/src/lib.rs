@@ -6,13 +6,18 @@
 //! - [`config`]: the `[rules]` settings with the SPEC defaults.
 //! - [`dedup`], [`position`]: duplicate detection and the per-vehicle fix chain.
 //! - [`kinds`]: one module per alert kind; [`ctx`] is what a kind sees.
+//! - [`days`]: local days, the daily features and the baselines' rings of past days.
 //! - [`vehicle`]: one vehicle's state and the order readings, fixes and timers reach the kinds.
+//! - [`baseline`]: a vehicle's days, features and baselines; [`vin_index`]: the fleet-wide
+//!   VIN index of `duplicate_collateral`.
 //! - [`fleet`]: all vehicles of a worker, the pipeline clock and the timer index.
 //! - [`dataflow`]: the timely operator that runs a fleet.
 
+pub mod baseline;
 pub mod config;
 pub mod ctx;
 pub mod dataflow;
+pub mod days;
 pub mod dedup;
 pub mod fences;
 pub mod fleet;
@@ -21,3 +26,4 @@ pub mod kinds;
 pub mod position;
 pub mod registry;
 pub mod vehicle;
+pub mod vin_index;

@@ -55,6 +55,8 @@ pub struct Step {
     pub dist_m: f64,
     /// Time since `prev`, milliseconds (0 without `prev`).
     pub dt_ms: i64,
+    /// What the step added to the GNSS distance, metres.
+    pub counted_m: f64,
 }
 
 impl Step {
@@ -67,6 +69,7 @@ impl Step {
             next: fix,
             dist_m: 0.0,
             dt_ms: 0,
+            counted_m: 0.0,
         }
     }
 
@@ -83,6 +86,9 @@ pub struct PositionChain {
     accepted: Option<Fix>,
     /// GNSS distance driven so far, metres.
     pub distance_m: f64,
+    /// Steps left out of the distance as displacement (gaps, jumps) so far: a ratio of
+    /// odometer to GNSS distance is meaningful only between two equal counts.
+    pub breaks: u64,
     /// Drift outliers dropped so far.
     pub outliers: u64,
 }
@@ -122,6 +128,7 @@ impl PositionChain {
                 next: fix,
                 dist_m: prev.distance_m(&held),
                 dt_ms: held.ts_ms - prev.ts_ms,
+                counted_m: 0.0,
             },
             None => Step {
                 prev: None,
@@ -129,12 +136,19 @@ impl PositionChain {
                 next: fix,
                 dist_m: 0.0,
                 dt_ms: 0,
+                counted_m: 0.0,
             },
         };
+        let mut step = step;
         if let Some(prev) = &step.prev {
             let jitter = step.dist_m < rules.jitter_m && prev.parked() && held.parked();
-            let gap = step.dt_ms > crate::config::secs_ms(rules.distance_gap_s);
-            if !jitter && !gap {
+            // A gap is displacement, not driving; so is a step too fast to drive (a jump).
+            let displaced = step.dt_ms > crate::config::secs_ms(rules.distance_gap_s)
+                || fast(prev, &held, limit);
+            if displaced {
+                self.breaks += 1;
+            } else if !jitter {
+                step.counted_m = step.dist_m;
                 self.distance_m += step.dist_m;
             }
         }

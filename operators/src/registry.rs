@@ -219,6 +219,8 @@ pub struct Registry {
     vehicles: Vec<VehicleEntry>,
     vehicle_lines: Vec<VehicleLines>,
     by_vehicle: HashMap<String, usize>,
+    /// Vehicles by registered VIN, in file order.
+    by_vin: HashMap<String, Vec<usize>>,
 }
 
 impl Registry {
@@ -230,6 +232,7 @@ impl Registry {
             vehicles: Vec::new(),
             vehicle_lines: Vec::new(),
             by_vehicle: HashMap::new(),
+            by_vin: HashMap::new(),
         }
     }
 
@@ -392,6 +395,11 @@ impl Registry {
                 },
             );
         }
+        for (i, vehicle) in registry.vehicles.iter().enumerate() {
+            if let Some(vin) = &vehicle.vin {
+                registry.by_vin.entry(vin.clone()).or_default().push(i);
+            }
+        }
         Ok(registry)
     }
 
@@ -412,6 +420,34 @@ impl Registry {
     /// The vehicle with this id, if registered.
     pub fn vehicle(&self, vehicle_id: &str) -> Option<&VehicleEntry> {
         self.by_vehicle.get(vehicle_id).map(|&i| &self.vehicles[i])
+    }
+
+    /// The vehicles registered with this VIN.
+    pub fn vehicles_with_vin(&self, vin: &str) -> impl Iterator<Item = &VehicleEntry> {
+        self.by_vin
+            .get(vin)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.vehicles[i])
+    }
+
+    /// VINs registered to more than one loan, with their vehicles (for `lienwatch check`).
+    pub fn shared_vins(&self) -> Vec<(&str, Vec<&VehicleEntry>)> {
+        let mut shared: Vec<(&str, Vec<&VehicleEntry>)> = self
+            .by_vin
+            .iter()
+            .map(|(vin, vs)| {
+                (
+                    vin.as_str(),
+                    vs.iter().map(|&i| &self.vehicles[i]).collect(),
+                )
+            })
+            .filter(|(_, vs): &(&str, Vec<&VehicleEntry>)| {
+                vs.iter().any(|v| v.loan_id != vs[0].loan_id)
+            })
+            .collect();
+        shared.sort_by_key(|(vin, _)| *vin);
+        shared
     }
 
     /// Number of vehicles.

@@ -7,10 +7,12 @@
 //! in event-time order, and timers fire in between at their own due times, so the result does
 //! not depend on how the input was cut into epochs. The state is plain serde data.
 
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use schemas::{Alert, DeviceClass, Record};
+use schemas::{Alert, DailyFeatures, DeviceClass, Reading, Record};
 
+use crate::baseline::{Baseline, RowIdentity};
 use crate::config::RulesConfig;
 use crate::ctx::Ctx;
 use crate::dedup::Dedup;
@@ -18,11 +20,13 @@ use crate::fences::{FenceIdx, FenceIndex};
 use crate::kinds::{
     Dev, device_tamper::DeviceTamper, dtc_cleared::DtcCleared, geofence_exit::GeofenceExit,
     gnss_jamming::GnssJamming, location_jump::LocationJump, low_battery::LowBattery,
-    odometer_rollback::OdometerRollback, offline::Offline, power_cut::PowerCut,
-    risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
+    odometer_mismatch::OdometerMismatch, odometer_rollback::OdometerRollback, offline::Offline,
+    power_cut::PowerCut, risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
     stationary_long::StationaryLong, tow_suspected::TowSuspected, vin_mismatch::VinMismatch,
 };
 use crate::position::{Fix, PositionChain, Step};
+use crate::registry::DEFAULT_TIMEZONE;
+use crate::vin_index::{ClaimSource, VinClaim};
 
 /// Read-only inputs of the rules.
 #[derive(Clone, Copy)]
@@ -42,6 +46,10 @@ pub struct Outputs {
     pub alerts: Vec<Alert>,
     /// Accepted readings (processed in order or late), for the archive.
     pub archive: Vec<Record>,
+    /// Closed or revised vehicle-days.
+    pub features: Vec<DailyFeatures>,
+    /// VIN claims for the fleet-wide index.
+    pub claims: Vec<VinClaim>,
 }
 
 /// What happened to an arriving reading.
@@ -56,7 +64,7 @@ pub enum Arrival {
 }
 
 /// Registry facts about the vehicle the rules need.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// Loan id (`None` when unregistered).
     pub loan_id: Option<String>,
@@ -64,6 +72,35 @@ pub struct Profile {
     pub vin: Option<String>,
     /// Permitted fences (empty = unrestricted).
     pub permitted: Vec<FenceIdx>,
+    /// Time zone of its local days and nights.
+    #[serde(with = "tz_name")]
+    pub timezone: Tz,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self {
+            loan_id: None,
+            vin: None,
+            permitted: Vec::new(),
+            timezone: DEFAULT_TIMEZONE,
+        }
+    }
+}
+
+/// Serde adapter: a time zone as its IANA name.
+mod tz_name {
+    use chrono_tz::Tz;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(tz.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        name.parse().map_err(D::Error::custom)
+    }
 }
 
 /// Device-scope kinds of one device.
@@ -75,6 +112,7 @@ struct DeviceKinds {
     gnss_jamming: GnssJamming,
     low_battery: LowBattery,
     odometer_rollback: OdometerRollback,
+    odometer_mismatch: OdometerMismatch,
     dtc_cleared: DtcCleared,
     vin_mismatch: VinMismatch,
 }
@@ -94,6 +132,10 @@ struct DeviceState {
     last_fix: Option<(f64, f64)>,
     /// Whether any in-order reading of the device carried `ignition`.
     reports_ignition: bool,
+    /// The VIN its OBD reported last.
+    reported_vin: Option<String>,
+    /// Time and speed of its last in-order reading with a speed (harsh events).
+    last_speed: Option<(i64, f32)>,
     kinds: DeviceKinds,
 }
 
@@ -158,6 +200,9 @@ pub struct VehicleState {
     devices: Vec<DeviceState>,
     chain: PositionChain,
     kinds: VehicleKinds,
+    baseline: Baseline,
+    /// Whether the registered VIN was claimed since the profile last changed.
+    claimed_registration: bool,
     buffered: usize,
 }
 
@@ -196,8 +241,23 @@ impl VehicleState {
             devices: Vec::new(),
             chain: PositionChain::default(),
             kinds: VehicleKinds::default(),
+            baseline: Baseline::default(),
+            claimed_registration: false,
             buffered: 0,
         }
+    }
+
+    /// Applies changed registry facts from the next reading on (a reload).
+    pub fn set_profile(&mut self, profile: Profile) {
+        if profile != self.profile {
+            self.profile = profile;
+            self.claimed_registration = false;
+        }
+    }
+
+    /// Whether emitted days wait to be emitted again after late data.
+    pub fn has_revisions(&self) -> bool {
+        self.baseline.has_revisions()
     }
 
     /// Whether readings wait in the reorder buffers.
@@ -224,6 +284,8 @@ impl VehicleState {
             last_ts: None,
             last_fix: None,
             reports_ignition: false,
+            reported_vin: None,
+            last_speed: None,
             kinds: DeviceKinds::default(),
         });
         self.devices.len() - 1
@@ -255,6 +317,8 @@ impl VehicleState {
             self.buffered += 1;
             return Arrival::Buffered;
         }
+        self.baseline
+            .note_reading(r, self.profile.timezone, env.rules);
         let Self {
             vehicle_id,
             profile,
@@ -295,6 +359,21 @@ impl VehicleState {
     pub fn advance(&mut self, clock_ms: i64, env: &Env<'_>, out: &mut Outputs) {
         self.release(Some(clock_ms), env, out);
         self.fire_timers_until(clock_ms, true, env, out);
+        let row = RowIdentity {
+            vehicle_id: &self.vehicle_id,
+            loan_id: self.profile.loan_id.as_deref(),
+        };
+        self.baseline
+            .on_clock(clock_ms, &row, env.rules, &mut out.features);
+    }
+
+    /// When the vehicle next needs the clock: its earliest timer or the end of its open day.
+    pub fn next_wakeup(&self, rules: &RulesConfig, fences: &FenceIndex) -> Option<i64> {
+        let due = self.next_due(rules, fences);
+        match (due, self.baseline.close_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// End of input: processes every buffered reading (timers fire only between readings).
@@ -326,6 +405,8 @@ impl VehicleState {
             let device = &self.devices[d];
             if device.last_ts.is_some_and(|l| record.reading.ts_ms <= l) {
                 // Equal timestamps from one device: the second one is late.
+                self.baseline
+                    .note_reading(&record.reading, self.profile.timezone, env.rules);
                 out.archive.push(record);
                 continue;
             }
@@ -407,10 +488,14 @@ impl VehicleState {
             devices,
             chain,
             kinds,
+            baseline,
+            claimed_registration,
             ..
         } = self;
+        let tz = profile.timezone;
         let position = fix_pos.or(chain.last_accepted().map(|f| (f.lat, f.lon)));
         let mut ctx = make_ctx(vehicle_id, profile, env, position, false, &mut out.alerts);
+        baseline.before_reading(r, tz, chain.last_accepted(), devices[d].dev(), &mut ctx);
         {
             let device = &mut devices[d];
             device.reports_ignition |= r.ignition.is_some();
@@ -436,21 +521,99 @@ impl VehicleState {
         kinds
             .stationary_long
             .on_reading(r.ts_ms, fix_pos, device_of(devices), &mut ctx);
-        let Some((lat, lon)) = fix_pos else {
+        if let Some((lat, lon)) = fix_pos {
+            let fix = Fix {
+                ts_ms: r.ts_ms,
+                lat,
+                lon,
+                device: d as u16,
+                ignition: r.ignition,
+                speed_kmh: r
+                    .speed_kmh
+                    .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh)),
+            };
+            if let Some(step) = chain.push(fix, env.rules) {
+                on_step(&step, devices, kinds, baseline, env, &mut ctx);
+            }
+        }
+        let device = &mut devices[d];
+        if let Some(km) = r.odometer_km {
+            let (dev, k) = device.parts();
+            k.odometer_mismatch.on_odometer(
+                r.ts_ms,
+                km,
+                chain.distance_m,
+                chain.breaks,
+                dev,
+                &mut ctx,
+            );
+        }
+        drop(ctx);
+        let claims = Claims {
+            vehicle_id,
+            profile,
+            position,
+            claimed_registration,
+        };
+        claims.collect(device, r, &mut out.claims);
+        let row = RowIdentity {
+            vehicle_id,
+            loan_id: profile.loan_id.as_deref(),
+        };
+        baseline.after_reading(r, tz, &row, env.rules, &mut out.features);
+        let speed = r
+            .speed_kmh
+            .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh))
+            .filter(|s| s.is_finite());
+        if let Some(v) = speed {
+            if let Some(prev) = device.last_speed {
+                baseline.note_speed_change(prev, (r.ts_ms, v), env.rules);
+            }
+            device.last_speed = Some((r.ts_ms, v));
+        }
+    }
+}
+
+/// What a reading tells the fleet-wide VIN index (`duplicate_collateral`).
+struct Claims<'a> {
+    vehicle_id: &'a str,
+    profile: &'a Profile,
+    position: Option<(f64, f64)>,
+    claimed_registration: &'a mut bool,
+}
+
+impl Claims<'_> {
+    /// Claims the registered VIN once per profile, and a device's OBD VIN when it changes.
+    /// Unregistered vehicles have no loan and claim nothing.
+    fn collect(self, device: &mut DeviceState, r: &Reading, claims: &mut Vec<VinClaim>) {
+        let Some(loan_id) = self.profile.loan_id.as_deref() else {
             return;
         };
-        let fix = Fix {
+        let claim = |vin: &str, source| VinClaim {
+            vin: vin.to_owned(),
+            vehicle_id: self.vehicle_id.to_owned(),
+            loan_id: loan_id.to_owned(),
+            device_id: device.device_id.clone(),
             ts_ms: r.ts_ms,
-            lat,
-            lon,
-            device: d as u16,
-            ignition: r.ignition,
-            speed_kmh: r
-                .speed_kmh
-                .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh)),
+            position: self.position,
+            source,
         };
-        if let Some(step) = chain.push(fix, env.rules) {
-            on_step(&step, devices, kinds, env, &mut ctx);
+        if !*self.claimed_registration {
+            *self.claimed_registration = true;
+            if let Some(vin) = &self.profile.vin {
+                claims.push(claim(vin, ClaimSource::Registered));
+            }
+        }
+        let reported = r
+            .obd
+            .as_ref()
+            .and_then(|o| o.vin.as_deref())
+            .filter(|v| !v.is_empty());
+        if let Some(vin) = reported
+            && device.reported_vin.as_deref() != Some(vin)
+        {
+            claims.push(claim(vin, ClaimSource::Reported));
+            device.reported_vin = Some(vin.to_owned());
         }
     }
 }
@@ -460,6 +623,7 @@ fn on_step(
     step: &Step,
     devices: &[DeviceState],
     kinds: &mut VehicleKinds,
+    baseline: &mut Baseline,
     env: &Env<'_>,
     ctx: &mut Ctx<'_>,
 ) {
@@ -482,6 +646,7 @@ fn on_step(
         kinds.risk_zone_dwell.on_left(l, &names, ctx);
     }
     kinds.stationary_long.on_step(step, device.dev(), ctx);
+    baseline.on_step(step, device.dev(), ctx);
     ctx.position = saved;
 }
 
@@ -715,6 +880,7 @@ mod noise {
             loan_id: Some("L1".into()),
             vin: Some("VIN1".into()),
             permitted: vec![fences.lookup("city").expect("fence")],
+            ..Profile::default()
         };
         let mut v = VehicleState::new("V1".into(), profile);
         let mut out = Outputs::default();

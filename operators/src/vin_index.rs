@@ -1,0 +1,345 @@
+//! `duplicate_collateral` (docs/rules.md): the fleet-wide index of who claims which VIN.
+//!
+//! Vehicles send a [`VinClaim`] when a device's OBD VIN changes and when their registered VIN
+//! first shows or changes; claims are exchanged by VIN, so each worker holds the VINs it owns.
+//! A claim meets the VIN's owners — the vehicles registered with it, else the vehicles that
+//! claimed it before — and raises the alert when an owner is under another loan.
+
+use ahash::AHashMap as HashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use schemas::alert::alert_id;
+use schemas::{Alert, AlertKind, Phase, Severity};
+
+use crate::ctx::evidence;
+use crate::registry::Registry;
+
+/// Where a claimed VIN comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimSource {
+    /// Read over OBD.
+    Reported,
+    /// The vehicle's registry row.
+    Registered,
+}
+
+impl ClaimSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            ClaimSource::Reported => "reported",
+            ClaimSource::Registered => "registered",
+        }
+    }
+}
+
+/// A registered vehicle saying a VIN is its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VinClaim {
+    /// The VIN.
+    pub vin: String,
+    /// The claiming vehicle.
+    pub vehicle_id: String,
+    /// Its loan.
+    pub loan_id: String,
+    /// The device whose reading made the claim.
+    pub device_id: String,
+    /// Event time of that reading.
+    pub ts_ms: i64,
+    /// The vehicle's last valid position then.
+    pub position: Option<(f64, f64)>,
+    /// Reported or registered.
+    pub source: ClaimSource,
+}
+
+/// A vehicle that claimed a VIN.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Claimant {
+    vehicle_id: String,
+    loan_id: String,
+    /// The device of its latest claim.
+    device_id: String,
+    alerted: bool,
+}
+
+/// The VINs one worker owns.
+#[derive(Debug, Default)]
+pub struct VinIndex {
+    claims: HashMap<String, Vec<Claimant>>,
+}
+
+/// Another vehicle under another loan with the same VIN.
+struct Other {
+    vehicle_id: String,
+    loan_id: String,
+    source: ClaimSource,
+}
+
+fn owner_under_other_loan(
+    registry: &Registry,
+    claimants: &[Claimant],
+    vehicle_id: &str,
+    loan_id: &str,
+    vin: &str,
+) -> Option<Other> {
+    let registered = registry
+        .vehicles_with_vin(vin)
+        .find(|v| v.loan_id != loan_id && v.vehicle_id != vehicle_id)
+        .map(|v| Other {
+            vehicle_id: v.vehicle_id.clone(),
+            loan_id: v.loan_id.clone(),
+            source: ClaimSource::Registered,
+        });
+    // The registered owners decide when there are any; otherwise the first claimant owns it.
+    if registry.vehicles_with_vin(vin).next().is_some() {
+        return registered;
+    }
+    claimants
+        .iter()
+        .find(|c| c.loan_id != loan_id && c.vehicle_id != vehicle_id)
+        .map(|c| Other {
+            vehicle_id: c.vehicle_id.clone(),
+            loan_id: c.loan_id.clone(),
+            source: ClaimSource::Reported,
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn alert(
+    vin: &str,
+    vehicle_id: &str,
+    loan_id: &str,
+    device_id: &str,
+    ts_ms: i64,
+    position: Option<(f64, f64)>,
+    source: ClaimSource,
+    other: &Other,
+    detected_at_ms: i64,
+) -> Alert {
+    let (lat, lon) = position.unzip();
+    Alert {
+        alert_id: alert_id(vehicle_id, AlertKind::DuplicateCollateral, ts_ms),
+        kind: AlertKind::DuplicateCollateral,
+        phase: Phase::Instant,
+        severity: Severity::Critical,
+        vehicle_id: vehicle_id.to_owned(),
+        loan_id: Some(loan_id.to_owned()),
+        device_id: device_id.to_owned(),
+        event_time_ms: ts_ms,
+        detected_at_ms,
+        lat,
+        lon,
+        backfill: false,
+        evidence: evidence(json!({
+            "vin": vin,
+            "source": source.as_str(),
+            "other_vehicle_id": other.vehicle_id,
+            "other_loan_id": other.loan_id,
+            "other_source": other.source.as_str(),
+        })),
+    }
+}
+
+impl VinIndex {
+    /// Takes a claim; returns the alert it raises, if any.
+    pub fn claim(
+        &mut self,
+        c: &VinClaim,
+        registry: &Registry,
+        detected_at_ms: i64,
+    ) -> Option<Alert> {
+        let claimants = self.claims.entry(c.vin.clone()).or_default();
+        let other = owner_under_other_loan(registry, claimants, &c.vehicle_id, &c.loan_id, &c.vin);
+        let i = match claimants.iter().position(|x| x.vehicle_id == c.vehicle_id) {
+            Some(i) => {
+                // A vehicle moved to another loan starts over under it.
+                if claimants[i].loan_id != c.loan_id {
+                    claimants[i].loan_id = c.loan_id.clone();
+                    claimants[i].alerted = false;
+                }
+                claimants[i].device_id.clone_from(&c.device_id);
+                i
+            }
+            None => {
+                claimants.push(Claimant {
+                    vehicle_id: c.vehicle_id.clone(),
+                    loan_id: c.loan_id.clone(),
+                    device_id: c.device_id.clone(),
+                    alerted: false,
+                });
+                claimants.len() - 1
+            }
+        };
+        let other = other.filter(|_| !claimants[i].alerted)?;
+        claimants[i].alerted = true;
+        Some(alert(
+            &c.vin,
+            &c.vehicle_id,
+            &c.loan_id,
+            &c.device_id,
+            c.ts_ms,
+            c.position,
+            c.source,
+            &other,
+            detected_at_ms,
+        ))
+    }
+
+    /// The registry changed: earlier claims that now meet an owner under another loan raise
+    /// their alert at once, at event time `now_ms` (the pipeline clock).
+    pub fn registry_changed(
+        &mut self,
+        registry: &Registry,
+        now_ms: i64,
+        detected_at_ms: i64,
+        out: &mut Vec<Alert>,
+    ) {
+        let mut vins: Vec<&String> = self.claims.keys().collect();
+        vins.sort();
+        let vins: Vec<String> = vins.into_iter().cloned().collect();
+        for vin in vins {
+            let Some(claimants) = self.claims.get_mut(&vin) else {
+                continue;
+            };
+            for i in 0..claimants.len() {
+                if claimants[i].alerted {
+                    continue;
+                }
+                let Claimant {
+                    vehicle_id,
+                    loan_id,
+                    device_id,
+                    ..
+                } = claimants[i].clone();
+                let earlier = &claimants[..i];
+                if let Some(other) =
+                    owner_under_other_loan(registry, earlier, &vehicle_id, &loan_id, &vin)
+                {
+                    claimants[i].alerted = true;
+                    out.push(alert(
+                        &vin,
+                        &vehicle_id,
+                        &loan_id,
+                        &device_id,
+                        now_ms,
+                        None,
+                        ClaimSource::Registered,
+                        &other,
+                        detected_at_ms,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(rows: &str) -> Registry {
+        Registry::from_csv_str(
+            &format!(
+                "vehicle_id,loan_id,device_id,vin,device_class,permitted_fences,timezone\n{rows}"
+            ),
+            "v.csv",
+        )
+        .expect("valid registry")
+    }
+
+    fn claim(vehicle: &str, loan: &str, vin: &str, ts: i64, source: ClaimSource) -> VinClaim {
+        VinClaim {
+            vin: vin.into(),
+            vehicle_id: vehicle.into(),
+            loan_id: loan.into(),
+            device_id: format!("D-{vehicle}"),
+            ts_ms: ts,
+            position: None,
+            source,
+        }
+    }
+
+    #[test]
+    fn a_reported_vin_registered_to_another_loan_fires_once() {
+        let reg = registry("A,LA,DA,VINA,obd,,\nB,LB,DB,VINB,obd,,\n");
+        let mut idx = VinIndex::default();
+        assert!(
+            idx.claim(
+                &claim("B", "LB", "VINB", 1, ClaimSource::Registered),
+                &reg,
+                0
+            )
+            .is_none()
+        );
+        let a = idx
+            .claim(&claim("A", "LA", "VINB", 2, ClaimSource::Reported), &reg, 0)
+            .expect("duplicate");
+        assert_eq!(a.vehicle_id, "A");
+        assert_eq!(a.device_id, "D-A");
+        assert_eq!(a.evidence["other_vehicle_id"], "B");
+        assert_eq!(a.evidence["other_loan_id"], "LB");
+        assert!(
+            idx.claim(&claim("A", "LA", "VINB", 3, ClaimSource::Reported), &reg, 0)
+                .is_none()
+        );
+        // Its own VIN is no duplicate.
+        assert!(
+            idx.claim(&claim("A", "LA", "VINA", 4, ClaimSource::Reported), &reg, 0)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_double_registration_fires_for_each_vehicle() {
+        let reg = registry("C,LC,DC,VINX,obd,,\nD,LD,DD,VINX,obd,,\n");
+        let mut idx = VinIndex::default();
+        let c = idx.claim(
+            &claim("C", "LC", "VINX", 5, ClaimSource::Registered),
+            &reg,
+            0,
+        );
+        let d = idx.claim(
+            &claim("D", "LD", "VINX", 6, ClaimSource::Registered),
+            &reg,
+            0,
+        );
+        assert_eq!(c.expect("C").evidence["other_vehicle_id"], "D");
+        assert_eq!(d.expect("D").evidence["other_vehicle_id"], "C");
+    }
+
+    #[test]
+    fn unregistered_vins_belong_to_the_first_claimant_and_reloads_fire_at_once() {
+        let empty = registry("");
+        let mut idx = VinIndex::default();
+        assert!(
+            idx.claim(
+                &claim("E", "LE", "VINZ", 1, ClaimSource::Reported),
+                &empty,
+                0
+            )
+            .is_none()
+        );
+        let f = idx.claim(
+            &claim("F", "LF", "VINZ", 2, ClaimSource::Reported),
+            &empty,
+            0,
+        );
+        assert_eq!(f.expect("F").evidence["other_vehicle_id"], "E");
+        // VINQ is reported by G; a reload registers it to H under another loan.
+        assert!(
+            idx.claim(
+                &claim("G", "LG", "VINQ", 3, ClaimSource::Reported),
+                &empty,
+                0
+            )
+            .is_none()
+        );
+        let reloaded = registry("H,LH,DH,VINQ,obd,,\n");
+        let mut out = Vec::new();
+        idx.registry_changed(&reloaded, 100, 0, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].vehicle_id, "G");
+        assert_eq!(out[0].event_time_ms, 100);
+        assert_eq!(out[0].evidence["other_vehicle_id"], "H");
+    }
+}
