@@ -37,6 +37,10 @@ pub struct Baseline {
     first_night_day: Option<i32>,
     /// The open day.
     today: Option<DayAcc>,
+    /// End of the last closed day: older readings never open a day again.
+    closed_until_ms: i64,
+    /// Days after the open one that late readings reached first.
+    ahead: Vec<DayAcc>,
     /// Emitted days that late data may still revise, oldest first.
     closed: Vec<DayAcc>,
     ring: DayRing,
@@ -73,7 +77,13 @@ impl Baseline {
             let after_sample = ts_ms > bounds.night_sample_ms;
             self.first_night_day = Some(bounds.day + i32::from(after_sample));
         }
-        self.today.insert(DayAcc::new(bounds))
+        // Late readings of this day may have come first; days before it had their chance.
+        self.ahead.retain(|d| d.bounds.day >= bounds.day);
+        let day = match self.ahead.iter().position(|d| d.bounds.day == bounds.day) {
+            Some(i) => self.ahead.swap_remove(i),
+            None => DayAcc::new(bounds),
+        };
+        self.today.insert(day)
     }
 
     /// Days of history on local day `day`.
@@ -141,6 +151,9 @@ impl Baseline {
         {
             self.close(row, rules, rows);
         }
+        if self.today.is_none() {
+            self.open(tz, r.ts_ms, rules);
+        }
         if let Some(mil) = r.obd.as_ref().and_then(|o| o.mil) {
             self.mil = mil;
         }
@@ -150,13 +163,21 @@ impl Baseline {
     /// Adds an accepted reading's order-free contributions to its day: the open day, or an
     /// emitted day still open to revision. Late readings older than that change no row.
     pub fn note_reading(&mut self, r: &Reading, tz: Tz, rules: &RulesConfig) {
-        let Some(today) = self.today.as_mut() else {
-            self.open(tz, r.ts_ms, rules).note_reading(r);
-            return;
-        };
-        if r.ts_ms >= today.bounds.start_ms {
-            // A back-filled reading past the open day still counts in the open day's totals.
-            today.note_reading(r);
+        if let Some(today) = self.today.as_mut() {
+            if today.bounds.contains(r.ts_ms) {
+                today.note_reading(r);
+                return;
+            }
+            if r.ts_ms >= today.bounds.end_ms {
+                self.note_ahead(r, tz, rules);
+                return;
+            }
+        } else if r.ts_ms >= self.closed_until_ms {
+            if self.first_day.is_none() {
+                self.open(tz, r.ts_ms, rules).note_reading(r);
+            } else {
+                self.note_ahead(r, tz, rules);
+            }
             return;
         }
         if let Some(day) = self.closed.iter_mut().find(|d| d.bounds.contains(r.ts_ms))
@@ -164,6 +185,18 @@ impl Baseline {
         {
             self.ring.replace(day.bounds.day, day.summary());
         }
+    }
+
+    /// A late reading of a day after the open one (back-filled while the reorder buffers
+    /// still hold the days before it): kept aside until that day opens.
+    fn note_ahead(&mut self, r: &Reading, tz: Tz, rules: &RulesConfig) {
+        if let Some(day) = self.ahead.iter_mut().find(|d| d.bounds.contains(r.ts_ms)) {
+            day.note_reading(r);
+            return;
+        }
+        let mut day = DayAcc::new(DayBounds::of(tz, r.ts_ms, night_end_hour(rules)));
+        day.note_reading(r);
+        self.ahead.push(day);
     }
 
     /// Notes a harsh acceleration or braking between two readings of one device.
@@ -187,6 +220,7 @@ impl Baseline {
     pub fn on_step(&mut self, step: &Step, dev: Dev<'_>, ctx: &mut Ctx<'_>) {
         let share = StepShare {
             ts_ms: step.fix.ts_ms,
+            counted: step.counted,
             counted_m: step.counted_m,
             dt_ms: step.dt_ms,
             mil: self.mil,
@@ -202,13 +236,13 @@ impl Baseline {
                 .find(|d| d.bounds.contains(share.ts_ms))
             {
                 day.note_step(&share);
-                day.dirty |= share.counted_m > 0.0;
+                day.dirty |= share.counted;
                 self.ring.replace(day.bounds.day, day.summary());
             }
             return;
         }
         today.note_step(&share);
-        if share.counted_m <= 0.0 {
+        if !share.counted {
             return;
         }
         let (day, today_km) = (today.bounds.day, today.gnss_m / 1000.0);
@@ -270,6 +304,7 @@ impl Baseline {
         let Some(day) = self.today.take() else {
             return;
         };
+        self.closed_until_ms = day.bounds.end_ms;
         let summary = day.summary();
         self.ring.push(day.bounds.day, summary);
         self.active.push(
@@ -283,6 +318,345 @@ impl Baseline {
             self.closed.push(day);
             let last = self.closed.len() - 1;
             self.emit(last, row, rules, rows);
+        }
+    }
+}
+
+#[cfg(test)]
+mod reference {
+    //! The daily features of a vehicle fed reading by reading, in epochs, with back-filled
+    //! readings arriving days late, against a plain batch computation over the same readings:
+    //! sort, walk the fixes, sum per local day.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use schemas::{DeviceClass, Gnss, Obd, Record};
+
+    use super::*;
+    use crate::fences::FenceIndex;
+    use crate::geo::{haversine_m, implied_speed_kmh};
+    use crate::registry::DEFAULT_TIMEZONE;
+    use crate::vehicle::{Env, Outputs, Profile, VehicleState};
+
+    /// 2025-11-01T00:00+08:00.
+    const T0: i64 = 1_761_926_400_000;
+    const MIN: i64 = 60_000;
+
+    #[derive(Clone, Debug)]
+    struct DayPlan {
+        skip: bool,
+        /// (departure minute of the day, fixes of 30 s, degrees per fix, harsh start).
+        trips: Vec<(i64, u32, f64, bool)>,
+        backfills: Vec<(i64, u32)>,
+    }
+
+    fn day_plan() -> impl Strategy<Value = DayPlan> {
+        (
+            prop::bool::weighted(0.1),
+            prop::collection::vec(
+                (
+                    prop_oneof![1 => 30i64..280, 6 => 360i64..1300],
+                    2u32..40,
+                    0.0005f64..0.006,
+                    prop::bool::weighted(0.2),
+                ),
+                0..3,
+            ),
+            prop::collection::vec((0i64..1400, 1u32..3), 0..2),
+        )
+            .prop_map(|(skip, trips, backfills)| DayPlan {
+                skip,
+                trips,
+                backfills,
+            })
+    }
+
+    fn reading(seq: u64, ts_ms: i64, lat: f64, speed: f32, odometer: f64) -> Reading {
+        Reading {
+            device_id: "D1".into(),
+            ts_ms,
+            seq: Some(seq),
+            gnss: Some(Gnss {
+                lat: Some(lat),
+                lon: Some(121.0),
+                fix: true,
+                hdop: Some(1.0),
+                ..Gnss::default()
+            }),
+            ignition: Some(speed > 0.0),
+            speed_kmh: Some(speed),
+            odometer_km: Some((odometer * 10.0).round() / 10.0),
+            obd: Some(Obd {
+                dtc_count: Some((seq % 7) as u32),
+                mil: Some(seq.is_multiple_of(11)),
+                ..Obd::default()
+            }),
+            content_hash: seq,
+            ..Reading::default()
+        }
+    }
+
+    /// In-order readings of the plan, and back-filled copies with the day they arrive after.
+    fn readings(plan: &[DayPlan]) -> (Vec<Reading>, Vec<(usize, Reading)>) {
+        let (mut out, mut late) = (Vec::new(), Vec::new());
+        let (mut lat, mut odo, mut seq) = (31.0, 40_000.0, 0u64);
+        for (d, day) in plan.iter().enumerate() {
+            let day0 = T0 + d as i64 * 1440 * MIN;
+            if day.skip {
+                continue;
+            }
+            let mut trips = day.trips.clone();
+            trips.sort_by_key(|t| t.0);
+            let mut t = day0 + 7 * MIN;
+            for &(dep, fixes, step, harsh) in &trips {
+                let dep = day0 + dep * MIN;
+                while t + 10 * MIN < dep {
+                    seq += 1;
+                    out.push(reading(seq, t, lat, 0.0, odo));
+                    t += 10 * MIN;
+                }
+                t = t.max(dep);
+                for k in 0..fixes {
+                    lat += step;
+                    odo += step * 111.2 * 1.05;
+                    seq += 1;
+                    let speed = if harsh && k == 1 { 0.0 } else { 60.0 };
+                    let dt = if harsh && k < 2 { 5_000 } else { 30_000 };
+                    out.push(reading(seq, t, lat, speed, odo));
+                    t += dt;
+                }
+            }
+            while t < day0 + 1440 * MIN - 5 * MIN {
+                seq += 1;
+                out.push(reading(seq, t, lat, 0.0, odo));
+                t += 10 * MIN;
+            }
+            for &(minute, after) in &day.backfills {
+                seq += 1;
+                let mut r = reading(seq, day0 + minute * MIN + 7_000, lat + 0.01, 95.0, odo);
+                r.backfill = true;
+                r.obd.as_mut().expect("obd").dtc_count = Some(40);
+                late.push((d + after as usize, r));
+            }
+        }
+        (out, late)
+    }
+
+    fn record(r: Reading, i: usize) -> Record {
+        Record {
+            vehicle_id: "V1".into(),
+            loan_id: Some("L1".into()),
+            class: DeviceClass::Obd,
+            registered: true,
+            ingest_seq: i as u64,
+            reading: Box::new(r),
+        }
+    }
+
+    /// Feeds the readings in epochs of `epoch` readings; back-filled ones are inserted after
+    /// the first reading of their arrival day. Returns the last row of each date and the
+    /// number of rows per date.
+    fn run(
+        readings: Vec<Reading>,
+        late: Vec<(usize, Reading)>,
+        epoch: usize,
+    ) -> (BTreeMap<String, DailyFeatures>, BTreeMap<String, u32>) {
+        let rules = RulesConfig::default();
+        let fences = FenceIndex::empty();
+        let env = Env {
+            rules: &rules,
+            fences: &fences,
+            detected_at_ms: 0,
+        };
+        let mut arrivals: Vec<Reading> = Vec::new();
+        let mut late = late;
+        for r in readings {
+            let day = ((r.ts_ms - T0) / (1440 * MIN)) as usize;
+            arrivals.push(r);
+            let (now, later): (Vec<_>, Vec<_>) = late.into_iter().partition(|(d, _)| *d <= day);
+            arrivals.extend(now.into_iter().map(|(_, r)| r));
+            late = later;
+        }
+        arrivals.extend(late.into_iter().map(|(_, r)| r));
+        let mut v = VehicleState::new(
+            "V1".into(),
+            Profile {
+                loan_id: Some("L1".into()),
+                ..Profile::default()
+            },
+        );
+        let mut out = Outputs::default();
+        let (mut clock, mut max_ts) = (None, i64::MIN);
+        for (i, r) in arrivals.into_iter().enumerate() {
+            if !r.backfill {
+                max_ts = max_ts.max(r.ts_ms);
+            }
+            v.arrive(record(r, i), clock, &env, &mut out);
+            if i % epoch == epoch - 1 {
+                let c = max_ts - rules.reorder_window_ms();
+                clock = Some(c);
+                v.advance(c, &env, &mut out);
+            }
+        }
+        v.advance(max_ts - rules.reorder_window_ms(), &env, &mut out);
+        let mut last = BTreeMap::new();
+        let mut count = BTreeMap::new();
+        for row in out.features {
+            *count.entry(row.date.clone()).or_default() += 1;
+            last.insert(row.date.clone(), row);
+        }
+        (last, count)
+    }
+
+    #[derive(Default, Debug)]
+    struct Day {
+        gnss_m: f64,
+        night_m: f64,
+        mil_m: f64,
+        driving_ms: i64,
+        trips: u32,
+        messages: u64,
+        first_ts: i64,
+        last_ts: i64,
+        odometer: Option<((i64, f64), (i64, f64))>,
+        max_speed: f32,
+        dtc_max: u32,
+        harsh_accel: u32,
+        harsh_brake: u32,
+    }
+
+    /// The batch computation: every reading's order-free columns, and the GNSS distance of
+    /// the in-order fixes (back-filled readings are late, so they add no distance).
+    fn batch(readings: &[Reading], late: &[(usize, Reading)]) -> BTreeMap<String, Day> {
+        let date = |ts: i64| DayBounds::of(DEFAULT_TIMEZONE, ts, 5);
+        let mut days: BTreeMap<String, Day> = BTreeMap::new();
+        let key = |ts: i64| date(ts).date().to_string();
+        let all = readings.iter().chain(late.iter().map(|(_, r)| r));
+        for r in all {
+            let d = days.entry(key(r.ts_ms)).or_insert_with(|| Day {
+                first_ts: i64::MAX,
+                last_ts: i64::MIN,
+                ..Day::default()
+            });
+            d.messages += 1;
+            d.first_ts = d.first_ts.min(r.ts_ms);
+            d.last_ts = d.last_ts.max(r.ts_ms);
+            let o = (r.ts_ms, r.odometer_km.unwrap_or_default());
+            d.odometer = Some(match d.odometer {
+                None => (o, o),
+                Some((a, b)) => (
+                    if o.0 < a.0 { o } else { a },
+                    if o.0 >= b.0 { o } else { b },
+                ),
+            });
+            d.max_speed = d.max_speed.max(r.speed_kmh.unwrap_or_default());
+            d.dtc_max = d
+                .dtc_max
+                .max(r.obd.as_ref().and_then(|o| o.dtc_count).unwrap_or(0));
+        }
+        let mut sorted: Vec<&Reading> = readings.iter().collect();
+        sorted.sort_by_key(|r| r.ts_ms);
+        for w in sorted.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let dt = b.ts_ms - a.ts_ms;
+            if dt <= 10_000 {
+                let mps2 = f64::from(b.speed_kmh.unwrap_or(0.0) - a.speed_kmh.unwrap_or(0.0))
+                    / 3.6
+                    / (dt as f64 / 1000.0);
+                let d = days.get_mut(&key(b.ts_ms)).expect("day");
+                d.harsh_accel += u32::from(mps2 >= 3.0);
+                d.harsh_brake += u32::from(-mps2 >= 3.5);
+            }
+        }
+        // The chain: every fix is accepted once a later fix exists (no drift outliers here);
+        // the step into fix k is counted unless jitter, gap or jump.
+        let mut in_trip = false;
+        let mut mil = false;
+        for k in 1..sorted.len().saturating_sub(1) {
+            let (a, b) = (sorted[k - 1], sorted[k]);
+            if let Some(m) = b.obd.as_ref().and_then(|o| o.mil) {
+                mil = m;
+            }
+            let (la, lb) = (
+                a.gnss.as_ref().and_then(|g| g.lat),
+                b.gnss.as_ref().and_then(|g| g.lat),
+            );
+            let dist = haversine_m(la.unwrap_or(0.0), 121.0, lb.unwrap_or(0.0), 121.0);
+            let dt = b.ts_ms - a.ts_ms;
+            let parked = |r: &Reading| r.speed_kmh.is_some_and(|s| s < 5.0);
+            let counted = !(dist < 30.0 && parked(a) && parked(b))
+                && dt <= 600_000
+                && !(dist > 100.0 && implied_speed_kmh(dist, dt.max(1000)) > 250.0);
+            let bounds = date(b.ts_ms);
+            let d = days.get_mut(&key(b.ts_ms)).expect("day");
+            if counted {
+                d.gnss_m += dist;
+                d.driving_ms += dt;
+                if b.ts_ms < bounds.night_end_ms {
+                    d.night_m += dist;
+                }
+                if mil {
+                    d.mil_m += dist;
+                }
+                d.trips += u32::from(!in_trip);
+            }
+            in_trip = counted;
+        }
+        days
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn features_equal_a_batch_computation(
+            plan in prop::collection::vec(day_plan(), 6..40),
+            epoch in prop_oneof![Just(1usize), 7usize..300],
+        ) {
+            let (readings, late) = readings(&plan);
+            let (rows, counts) = run(readings.clone(), late.clone(), epoch);
+            let expected = batch(&readings, &late);
+            let late_days: std::collections::BTreeSet<String> = late
+                .iter()
+                .map(|(_, r)| DayBounds::of(DEFAULT_TIMEZONE, r.ts_ms, 5).date().to_string())
+                .collect();
+            let near = |a: f64, b: f64| (a - b).abs() < 1e-6;
+            let mut gnss_by_day = BTreeMap::new();
+            for (date, row) in &rows {
+                let e = &expected[date];
+                prop_assert_eq!(row.messages, e.messages, "{}", date);
+                prop_assert_eq!((row.first_ts, row.last_ts), (e.first_ts, e.last_ts));
+                let (first, last) = e.odometer.expect("odometer");
+                prop_assert_eq!(row.odometer_start_km, Some(first.1));
+                prop_assert_eq!(row.odometer_end_km, Some(last.1));
+                prop_assert_eq!(row.max_speed_kmh, Some(f64::from(e.max_speed)));
+                prop_assert_eq!(row.dtc_count_max, Some(e.dtc_max));
+                prop_assert!(near(row.gnss_km, e.gnss_m / 1000.0), "{date}: {} vs {}", row.gnss_km, e.gnss_m / 1000.0);
+                prop_assert!(near(row.night_km, e.night_m / 1000.0), "{date} night");
+                prop_assert!(near(row.mil_km, e.mil_m / 1000.0), "{date} mil");
+                prop_assert!(near(row.driving_minutes, e.driving_ms as f64 / 60_000.0), "{date}: {} vs {}", row.driving_minutes, e.driving_ms as f64 / 60_000.0);
+                prop_assert_eq!(row.trips, e.trips, "{} trips", date);
+                prop_assert_eq!((row.harsh_accel, row.harsh_brake), (e.harsh_accel, e.harsh_brake));
+                // A day is emitted again only if late data reached it.
+                if !late_days.contains(date) {
+                    prop_assert_eq!(counts[date], 1, "{} emitted {} times", date, counts[date]);
+                }
+                prop_assert_eq!(row.revision + 1, counts[date]);
+                gnss_by_day.insert(date.clone(), row.gnss_km);
+            }
+            // Rolling windows: the last row's km_7d is the sum of its week.
+            if let Some((date, row)) = rows.iter().last() {
+                let end = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").expect("date");
+                let week: f64 = gnss_by_day
+                    .iter()
+                    .filter(|(d, _)| {
+                        let d = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").expect("date");
+                        (0..7).contains(&(end - d).num_days())
+                    })
+                    .map(|(_, km)| km)
+                    .sum();
+                prop_assert!((row.km_7d - week).abs() < 1e-3, "{} vs {}", row.km_7d, week);
+            }
         }
     }
 }

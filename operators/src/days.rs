@@ -123,7 +123,9 @@ pub struct DayAcc {
 pub struct StepShare {
     /// Time of the step's later fix.
     pub ts_ms: i64,
-    /// Distance counted, metres (0 when the step is jitter, a gap or a jump).
+    /// Whether the step is driven distance (not jitter, a gap or a jump).
+    pub counted: bool,
+    /// Distance counted, metres.
     pub counted_m: f64,
     /// Duration of the step.
     pub dt_ms: i64,
@@ -188,7 +190,7 @@ impl DayAcc {
 
     /// Adds a step of the in-order position chain ending in this day.
     pub fn note_step(&mut self, step: &StepShare) {
-        if step.counted_m > 0.0 {
+        if step.counted {
             self.gnss_m += step.counted_m;
             self.driving_ms += step.dt_ms;
             if step.ts_ms < self.bounds.night_end_ms {
@@ -201,7 +203,7 @@ impl DayAcc {
                 self.trips += 1;
             }
         }
-        self.in_trip = step.counted_m > 0.0;
+        self.in_trip = step.counted;
     }
 
     /// Counts a harsh acceleration (`true`) or braking.

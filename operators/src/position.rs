@@ -55,6 +55,8 @@ pub struct Step {
     pub dist_m: f64,
     /// Time since `prev`, milliseconds (0 without `prev`).
     pub dt_ms: i64,
+    /// Whether the step is driven distance (not jitter, a gap or a jump).
+    pub counted: bool,
     /// What the step added to the GNSS distance, metres.
     pub counted_m: f64,
 }
@@ -69,6 +71,7 @@ impl Step {
             next: fix,
             dist_m: 0.0,
             dt_ms: 0,
+            counted: false,
             counted_m: 0.0,
         }
     }
@@ -128,6 +131,7 @@ impl PositionChain {
                 next: fix,
                 dist_m: prev.distance_m(&held),
                 dt_ms: held.ts_ms - prev.ts_ms,
+                counted: false,
                 counted_m: 0.0,
             },
             None => Step {
@@ -136,6 +140,7 @@ impl PositionChain {
                 next: fix,
                 dist_m: 0.0,
                 dt_ms: 0,
+                counted: false,
                 counted_m: 0.0,
             },
         };
@@ -148,6 +153,7 @@ impl PositionChain {
             if displaced {
                 self.breaks += 1;
             } else if !jitter {
+                step.counted = true;
                 step.counted_m = step.dist_m;
                 self.distance_m += step.dist_m;
             }

@@ -548,7 +548,6 @@ impl VehicleState {
                 &mut ctx,
             );
         }
-        drop(ctx);
         let claims = Claims {
             vehicle_id,
             profile,

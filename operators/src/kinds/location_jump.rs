@@ -71,6 +71,7 @@ mod tests {
             next: fix,
             dist_m,
             dt_ms: dt_s * 1000,
+            counted: false,
             counted_m: 0.0,
         }
     }
