@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use schemas::{Alert, DailyFeatures, Record, Reject};
 
 use crate::fleet::{EpochSample, Fleet, FleetOutputs, FleetStats};
-use crate::registry::Registry;
+use crate::reference::{ReferenceSlot, ReferenceView};
 use crate::vin_index::{VinClaim, VinIndex};
 
 /// What the fleet operator emits.
@@ -34,10 +34,20 @@ pub enum Output {
     Watermark(i64),
 }
 
-/// What the fleet operator emits: outputs, and VIN claims for the index.
+/// What the fleet operator emits: outputs, and what the VIN index needs.
 enum Emitted {
     Out(Output),
+    Vin(VinInput),
+}
+
+/// Input of the VIN index.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum VinInput {
+    /// A claim, to the worker owning its VIN.
     Claim(VinClaim),
+    /// The reference data changed, seen by worker `worker` (sent to its own VIN index) at
+    /// pipeline clock `clock_ms`.
+    Reloaded { worker: u64, clock_ms: i64 },
 }
 
 /// A well-mixed 64-bit key of an id: vehicles are exchanged by it (timely masks low bits for
@@ -57,6 +67,7 @@ pub trait RunFleet<'scope> {
         fleet: Fleet,
         wall_clock: fn() -> i64,
         stats: Rc<RefCell<FleetStats>>,
+        reference: ReferenceSlot,
     ) -> StreamVec<'scope, u64, Output>;
 }
 
@@ -67,9 +78,11 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
         mut fleet: Fleet,
         wall_clock: fn() -> i64,
         stats: Rc<RefCell<FleetStats>>,
+        reference: ReferenceSlot,
     ) -> StreamVec<'scope, u64, Output> {
         let by_vehicle = Exchange::new(|r: &Record| id_key(&r.vehicle_id));
-        let registry = Arc::clone(fleet.reference().0);
+        let worker = self.scope().index() as u64;
+        let mut view = ReferenceView::new(reference.clone());
         let emitted = self.binary_frontier(
             samples.broadcast(),
             by_vehicle,
@@ -105,6 +118,9 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         let batch = records.remove(&next).unwrap_or_default();
                         let samples = epoch_samples.remove(&next).unwrap_or_default();
                         let mut out = FleetOutputs::default();
+                        let reloaded = view.changed().map(|r| {
+                            fleet.set_reference(Arc::clone(&r.registry), Arc::clone(&r.fences));
+                        });
                         fleet.run_epoch(batch, &samples, wall_clock(), &mut out);
                         let watermark = fleet.clock().watermark_ms(fleet.rules());
                         if let Some(cap) = held.as_mut() {
@@ -113,6 +129,10 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                             session.give_iterator(outputs(out));
                             if let Some(w) = watermark {
                                 session.give(Emitted::Out(Output::Watermark(w)));
+                            }
+                            if reloaded.is_some() {
+                                let clock_ms = watermark.unwrap_or_else(wall_clock);
+                                session.give(Emitted::Vin(VinInput::Reloaded { worker, clock_ms }));
                             }
                         }
                     }
@@ -140,25 +160,29 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
         );
         let mut parts = emitted.partition(2, |e| match e {
             Emitted::Out(o) => (0, Ok(o)),
-            Emitted::Claim(c) => (1, Err(c)),
+            Emitted::Vin(v) => (1, Err(v)),
         });
-        let claims = parts.pop().expect("two parts").flat_map(Result::err);
+        let vin_inputs = parts.pop().expect("two parts").flat_map(Result::err);
         let outputs = parts.pop().expect("two parts").flat_map(Result::ok);
-        outputs.concat(index_vins(claims, registry, wall_clock))
+        outputs.concat(index_vins(vin_inputs, reference, wall_clock))
     }
 }
 
 /// The fleet-wide VIN index: claims exchanged by VIN, handled per epoch in (event time,
 /// vehicle) order so the result does not depend on the number of workers.
 fn index_vins<'scope>(
-    claims: StreamVec<'scope, u64, VinClaim>,
-    registry: Arc<Registry>,
+    inputs: StreamVec<'scope, u64, VinInput>,
+    reference: ReferenceSlot,
     wall_clock: fn() -> i64,
 ) -> StreamVec<'scope, u64, Output> {
-    let by_vin = Exchange::new(|c: &VinClaim| id_key(&c.vin));
-    claims.unary_frontier(by_vin, "VinIndex", move |_capability, _info| {
+    let by_vin = Exchange::new(|v: &VinInput| match v {
+        VinInput::Claim(c) => id_key(&c.vin),
+        VinInput::Reloaded { worker, .. } => *worker,
+    });
+    inputs.unary_frontier(by_vin, "VinIndex", move |_capability, _info| {
         let mut index = VinIndex::default();
-        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<VinClaim>)> = BTreeMap::new();
+        let mut view = ReferenceView::new(reference);
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<VinInput>)> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
                 let Some(time) = cap.least().copied() else {
@@ -174,15 +198,31 @@ fn index_vins<'scope>(
                 if frontier.less_equal(entry.key()) {
                     break;
                 }
-                let (cap, mut batch) = entry.remove();
-                batch.sort_by(|a, b| (a.ts_ms, &a.vehicle_id).cmp(&(b.ts_ms, &b.vehicle_id)));
+                let (cap, batch) = entry.remove();
                 let now = wall_clock();
-                let alerts: Vec<Output> = batch
-                    .iter()
-                    .filter_map(|c| index.claim(c, &registry, now))
-                    .map(Output::Alert)
-                    .collect();
-                output.session(&cap).give_iterator(alerts.into_iter());
+                let mut reload_clock = None;
+                let mut claims = Vec::new();
+                for input in batch {
+                    match input {
+                        VinInput::Claim(c) => claims.push(c),
+                        VinInput::Reloaded { clock_ms, .. } => reload_clock = Some(clock_ms),
+                    }
+                }
+                claims.sort_by(|a, b| (a.ts_ms, &a.vehicle_id).cmp(&(b.ts_ms, &b.vehicle_id)));
+                let mut alerts = Vec::new();
+                // A reload first raises what earlier claims now mean; this epoch's claims
+                // were made under the new data.
+                if let Some(r) = view.changed() {
+                    let clock = reload_clock
+                        .or(claims.first().map(|c| c.ts_ms))
+                        .unwrap_or(now);
+                    index.registry_changed(&r.registry, clock, now, &mut alerts);
+                }
+                let registry = Arc::clone(&view.get().registry);
+                alerts.extend(claims.iter().filter_map(|c| index.claim(c, &registry, now)));
+                output
+                    .session(&cap)
+                    .give_iterator(alerts.into_iter().map(Output::Alert));
             }
         }
     })
@@ -194,7 +234,10 @@ fn outputs(out: FleetOutputs) -> impl Iterator<Item = Emitted> {
     let archive = v.archive.into_iter().map(Output::Archive);
     let features = v.features.into_iter().map(Output::Features);
     let rejects = out.rejects.into_iter().map(Output::Reject);
-    let claims = v.claims.into_iter().map(Emitted::Claim);
+    let claims = v
+        .claims
+        .into_iter()
+        .map(|c| Emitted::Vin(VinInput::Claim(c)));
     alerts
         .chain(archive)
         .chain(features)

@@ -282,22 +282,59 @@ impl FenceIndex {
             fences.push(fence);
         }
 
+        Ok(Self::indexed(fences, by_id))
+    }
+
+    /// Builds the risk tree over the fences `by_id` names (the live ones).
+    fn indexed(fences: Vec<Fence>, by_id: HashMap<String, FenceIdx>) -> Self {
         let mut risk_entries = Vec::new();
-        for (idx, fence) in fences.iter().enumerate() {
+        let mut risk_count = 0;
+        for &idx in by_id.values() {
+            let fence = &fences[idx as usize];
             if fence.role == FenceRole::Risk {
+                risk_count += 1;
                 for [lower, upper] in fence.envelopes() {
                     let rect = Rectangle::from_corners(lower, upper);
-                    risk_entries.push(GeomWithData::new(rect, idx as FenceIdx));
+                    risk_entries.push(GeomWithData::new(rect, idx));
                 }
             }
         }
-        let risk_count = fences.iter().filter(|f| f.role == FenceRole::Risk).count();
-        Ok(Self {
+        Self {
             fences,
             by_id,
             risk_tree: RTree::bulk_load(risk_entries),
             risk_count,
-        })
+        }
+    }
+
+    /// `new` (a reloaded fence file) with the indices of `self`: a fence id that stays keeps
+    /// its index, a new one gets a new index, and a removed one keeps its index as a retired
+    /// fence that no lookup finds any more. Vehicle state refers to fences by index, so it
+    /// stays valid across a reload.
+    pub fn reloaded(&self, new: FenceIndex) -> FenceIndex {
+        let mut fences = self.fences.clone();
+        let mut by_id = HashMap::with_capacity(new.by_id.len());
+        let mut incoming: Vec<(FenceIdx, Fence)> = new
+            .by_id
+            .values()
+            .map(|&i| (i, new.fences[i as usize].clone()))
+            .collect();
+        // Keep the new file's order among new fences, so indices are deterministic.
+        incoming.sort_by_key(|(i, _)| *i);
+        for (_, fence) in incoming {
+            let idx = match self.by_id.get(&fence.id) {
+                Some(&idx) => {
+                    fences[idx as usize] = fence;
+                    idx
+                }
+                None => {
+                    fences.push(fence);
+                    (fences.len() - 1) as FenceIdx
+                }
+            };
+            by_id.insert(fences[idx as usize].id.clone(), idx);
+        }
+        Self::indexed(fences, by_id)
     }
 
     /// Reads and validates a fence file.
@@ -309,7 +346,7 @@ impl FenceIndex {
         Self::from_geojson_str(&text, &path.display().to_string())
     }
 
-    /// Number of fences.
+    /// Number of fences (retired ones of earlier reloads included).
     pub fn len(&self) -> usize {
         self.fences.len()
     }
@@ -377,7 +414,7 @@ impl FenceIndex {
 
     /// Number of fences with role permitted.
     pub fn permitted_count(&self) -> usize {
-        self.fences.len() - self.risk_count
+        self.by_id.len() - self.risk_count
     }
 }
 
@@ -746,6 +783,37 @@ mod tests {
     fn with_geometry(mut feature: Value, geometry: Value) -> Value {
         feature["geometry"] = geometry;
         feature
+    }
+
+    #[test]
+    fn a_reload_keeps_the_indices_of_fences_that_stay() {
+        let old = index(vec![
+            circle("a", "risk", 31.0, 121.0, 500.0),
+            circle("b", "risk", 32.0, 121.0, 500.0),
+            square("home", "permitted", 31.0, 121.0, 0.5),
+        ]);
+        let (a, b, home) = (
+            old.lookup("a").unwrap(),
+            old.lookup("b").unwrap(),
+            old.lookup("home").unwrap(),
+        );
+        let new = old.reloaded(index(vec![
+            circle("c", "risk", 33.0, 121.0, 500.0),
+            square("home", "permitted", 31.0, 121.0, 1.0),
+            circle("a", "risk", 31.0, 121.0, 500.0),
+        ]));
+        assert_eq!(new.lookup("a"), Some(a));
+        assert_eq!(new.lookup("home"), Some(home));
+        assert_eq!(new.lookup("b"), None, "removed fences are not found");
+        assert_eq!(new.fence(b).id, "b", "but their index still names them");
+        assert!(risk_at(&new, 32.0, 121.0).is_empty());
+        assert_eq!(risk_at(&new, 33.0, 121.0), vec![3]);
+        assert_eq!(risk_at(&new, 31.0, 121.0), vec![a]);
+        assert!(
+            new.signed_distance_m(home, 31.0, 121.9) < 0.0,
+            "the home fence grew"
+        );
+        assert_eq!((new.risk_count(), new.permitted_count()), (2, 1));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! wrappers. No tokio, no I/O.
 //!
 //! # Layout
-//! - [`geo`], [`fences`], [`registry`]: distances, the fence index, the vehicle registry.
+//! - [`geo`], [`fences`], [`registry`]: distances, the fence index, the vehicle registry;
+//!   [`reference`]: the registry and fences in force, replaced on reload.
 //! - [`config`]: the `[rules]` settings with the SPEC defaults.
 //! - [`dedup`], [`position`]: duplicate detection and the per-vehicle fix chain.
 //! - [`kinds`]: one module per alert kind; [`ctx`] is what a kind sees.
@@ -24,6 +25,7 @@ pub mod fleet;
 pub mod geo;
 pub mod kinds;
 pub mod position;
+pub mod reference;
 pub mod registry;
 pub mod vehicle;
 pub mod vin_index;
