@@ -1,19 +1,20 @@
-//! JSON Lines edges: the replay input ([`LineSource`], SPEC §7) and the alert file sink
-//! ([`AlertLog`], SPEC §4).
+//! JSON Lines edges: the replay input ([`LineSource`], SPEC §7) and the file sinks of alerts
+//! (SPEC §4) and daily features (SPEC §5), both a [`JsonlWriter`].
 
 use std::fs::File;
 use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use schemas::Alert;
+use serde::Serialize;
 
 /// Bytes read from an input per `read` call. Lines longer than this are assembled across
 /// reads.
 const READ_BUFFER_BYTES: usize = 256 << 10;
 
-/// Buffer of the alert log's writer.
-const ALERT_LOG_BUFFER_BYTES: usize = 64 << 10;
+/// Buffer of a [`JsonlWriter`].
+const WRITER_BUFFER_BYTES: usize = 64 << 10;
 
 /// Errors of the JSON Lines input and output.
 #[derive(Debug, thiserror::Error)]
@@ -34,17 +35,22 @@ pub enum JsonlError {
         /// The cause.
         source: io::Error,
     },
-    /// The alert log file could not be created.
-    #[error("cannot create alert log {path}: {source}")]
+    /// An output file could not be created.
+    #[error("cannot create {path}: {source}")]
     Create {
         /// The output path.
         path: PathBuf,
         /// The cause.
         source: io::Error,
     },
-    /// The alert log could not be written or flushed.
-    #[error("cannot write the alert log: {0}")]
-    Write(#[from] io::Error),
+    /// An output could not be written or flushed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The output path (`-` for stdout).
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
 }
 
 /// Whether `path` names stdin/stdout.
@@ -319,18 +325,24 @@ impl LineBatch {
     }
 }
 
-/// A JSON Lines sink for alerts, shared by the worker threads of a process
-/// (`Arc<AlertLog>`): one JSON object per line (SPEC §4).
+/// A JSON Lines file sink of `T` rows, shared by the worker threads of a process
+/// (`Arc<JsonlWriter<T>>`): one JSON object per line. The alerts file (SPEC §4) is a
+/// `JsonlWriter<Alert>`, the daily features file (SPEC §5) a `JsonlWriter<DailyFeatures>`;
+/// the row type keeps one from being written into the other.
 ///
 /// Buffering: writes go through a 64 KiB buffer behind a mutex; the lines of one
 /// [`write`](Self::write) call stay together. Nothing reaches the file until the buffer fills
 /// or [`flush`](Self::flush) is called, so call `flush` after each batch or epoch and before
-/// exit (dropping the log also flushes, but cannot report errors).
-pub struct AlertLog {
+/// exit (dropping the writer also flushes, but cannot report errors).
+pub struct JsonlWriter<T> {
+    /// The file (`-` = stdout), for errors.
+    path: PathBuf,
     out: Mutex<BufWriter<Box<dyn Write + Send>>>,
+    /// The row type; `fn(&T)` so the writer is `Send + Sync` whatever `T` is.
+    rows: PhantomData<fn(&T)>,
 }
 
-impl AlertLog {
+impl<T: Serialize> JsonlWriter<T> {
     /// Creates (truncates) the file at `path`; `-` writes to stdout.
     pub fn create(path: impl AsRef<Path>) -> Result<Self, JsonlError> {
         let path = path.as_ref();
@@ -343,24 +355,35 @@ impl AlertLog {
             })?)
         };
         Ok(Self {
-            out: Mutex::new(BufWriter::with_capacity(ALERT_LOG_BUFFER_BYTES, out)),
+            path: path.into(),
+            out: Mutex::new(BufWriter::with_capacity(WRITER_BUFFER_BYTES, out)),
+            rows: PhantomData,
         })
     }
 
-    /// Appends `alerts`, one JSON object per line.
-    pub fn write(&self, alerts: &[Alert]) -> Result<(), JsonlError> {
+    /// Appends `rows`, one JSON object per line.
+    pub fn write(&self, rows: &[T]) -> Result<(), JsonlError> {
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        for alert in alerts {
-            serde_json::to_writer(&mut *out, alert).map_err(io::Error::from)?;
-            out.write_all(b"\n")?;
-        }
-        Ok(())
+        let mut append = |row: &T| -> io::Result<()> {
+            serde_json::to_writer(&mut *out, row)?;
+            out.write_all(b"\n")
+        };
+        rows.iter()
+            .try_for_each(&mut append)
+            .map_err(|source| self.write_error(source))
     }
 
     /// Flushes buffered lines to the file.
     pub fn flush(&self) -> Result<(), JsonlError> {
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(out.flush()?)
+        out.flush().map_err(|source| self.write_error(source))
+    }
+
+    fn write_error(&self, source: io::Error) -> JsonlError {
+        JsonlError::Write {
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
@@ -369,7 +392,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use schemas::{AlertKind, Phase, Severity};
+    use schemas::{Alert, AlertKind, Phase, Severity};
 
     use super::*;
 
@@ -582,10 +605,10 @@ mod tests {
     }
 
     #[test]
-    fn alert_log_writes_one_object_per_line_from_many_threads() {
+    fn writer_writes_one_object_per_line_from_many_threads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("alerts.jsonl");
-        let log = Arc::new(AlertLog::create(&path).unwrap());
+        let log = Arc::new(JsonlWriter::create(&path).unwrap());
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let log = Arc::clone(&log);
@@ -624,5 +647,21 @@ mod tests {
             .collect();
         assert_eq!(alerts.len(), 200);
         assert!(alerts.iter().all(|a| a.phase == Phase::Close && a.backfill));
+    }
+
+    #[test]
+    fn write_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir/features.jsonl");
+        let err = JsonlWriter::<u32>::create(&missing).err().unwrap();
+        assert!(err.to_string().contains("features.jsonl"), "{err}");
+        // /dev/full accepts the open and fails every write with ENOSPC.
+        let full = JsonlWriter::<u32>::create("/dev/full").unwrap();
+        full.write(&[1, 2]).unwrap();
+        let err = full.flush().unwrap_err();
+        assert!(
+            matches!(&err, JsonlError::Write { path, .. } if path == Path::new("/dev/full")),
+            "{err}"
+        );
     }
 }

@@ -1,9 +1,10 @@
-//! The Kafka alert sink (SPEC §4): alerts as JSON to `lienwatch.alerts`, key `vehicle_id`,
-//! through an idempotent rdkafka `FutureProducer` (`acks=all`). A delivery that fails is
-//! counted and retried with backoff until it succeeds; nothing is dropped. Shutdown waits
-//! for every delivery.
+//! The Kafka sink: alerts (SPEC §4) as JSON to `lienwatch.alerts` and daily features
+//! (SPEC §5) as JSON to `lienwatch.features`, both keyed by `vehicle_id`, through one
+//! idempotent rdkafka `FutureProducer` (`acks=all`). A delivery that fails is counted and
+//! retried with backoff until it succeeds; nothing is dropped. Shutdown waits for every
+//! delivery of both topics.
 //!
-//! Sends are non-blocking for the timely worker: each alert becomes a task on the tokio
+//! Sends are non-blocking for the timely worker: each message becomes a task on the tokio
 //! runtime that owns its bytes until the broker confirms it.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use rdkafka::error::{KafkaError as KafkaClientError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use schemas::{Alert, DailyFeatures};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -25,12 +27,14 @@ use tokio::sync::Notify;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
-    /// Send alerts to Kafka (`run`).
+    /// Send alerts and daily features to Kafka (`run`).
     pub enabled: bool,
     /// `bootstrap.servers`.
     pub brokers: String,
     /// Topic of the alerts (key `vehicle_id`, header `alert_id`).
     pub alerts_topic: String,
+    /// Topic of the daily features (key `vehicle_id`, headers `date` and `revision`).
+    pub features_topic: String,
     /// `client.id`.
     pub client_id: String,
     /// Create missing topics at start (with the partitions and replication below).
@@ -52,6 +56,7 @@ impl Default for KafkaSettings {
             enabled: true,
             brokers: "127.0.0.1:9092".into(),
             alerts_topic: "lienwatch.alerts".into(),
+            features_topic: "lienwatch.features".into(),
             client_id: "lienwatch".into(),
             create_topics: true,
             topic_partitions: 3,
@@ -68,7 +73,7 @@ pub enum KafkaError {
     /// The producer or admin client could not be created (bad property, bad broker list).
     #[error("kafka client: {0}")]
     Client(rdkafka::error::KafkaError),
-    /// The alerts topic could not be created.
+    /// A topic could not be created.
     #[error("kafka topic {topic}: {message}")]
     Topic {
         /// The topic.
@@ -78,71 +83,128 @@ pub enum KafkaError {
     },
 }
 
-/// Alerts sent and not yet confirmed.
+/// Messages sent and not yet confirmed, over both topics.
 #[derive(Default)]
 struct InFlight {
     count: AtomicU64,
     idle: Notify,
 }
 
-/// The producer of alerts; cheap to clone, one per process.
-#[derive(Clone)]
-pub struct AlertProducer {
-    producer: FutureProducer,
+/// One message as the delivery task keeps it until the broker confirms it.
+struct Outgoing {
     topic: Arc<str>,
+    /// `vehicle_id`.
+    key: String,
+    headers: OwnedHeaders,
+    payload: Vec<u8>,
+    /// Names the message in logs: the alert id, or the features' date and revision.
+    id: String,
+}
+
+impl Outgoing {
+    /// The message as rdkafka takes it (the headers are copied: a retry needs them again).
+    fn record(&self) -> FutureRecord<'_, str, [u8]> {
+        FutureRecord::to(&self.topic)
+            .key(self.key.as_str())
+            .payload(self.payload.as_slice())
+            .headers(self.headers.clone())
+    }
+}
+
+/// The producer of alerts and daily features; cheap to clone, one per process.
+///
+/// A message enters librdkafka's queue when it is sent, in call order, so one worker's
+/// messages (and so one vehicle's) keep their order within a topic; the idempotent producer
+/// keeps that order through its own retries. While that queue is full a send waits
+/// (back-pressure on the dataflow). A delivery that still fails (after `message.timeout.ms`)
+/// is counted and sent again until it is confirmed: never dropped, though then possibly after
+/// later messages. [`in_flight`](Self::in_flight) and [`drain`](Self::drain) cover both topics.
+#[derive(Clone)]
+pub struct KafkaProducer {
+    producer: FutureProducer,
+    alerts_topic: Arc<str>,
+    features_topic: Arc<str>,
     runtime: tokio::runtime::Handle,
     in_flight: Arc<InFlight>,
     backoff_max: Duration,
 }
 
-impl AlertProducer {
-    /// Creates the producer (and the topic, if asked) for use on `runtime`.
+impl KafkaProducer {
+    /// Creates the producer (and both topics, if asked) for use on `runtime`.
     pub async fn connect(
         settings: &KafkaSettings,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, KafkaError> {
         let config = client_config(settings);
         if settings.create_topics {
-            create_topic(&config, settings).await?;
+            create_topics(&config, settings).await?;
         }
         let producer: FutureProducer = config.create().map_err(KafkaError::Client)?;
         Ok(Self {
             producer,
-            topic: settings.alerts_topic.as_str().into(),
+            alerts_topic: settings.alerts_topic.as_str().into(),
+            features_topic: settings.features_topic.as_str().into(),
             runtime,
             in_flight: Arc::default(),
             backoff_max: Duration::from_millis(settings.retry_backoff_max_ms.max(100)),
         })
     }
 
-    /// Queues one alert: key `vehicle_id`, header `alert_id`, value `payload`. The alert
-    /// enters librdkafka's queue here, in call order, so one worker's alerts (and so one
-    /// vehicle's) keep their order; the idempotent producer keeps that order through its own
-    /// retries. While that queue is full this waits (back-pressure on the dataflow). A
-    /// delivery that still fails (after `message.timeout.ms`) is counted and sent again until
-    /// it is confirmed: never dropped, though then possibly after later alerts.
-    pub fn send(&self, vehicle_id: &str, alert_id: &str, payload: Vec<u8>) {
+    /// Queues one alert to the alerts topic: key `vehicle_id`, header `alert_id`, the alert
+    /// JSON as value.
+    pub fn send_alert(&self, alert: &Alert) {
+        self.send(Outgoing {
+            topic: Arc::clone(&self.alerts_topic),
+            key: alert.vehicle_id.clone(),
+            headers: OwnedHeaders::new().insert(Header {
+                key: "alert_id",
+                value: Some(&alert.alert_id),
+            }),
+            payload: serde_json::to_vec(alert).expect("an alert always serializes"),
+            id: alert.alert_id.clone(),
+        });
+    }
+
+    /// Queues one row of daily features to the features topic: key `vehicle_id`, headers
+    /// `date` and `revision` (so consumers can keep the latest revision without parsing), the
+    /// row JSON as value.
+    pub fn send_features(&self, features: &DailyFeatures) {
+        let revision = features.revision.to_string();
+        self.send(Outgoing {
+            topic: Arc::clone(&self.features_topic),
+            key: features.vehicle_id.clone(),
+            headers: OwnedHeaders::new()
+                .insert(Header {
+                    key: "date",
+                    value: Some(&features.date),
+                })
+                .insert(Header {
+                    key: "revision",
+                    value: Some(&revision),
+                }),
+            payload: serde_json::to_vec(features).expect("a features row always serializes"),
+            id: format!("{} revision {revision}", features.date),
+        });
+    }
+
+    /// Queues one message and spawns the task that sees it confirmed.
+    fn send(&self, message: Outgoing) {
         self.in_flight.count.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("lienwatch_kafka_in_flight").increment(1.0);
         let delivery = loop {
-            let record = FutureRecord::to(&self.topic)
-                .key(vehicle_id)
-                .payload(&payload)
-                .headers(alert_header(alert_id));
-            match self.producer.send_result(record) {
+            match self.producer.send_result(message.record()) {
                 Ok(delivery) => break Some(delivery),
                 Err((KafkaClientError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((error, _)) => {
                     metrics::counter!("lienwatch_kafka_delivery_failures_total").increment(1);
-                    tracing::warn!(%error, alert_id, "Kafka refused an alert; retrying");
+                    tracing::warn!(%error, topic = %message.topic, id = message.id, "Kafka refused a message; retrying");
                     break None;
                 }
             }
         };
         let this = self.clone();
-        let (key, id) = (vehicle_id.to_owned(), alert_id.to_owned());
         self.runtime.spawn(async move {
             // A refusal at enqueue was counted there.
             let confirmed = match delivery {
@@ -150,7 +212,7 @@ impl AlertProducer {
                     Ok(Ok(_)) => true,
                     Ok(Err((error, _))) => {
                         metrics::counter!("lienwatch_kafka_delivery_failures_total").increment(1);
-                        tracing::warn!(%error, alert_id = id, "Kafka delivery failed; retrying");
+                        tracing::warn!(%error, topic = %message.topic, id = message.id, "Kafka delivery failed; retrying");
                         false
                     }
                     Err(_) => {
@@ -163,7 +225,7 @@ impl AlertProducer {
             if confirmed {
                 metrics::counter!("lienwatch_kafka_deliveries_total").increment(1);
             } else {
-                this.deliver(&key, &id, &payload).await;
+                this.deliver(&message).await;
             }
             metrics::gauge!("lienwatch_kafka_in_flight").decrement(1.0);
             if this.in_flight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -173,15 +235,11 @@ impl AlertProducer {
     }
 
     /// Sends again until confirmed, with backoff.
-    async fn deliver(&self, key: &str, alert_id: &str, payload: &[u8]) {
+    async fn deliver(&self, message: &Outgoing) {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1u32;
         loop {
-            let record = FutureRecord::to(&self.topic)
-                .key(key)
-                .payload(payload)
-                .headers(alert_header(alert_id));
-            match self.producer.send(record, Timeout::Never).await {
+            match self.producer.send(message.record(), Timeout::Never).await {
                 Ok(_) => {
                     metrics::counter!("lienwatch_kafka_deliveries_total").increment(1);
                     return;
@@ -189,7 +247,7 @@ impl AlertProducer {
                 Err((error, _)) => {
                     metrics::counter!("lienwatch_kafka_delivery_failures_total").increment(1);
                     if attempt == 1 || attempt.is_multiple_of(10) {
-                        tracing::warn!(%error, alert_id, attempt, "Kafka delivery failed; retrying");
+                        tracing::warn!(%error, topic = %message.topic, id = message.id, attempt, "Kafka delivery failed; retrying");
                     }
                 }
             }
@@ -199,12 +257,12 @@ impl AlertProducer {
         }
     }
 
-    /// Alerts queued and not yet confirmed.
+    /// Messages (alerts and features) queued and not yet confirmed.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.count.load(Ordering::Acquire)
     }
 
-    /// Waits until every queued alert is confirmed.
+    /// Waits until every queued message of both topics is confirmed.
     pub async fn drain(&self) {
         loop {
             let idle = self.in_flight.idle.notified();
@@ -214,13 +272,6 @@ impl AlertProducer {
             idle.await;
         }
     }
-}
-
-fn alert_header(alert_id: &str) -> OwnedHeaders {
-    OwnedHeaders::new().insert(Header {
-        key: "alert_id",
-        value: Some(alert_id),
-    })
 }
 
 /// The librdkafka configuration: no-loss defaults, then the pass-through properties.
@@ -239,31 +290,41 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// Creates the alerts topic unless it exists.
-async fn create_topic(config: &ClientConfig, settings: &KafkaSettings) -> Result<(), KafkaError> {
-    let topic = settings.alerts_topic.as_str();
+/// Creates the alerts and features topics unless they exist (one topic when both names are
+/// the same).
+async fn create_topics(config: &ClientConfig, settings: &KafkaSettings) -> Result<(), KafkaError> {
+    let mut topics = vec![
+        settings.alerts_topic.as_str(),
+        settings.features_topic.as_str(),
+    ];
+    topics.dedup();
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(KafkaError::Client)?;
-    let new = NewTopic::new(
-        topic,
-        settings.topic_partitions.max(1),
-        TopicReplication::Fixed(settings.topic_replication.max(1)),
-    );
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|topic| {
+            NewTopic::new(
+                topic,
+                settings.topic_partitions.max(1),
+                TopicReplication::Fixed(settings.topic_replication.max(1)),
+            )
+        })
+        .collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(15)));
     let results = admin
-        .create_topics([&new], &options)
+        .create_topics(&new, &options)
         .await
         .map_err(|e| KafkaError::Topic {
-            topic: topic.into(),
+            topic: topics.join(", "),
             message: e.to_string(),
         })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => {
+            Err((topic, code)) => {
                 return Err(KafkaError::Topic {
-                    topic: topic.into(),
+                    topic,
                     message: code.to_string(),
                 });
             }
