@@ -58,6 +58,9 @@ pub struct ReplayArgs {
     /// Alerts JSON Lines file, `-` for stdout (overrides `alerts.jsonl_path`).
     #[arg(long)]
     pub alerts_out: Option<PathBuf>,
+    /// Daily features JSON Lines file, `-` for stdout (overrides `features.jsonl_path`).
+    #[arg(long)]
+    pub features_out: Option<PathBuf>,
     /// Archive root directory (overrides `archive.url`).
     #[arg(long)]
     pub archive: Option<String>,
@@ -183,6 +186,9 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
     if let Some(a) = args.alerts_out {
         config.alerts.jsonl_path = Some(a);
     }
+    if let Some(f) = args.features_out {
+        config.features.jsonl_path = Some(f);
+    }
     if let Some(root) = args.archive {
         config.archive.url = root;
         config.archive.enabled = true;
@@ -202,8 +208,11 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
         std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    // With alerts on stdout the summary goes to stderr, keeping stdout JSON Lines.
-    if config.alerts.jsonl_path.as_deref() == Some(Path::new("-")) {
+    // With alerts or features on stdout the summary goes to stderr, keeping stdout JSON Lines.
+    let stdout = Some(Path::new("-"));
+    if config.alerts.jsonl_path.as_deref() == stdout
+        || config.features.jsonl_path.as_deref() == stdout
+    {
         eprint!("{}", summary.render());
     } else {
         print!("{}", summary.render());
@@ -237,6 +246,7 @@ fn run_service(args: RunArgs) -> anyhow::Result<()> {
         duplicates = summary.duplicates,
         rejects = summary.rejects_total,
         alerts = summary.alerts_total,
+        features = summary.features,
         archive_files = summary.archive.files,
         "lienwatch stopped cleanly"
     );
@@ -280,10 +290,19 @@ fn run_check(path: &Path) -> anyhow::Result<()> {
                 "shared group {g}"
             ))
     );
+    let file = |path: &Option<PathBuf>| {
+        path.as_ref()
+            .map_or("none".to_owned(), |p| p.display().to_string())
+    };
+    println!(
+        "JSON Lines: alerts {}, daily features {}",
+        file(&config.alerts.jsonl_path),
+        file(&config.features.jsonl_path)
+    );
     if config.kafka.enabled {
         println!(
-            "run: alerts to Kafka {} topic {}",
-            config.kafka.brokers, config.kafka.alerts_topic
+            "run: alerts to Kafka {} topic {}, daily features to topic {}",
+            config.kafka.brokers, config.kafka.alerts_topic, config.kafka.features_topic
         );
     } else {
         println!("run: Kafka off");

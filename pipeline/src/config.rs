@@ -23,6 +23,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The JSON Lines alert sink.
     pub alerts: AlertsConfig,
+    /// The JSON Lines sink of daily features.
+    pub features: FeaturesConfig,
     /// The Parquet archive.
     pub archive: ArchiveSettings,
     /// Input decoding.
@@ -109,6 +111,15 @@ impl RegistryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// JSON Lines file the alerts are appended to (`-` = stdout); unset = none.
+    pub jsonl_path: Option<PathBuf>,
+}
+
+/// `[features]`: where the daily features rows (SPEC §5) go besides the archive and Kafka.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    /// JSON Lines file the rows (revisions included) are appended to (`-` = stdout); unset =
+    /// none.
     pub jsonl_path: Option<PathBuf>,
 }
 
@@ -386,6 +397,18 @@ impl Config {
                 ),
             });
         }
+        if let (Some(alerts), Some(features)) = (&self.alerts.jsonl_path, &self.features.jsonl_path)
+            && alerts == features
+        {
+            // Two writers on one file (or both on stdout) would interleave partial lines.
+            return Err(ConfigError::Value {
+                key: "features.jsonl_path",
+                message: format!(
+                    "{} is alerts.jsonl_path too; alerts and features need files of their own",
+                    features.display()
+                ),
+            });
+        }
         if !(1..=22).contains(&self.archive.zstd_level) {
             return Err(ConfigError::Value {
                 key: "archive.zstd_level",
@@ -506,5 +529,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("pipeline.workers"), "{e}");
+    }
+
+    #[test]
+    fn alerts_and_features_need_files_of_their_own() {
+        let f = write("[alerts]\njsonl_path = \"-\"\n[features]\njsonl_path = \"f.jsonl\"\n");
+        let c = Config::load_with_env(Some(f.path()), []).unwrap();
+        assert_eq!(c.features.jsonl_path.as_deref(), Some(Path::new("f.jsonl")));
+        let stdout = [("LIENWATCH__FEATURES__JSONL_PATH".to_owned(), "-".to_owned())];
+        let e = Config::load_with_env(Some(f.path()), stdout)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("features.jsonl_path"), "{e}");
     }
 }

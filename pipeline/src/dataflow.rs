@@ -15,13 +15,16 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{Scope, StreamVec};
 
-use connectors::{AlertLog, AlertProducer, ArchiveStats, ArchiveWriter};
+use anyhow::Context;
+use connectors::{ArchiveStats, ArchiveWriter, JsonlWriter, KafkaProducer};
 use operators::dataflow::{Output, RunFleet, id_key};
-use operators::fences::FenceIndex;
 use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
+use operators::reference::{ReferenceSlot, ReferenceView};
 use operators::registry::Registry;
 use schemas::time::now_ms;
-use schemas::{Alert, DecodeLimits, DeviceClass, Reading, Record, Reject, decode_payload};
+use schemas::{
+    Alert, DailyFeatures, DecodeLimits, DeviceClass, Reading, Record, Reject, decode_payload,
+};
 
 use crate::config::Config;
 
@@ -40,12 +43,16 @@ pub(crate) struct WorkerReport {
     pub(crate) fleet: FleetStats,
     pub(crate) rejects: BTreeMap<String, u64>,
     pub(crate) alerts: BTreeMap<String, u64>,
+    /// Daily features rows, revisions included.
+    pub(crate) features: u64,
+    /// Of `features`, the rows with `revision` > 0.
+    pub(crate) features_revisions: u64,
     pub(crate) archive: ArchiveStats,
 }
 
 /// What a source needs besides its input.
 pub(crate) struct SourceSetup {
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) reference: ReferenceView,
     pub(crate) limits: DecodeLimits,
 }
 
@@ -101,8 +108,11 @@ impl EpochBatch {
         topic_device: Option<&str>,
         received_at_ms: i64,
         seq: u64,
-        setup: &SourceSetup,
+        setup: &mut SourceSetup,
     ) -> u64 {
+        // A reload applies from the next message on.
+        setup.reference.changed();
+        let registry = &setup.reference.get().registry;
         decode_payload(
             payload,
             topic_device,
@@ -118,7 +128,7 @@ impl EpochBatch {
                     self.top.offer(id_key(&reading.device_id), reading.ts_ms);
                     let ingest_seq = (seq << 16) | element.min(0xffff) as u64;
                     self.records
-                        .push(identify(reading, ingest_seq, &setup.registry));
+                        .push(identify(reading, ingest_seq, registry));
                 }
                 Err(reject) => self.rejects.push(reject),
             }
@@ -130,38 +140,52 @@ impl EpochBatch {
 /// A function that shows an alert (the demo prints it to the terminal).
 pub(crate) type AlertPrinter = Arc<dyn Fn(&Alert) + Send + Sync>;
 
-/// Where alerts go besides the archive.
+/// Where alerts and daily features go besides the archive.
 #[derive(Clone, Default)]
-pub(crate) struct AlertSinks {
-    /// The JSON Lines file.
-    pub(crate) log: Option<Arc<AlertLog>>,
-    /// Kafka.
-    pub(crate) kafka: Option<AlertProducer>,
-    /// A live view.
+pub(crate) struct OutputSinks {
+    /// The JSON Lines file of alerts.
+    pub(crate) alerts_log: Option<Arc<JsonlWriter<Alert>>>,
+    /// The JSON Lines file of daily features.
+    pub(crate) features_log: Option<Arc<JsonlWriter<DailyFeatures>>>,
+    /// Kafka: both topics.
+    pub(crate) kafka: Option<KafkaProducer>,
+    /// A live view of the alerts.
     pub(crate) printer: Option<AlertPrinter>,
 }
 
-impl AlertSinks {
-    /// Sends `alerts` to every sink; one failing does not keep them from the others.
-    fn send(&self, alerts: &[Alert]) -> Result<(), String> {
-        let mut failure = None;
+impl OutputSinks {
+    /// Sends `alerts` and `features` to every sink; one failing does not keep them from the
+    /// others.
+    fn send(&self, alerts: &[Alert], features: &[DailyFeatures]) -> Result<(), String> {
         if let Some(kafka) = &self.kafka {
-            for alert in alerts {
-                match serde_json::to_vec(alert) {
-                    Ok(payload) => kafka.send(&alert.vehicle_id, &alert.alert_id, payload),
-                    Err(e) => failure = Some(format!("alert {}: {e}", alert.alert_id)),
-                }
-            }
+            alerts.iter().for_each(|a| kafka.send_alert(a));
+            features.iter().for_each(|f| kafka.send_features(f));
         }
         if let Some(printer) = &self.printer {
             alerts.iter().for_each(|a| printer(a));
         }
-        if let Some(log) = &self.log
-            && let Err(e) = log.write(alerts)
-        {
-            failure = Some(e.to_string());
+        let alerts_written = match &self.alerts_log {
+            Some(log) if !alerts.is_empty() => log.write(alerts),
+            _ => Ok(()),
+        };
+        let features_written = match &self.features_log {
+            Some(log) if !features.is_empty() => log.write(features),
+            _ => Ok(()),
+        };
+        alerts_written
+            .and(features_written)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Flushes both JSON Lines files (at the end of a run).
+    pub(crate) fn flush(&self) -> anyhow::Result<()> {
+        if let Some(log) = &self.alerts_log {
+            log.flush().context("flushing the alerts file")?;
         }
-        failure.map_or(Ok(()), Err)
+        if let Some(log) = &self.features_log {
+            log.flush().context("flushing the features file")?;
+        }
+        Ok(())
     }
 }
 
@@ -222,9 +246,8 @@ impl WorkerEvents for Quiet {}
 pub(crate) fn run_worker(
     worker: &mut timely::worker::Worker,
     config: &Config,
-    registry: &Arc<Registry>,
-    fences: &Arc<FenceIndex>,
-    alert_sinks: AlertSinks,
+    reference: &ReferenceSlot,
+    output_sinks: OutputSinks,
     source: impl Source,
     events: &impl WorkerEvents,
 ) -> Result<WorkerReport, String> {
@@ -241,13 +264,14 @@ pub(crate) fn run_worker(
     } else {
         None
     };
+    let view = ReferenceView::new(reference.clone());
     let fleet = Fleet::new(
         config.rules.clone(),
-        Arc::clone(registry),
-        Arc::clone(fences),
+        Arc::clone(&view.get().registry),
+        Arc::clone(&view.get().fences),
     );
     let setup = SourceSetup {
-        registry: Arc::clone(registry),
+        reference: view,
         limits: DecodeLimits {
             max_reject_raw_bytes: config.decode.max_reject_raw_bytes,
             max_future_of_receipt_ms: source.live().then(|| {
@@ -259,12 +283,18 @@ pub(crate) fn run_worker(
         let (records, rejects, samples) =
             source.build(scope, setup, Rc::clone(&report), Rc::clone(&error));
         let outputs = records
-            .run_fleet(samples, fleet, now_ms, Rc::clone(&fleet_stats))
+            .run_fleet(
+                samples,
+                fleet,
+                now_ms,
+                Rc::clone(&fleet_stats),
+                reference.clone(),
+            )
             .concat(rejects.map(Output::Reject));
         sinks(
             outputs,
             archive,
-            alert_sinks,
+            output_sinks,
             Rc::clone(&fleet_stats),
             Rc::clone(&report),
             Rc::clone(&error),
@@ -287,18 +317,19 @@ pub(crate) fn run_worker(
     Ok(report)
 }
 
-/// Writes the fleet's outputs: alerts to `alert_sinks` and the archive, accepted readings
-/// and rejects to the archive; counts alerts by kind and rejects by reason, in `report` and
-/// as metrics.
+/// Writes the fleet's outputs: alerts and daily features to `output_sinks` and the archive,
+/// accepted readings and rejects to the archive; counts alerts by kind, features rows and
+/// rejects by reason, in `report` and as metrics.
 fn sinks<'scope>(
     outputs: StreamVec<'scope, u64, Output>,
     mut archive: Option<ArchiveWriter>,
-    alert_sinks: AlertSinks,
+    output_sinks: OutputSinks,
     fleet_stats: Rc<RefCell<FleetStats>>,
     report: Rc<RefCell<WorkerReport>>,
     error: ErrorSlot,
 ) {
     let mut alerts = Vec::new();
+    let mut features = Vec::new();
     let mut watermark = None;
     let mut archived = 0u64;
     let mut fleet_metrics = FleetMetrics::default();
@@ -338,15 +369,27 @@ fn sinks<'scope>(
                             a.push_reject(reject);
                         }
                     }
+                    Output::Features(row) => {
+                        report.features += 1;
+                        if row.revision > 0 {
+                            report.features_revisions += 1;
+                        }
+                        metrics::counter!("lienwatch_features_total").increment(1);
+                        if let Some(a) = archive.as_mut() {
+                            a.push_features(&row);
+                        }
+                        features.push(row);
+                    }
                     Output::Watermark(w) => watermark = Some(w),
                 }
             }
         });
         fleet_metrics.publish(*fleet_stats.borrow());
-        if let Err(e) = alert_sinks.send(&alerts) {
+        if let Err(e) = output_sinks.send(&alerts, &features) {
             error.borrow_mut().get_or_insert(e);
         }
         alerts.clear();
+        features.clear();
         if let Some(a) = archive.as_mut() {
             let rolled = a
                 .roll_due(now_ms())

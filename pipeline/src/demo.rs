@@ -22,8 +22,8 @@ use crate::simulate::{SimOptions, SimOutputs, simulate};
 /// What the demo needs.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
-    /// Where the fleet, alerts and archive go (its `demo/`, `archive/` and `alerts.jsonl`
-    /// are replaced on every run).
+    /// Where the fleet, alerts, features and archive go (its `demo/`, `archive/`,
+    /// `alerts.jsonl` and `features.jsonl` are replaced on every run).
     pub dir: PathBuf,
     /// Simulated fleet.
     pub sim: SimOptions,
@@ -58,14 +58,18 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<crate::replay::Summary> {
     println!("embedded MQTT broker on {broker}");
 
     let alerts_path = dir.join("alerts.jsonl");
-    if alerts_path.exists() {
-        std::fs::remove_file(&alerts_path)?;
+    let features_path = dir.join("features.jsonl");
+    for file in [&alerts_path, &features_path] {
+        if file.exists() {
+            std::fs::remove_file(file)?;
+        }
     }
     let mut config = Config::default();
     config.pipeline.workers = 2;
     config.registry.vehicles_csv = Some(outputs.vehicles_csv.clone());
     config.registry.fences_geojson = Some(outputs.fences.clone());
     config.alerts.jsonl_path = Some(alerts_path.clone());
+    config.features.jsonl_path = Some(features_path.clone());
     config.archive.url = dir.join("archive").display().to_string();
     config.kafka.enabled = false;
     config.http.listen = "127.0.0.1:0".into();
@@ -142,7 +146,7 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<crate::replay::Summary> {
          are in {}",
         outputs.truth.display()
     );
-    print_outputs(&alerts_path, &config.archive.url);
+    print_outputs(&alerts_path, &features_path, &config.archive.url);
     Ok(summary)
 }
 
@@ -202,8 +206,9 @@ dynamic_filters = true
     Err(anyhow!("the embedded MQTT broker did not open {addr}"))
 }
 
-fn print_outputs(alerts_path: &Path, archive: &str) {
+fn print_outputs(alerts_path: &Path, features_path: &Path, archive: &str) {
     println!("alerts (JSON Lines): {}", alerts_path.display());
+    println!("daily features (JSON Lines): {}", features_path.display());
     println!("archive (Parquet):   {archive}");
     let sql = format!(
         "SELECT kind, severity, count(*) FROM read_parquet('{archive}/alerts/**/*.parquet', \

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //!  ReplaySource ──records──▶ exchange by vehicle ──▶ RunFleet ──┐
-//!   (per worker:   ──samples──▶ broadcast ──────────────▶┘        ├─▶ Sinks (JSON Lines alerts,
-//!    its blocks    ──rejects──────────────────────────────────────┘    Parquet archive)
-//!    of lines)
+//!   (per worker:   ──samples──▶ broadcast ──────────────▶┘        ├─▶ Sinks (JSON Lines alerts
+//!    its blocks    ──rejects──────────────────────────────────────┘    and features, Parquet
+//!    of lines)                                                         archive)
 //! ```
 //!
 //! Every worker reads the inputs and decodes its own blocks of lines; ingest epochs are fixed
@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +25,8 @@ use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use connectors::{AlertLog, ArchiveStats, LineBatch, LineSource};
+use connectors::{ArchiveStats, JsonlWriter, LineBatch, LineSource};
+use operators::reference::ReferenceSlot;
 use operators::fences::FenceIndex;
 use operators::fleet::EpochSample;
 use operators::registry::Registry;
@@ -34,7 +35,7 @@ use schemas::{Record, Reject};
 
 use crate::config::Config;
 use crate::dataflow::{
-    AlertSinks, EpochBatch, ErrorSlot, Quiet, Source, SourceSetup, Streams, WorkerReport,
+    EpochBatch, ErrorSlot, OutputSinks, Quiet, Source, SourceSetup, Streams, WorkerReport,
     run_worker,
 };
 
@@ -66,6 +67,10 @@ pub struct Summary {
     pub alerts: BTreeMap<String, u64>,
     /// Sum of `alerts`.
     pub alerts_total: u64,
+    /// Daily features rows emitted (vehicle-days closed, plus revisions).
+    pub features: u64,
+    /// Of `features`, the revisions (`revision` > 0) after late data.
+    pub features_revisions: u64,
     /// What the archive wrote.
     pub archive: ArchiveSummary,
     /// Worker threads.
@@ -89,6 +94,8 @@ pub struct ArchiveSummary {
     pub alert_rows: u64,
     /// `rejects` rows.
     pub reject_rows: u64,
+    /// `features_daily` rows.
+    pub features_rows: u64,
 }
 
 impl From<ArchiveStats> for ArchiveSummary {
@@ -99,6 +106,7 @@ impl From<ArchiveStats> for ArchiveSummary {
             telemetry_rows: s.telemetry_rows,
             alert_rows: s.alert_rows,
             reject_rows: s.reject_rows,
+            features_rows: s.features_rows,
         }
     }
 }
@@ -125,12 +133,18 @@ impl Summary {
             s += &format!("  {kind} {n}");
         }
         s += &format!(
-            "\narchive {} files, {} bytes, {} telemetry rows, {} alert rows, {} reject rows\n",
+            "\nfeatures {} rows ({} revisions)",
+            self.features, self.features_revisions
+        );
+        s += &format!(
+            "\narchive {} files, {} bytes, {} telemetry rows, {} alert rows, {} reject rows, \
+             {} features rows\n",
             self.archive.files,
             self.archive.bytes,
             self.archive.telemetry_rows,
             self.archive.alert_rows,
-            self.archive.reject_rows
+            self.archive.reject_rows,
+            self.archive.features_rows
         );
         s += &format!(
             "{} workers, {:.2} s, {:.0} messages/s\n",
@@ -157,14 +171,16 @@ pub fn load_reference(config: &Config) -> anyhow::Result<(Arc<Registry>, Arc<Fen
 /// Replays `inputs` through the dataflow with `config`; returns the summary.
 pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> {
     let (registry, fences) = load_reference(config)?;
-    let alert_log = open_alert_log(config)?;
+    let reference = ReferenceSlot::new(registry, fences);
+    let output_sinks = OutputSinks {
+        alerts_log: open_jsonl(config.alerts.jsonl_path.as_deref(), "alerts")?,
+        features_log: open_jsonl(config.features.jsonl_path.as_deref(), "features")?,
+        ..OutputSinks::default()
+    };
     let workers = config.pipeline.workers;
     let config = Arc::new(config.clone());
     let started = Instant::now();
-    let alert_sinks = AlertSinks {
-        log: alert_log.clone(),
-        ..AlertSinks::default()
-    };
+    let sinks = output_sinks.clone();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let source = ReplaySource {
             lines: LineSource::new(
@@ -178,9 +194,8 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
         run_worker(
             worker,
             &config,
-            &registry,
-            &fences,
-            alert_sinks.clone(),
+            &reference,
+            sinks.clone(),
             source,
             &Quiet,
         )
@@ -196,24 +211,26 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
             .map_err(|e| anyhow!(e))?;
         merge(&mut summary, report);
     }
-    if let Some(log) = alert_log {
-        log.flush().context("flushing the alerts file")?;
-    }
+    output_sinks.flush()?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     summary.messages_per_s = summary.messages as f64 / summary.elapsed_s.max(1e-9);
     Ok(summary)
 }
 
-/// Opens the JSON Lines alert file of the config, if any, creating its directory.
-pub(crate) fn open_alert_log(config: &Config) -> anyhow::Result<Option<Arc<AlertLog>>> {
-    let Some(path) = &config.alerts.jsonl_path else {
+/// Opens the JSON Lines file of `what` (`alerts`, `features`) at `path`, if any, creating its
+/// directory.
+pub(crate) fn open_jsonl<T: Serialize>(
+    path: Option<&Path>,
+    what: &str,
+) -> anyhow::Result<Option<Arc<JsonlWriter<T>>>> {
+    let Some(path) = path else {
         return Ok(None);
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("alerts directory {}", dir.display()))?;
+            .with_context(|| format!("{what} directory {}", dir.display()))?;
     }
-    let log = AlertLog::create(path).with_context(|| format!("alerts file {}", path.display()))?;
+    let log = JsonlWriter::create(path).with_context(|| format!("{what} file"))?;
     Ok(Some(Arc::new(log)))
 }
 
@@ -234,11 +251,14 @@ pub(crate) fn merge(summary: &mut Summary, report: WorkerReport) {
         summary.alerts_total += n;
         *summary.alerts.entry(kind).or_default() += n;
     }
+    summary.features += report.features;
+    summary.features_revisions += report.features_revisions;
     summary.archive.files += report.archive.files;
     summary.archive.bytes += report.archive.bytes;
     summary.archive.telemetry_rows += report.archive.telemetry_rows;
     summary.archive.alert_rows += report.archive.alert_rows;
     summary.archive.reject_rows += report.archive.reject_rows;
+    summary.archive.features_rows += report.archive.features_rows;
 }
 
 /// A worker's share of the replay input: its blocks of lines, in epochs of `epoch_lines`
@@ -266,7 +286,7 @@ fn replay_source<'scope>(
     scope: Scope<'scope, u64>,
     mut lines: LineSource,
     epoch_lines: u64,
-    setup: SourceSetup,
+    mut setup: SourceSetup,
     report: Rc<RefCell<WorkerReport>>,
     error: ErrorSlot,
 ) -> Streams<'scope> {
@@ -322,7 +342,7 @@ fn replay_source<'scope>(
                     epoch = line_epoch;
                 }
                 report.messages += 1;
-                report.readings += open.decode(bytes, None, received_at, line, &setup);
+                report.readings += open.decode(bytes, None, received_at, line, &mut setup);
             }
             records_h
                 .session(&caps[0])
@@ -359,13 +379,22 @@ mod tests {
         let input = dir.path().join("in.jsonl");
         std::fs::write(&input, text).unwrap();
         let alerts = dir.path().join("alerts.jsonl");
+        let features = dir.path().join("out/features.jsonl");
         let mut config = Config::default();
         config.pipeline.workers = workers;
         config.pipeline.replay_epoch_lines = 16;
         config.pipeline.replay_block_lines = 4;
         config.alerts.jsonl_path = Some(alerts.clone());
+        config.features.jsonl_path = Some(features.clone());
         config.archive.url = dir.path().join("archive").display().to_string();
         let summary = replay(&config, vec![input]).unwrap();
+        let rows: Vec<schemas::DailyFeatures> = std::fs::read_to_string(&features)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len() as u64, summary.features);
+        assert_eq!(summary.archive.features_rows, summary.features);
         let mut out: Vec<Alert> = std::fs::read_to_string(&alerts)
             .unwrap()
             .lines()
@@ -431,5 +460,9 @@ mod tests {
         assert_eq!(alerts_one, alerts_two);
         assert_eq!(one.alerts, two.alerts);
         assert_eq!(one.accepted, two.accepted);
+        assert_eq!(
+            (one.features, one.features_revisions),
+            (two.features, two.features_revisions)
+        );
     }
 }

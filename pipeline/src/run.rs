@@ -1,6 +1,6 @@
-//! `lienwatch run`: the service (SPEC §7). MQTT in, the same dataflow as `replay`, alerts to
-//! Kafka (and the JSON Lines file, if configured), history to the Parquet archive, Prometheus
-//! metrics and a health check over HTTP.
+//! `lienwatch run`: the service (SPEC §7). MQTT in, the same dataflow as `replay`, alerts and
+//! daily features to Kafka (and their JSON Lines files, if configured), history to the Parquet
+//! archive, Prometheus metrics and a health check over HTTP.
 //!
 //! ```text
 //!  MQTT ─▶ poll task ─▶ channel per worker ─▶ LiveSource ─▶ RunFleet ─▶ Sinks ─▶ Kafka, archive
@@ -9,7 +9,7 @@
 //!
 //! Shutdown (SIGTERM, Ctrl-C, or the caller's stop signal): MQTT intake stops, the workers
 //! drain their channels, the fleet flushes, the archive publishes its last files, the last
-//! acks go to the broker, Kafka confirms every alert; then `serve` returns.
+//! acks go to the broker, Kafka confirms every alert and features row; then `serve` returns.
 //!
 //! Durability across a crash is not here yet: a message is acknowledged once it has entered
 //! the dataflow, so a crash loses what was in memory (see the README).
@@ -31,15 +31,16 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use connectors::{AlertProducer, Inlet, Message, MqttSource, WorkerInlet};
+use connectors::{Inlet, KafkaProducer, Message, MqttSource, WorkerInlet};
+use operators::reference::ReferenceSlot;
 use operators::fleet::IDLE_DEVICE;
 
 use crate::config::Config;
 use crate::dataflow::{
-    AlertPrinter, AlertSinks, EpochBatch, ErrorSlot, Source, SourceSetup, Streams, WorkerEvents,
+    AlertPrinter, EpochBatch, ErrorSlot, OutputSinks, Source, SourceSetup, Streams, WorkerEvents,
     WorkerReport, run_worker,
 };
-use crate::replay::{Summary, load_reference, merge, open_alert_log};
+use crate::replay::{Summary, load_reference, merge, open_jsonl};
 
 /// Messages a source takes from its channel per activation, so one busy source cannot starve
 /// the other operators.
@@ -92,7 +93,7 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
 struct Health {
     mqtt_connected: Arc<AtomicBool>,
     stopping: AtomicBool,
-    kafka: Option<AlertProducer>,
+    kafka: Option<KafkaProducer>,
 }
 
 impl Health {
@@ -100,7 +101,7 @@ impl Health {
     fn report(&self) -> (u16, String) {
         let mqtt = self.mqtt_connected.load(Ordering::Acquire);
         let stopping = self.stopping.load(Ordering::Acquire);
-        let in_flight = self.kafka.as_ref().map_or(0, AlertProducer::in_flight);
+        let in_flight = self.kafka.as_ref().map_or(0, KafkaProducer::in_flight);
         let status = if stopping {
             "stopping"
         } else if mqtt {
@@ -202,6 +203,7 @@ async fn termination() {
 /// Runs the service until a stop signal; returns what it did.
 pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> {
     let (registry, fences) = load_reference(config)?;
+    let reference = ReferenceSlot::new(registry, fences);
     let metrics = prometheus()?;
     let workers = config.pipeline.workers;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -213,9 +215,14 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     let kafka = if config.kafka.enabled {
         let settings = &config.kafka;
         let producer = runtime
-            .block_on(AlertProducer::connect(settings, runtime.handle().clone()))
+            .block_on(KafkaProducer::connect(settings, runtime.handle().clone()))
             .with_context(|| format!("Kafka at {}", settings.brokers))?;
-        tracing::info!(brokers = %settings.brokers, topic = %settings.alerts_topic, "Kafka alert sink ready");
+        tracing::info!(
+            brokers = %settings.brokers,
+            alerts_topic = %settings.alerts_topic,
+            features_topic = %settings.features_topic,
+            "Kafka sink ready"
+        );
         Some(producer)
     } else {
         None
@@ -225,7 +232,12 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
         connectors::archive::check_store(&config.archive.connector())
             .with_context(|| format!("archive at {}", config.archive.url))?;
     }
-    let alert_log = open_alert_log(config)?;
+    let output_sinks = OutputSinks {
+        alerts_log: open_jsonl(config.alerts.jsonl_path.as_deref(), "alerts")?,
+        features_log: open_jsonl(config.features.jsonl_path.as_deref(), "features")?,
+        kafka: kafka.clone(),
+        printer: options.printer,
+    };
     let mut mqtt_settings = config.mqtt.clone();
     let processes = config.pipeline.hosts.len().max(1);
     let process = config.pipeline.process;
@@ -257,11 +269,7 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     } else {
         None
     };
-    let alert_sinks = AlertSinks {
-        log: alert_log.clone(),
-        kafka: kafka.clone(),
-        printer: options.printer,
-    };
+    let sinks = output_sinks.clone();
     let stop = options.stop;
     let health_for_stop = Arc::clone(&health);
     // Set when the workers end by themselves (a worker failed): the service stops too.
@@ -344,9 +352,8 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
         run_worker(
             worker,
             &config_arc,
-            &registry,
-            &fences,
-            alert_sinks.clone(),
+            &reference,
+            sinks.clone(),
             source,
             &*events,
         )
@@ -376,16 +383,14 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
             MQTT_CLOSE_TIMEOUT.as_secs()
         ),
     }
-    if let Some(log) = alert_log {
-        log.flush().context("flushing the alerts file")?;
-    }
+    output_sinks.flush()?;
     if let Some(kafka) = &kafka {
         let timeout = Duration::from_secs(config.pipeline.shutdown_timeout_s);
         let drained =
             runtime.block_on(async { tokio::time::timeout(timeout, kafka.drain()).await });
         if drained.is_err() {
             failure = failure.or(Some(anyhow!(
-                "{} alerts not confirmed by Kafka after {} s",
+                "{} messages (alerts and features) not confirmed by Kafka after {} s",
                 kafka.in_flight(),
                 timeout.as_secs()
             )));
@@ -444,7 +449,7 @@ impl Source for LiveSource {
     fn build<'scope>(
         self,
         scope: Scope<'scope, u64>,
-        setup: SourceSetup,
+        mut setup: SourceSetup,
         report: Rc<RefCell<WorkerReport>>,
         _error: ErrorSlot,
     ) -> Streams<'scope> {
@@ -523,7 +528,7 @@ impl Source for LiveSource {
                         message.device_id.as_deref(),
                         message.received_at_ms,
                         message.seq,
-                        &setup,
+                        &mut setup,
                     );
                 }
                 report.readings += readings;
