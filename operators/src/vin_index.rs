@@ -57,8 +57,10 @@ pub struct VinClaim {
 struct Claimant {
     vehicle_id: String,
     loan_id: String,
-    /// The device of its latest claim.
+    /// The device, position and source of its latest claim.
     device_id: String,
+    position: Option<(f64, f64)>,
+    source: ClaimSource,
     alerted: bool,
 }
 
@@ -158,6 +160,8 @@ impl VinIndex {
                     claimants[i].alerted = false;
                 }
                 claimants[i].device_id.clone_from(&c.device_id);
+                claimants[i].position = c.position;
+                claimants[i].source = c.source;
                 i
             }
             None => {
@@ -165,6 +169,8 @@ impl VinIndex {
                     vehicle_id: c.vehicle_id.clone(),
                     loan_id: c.loan_id.clone(),
                     device_id: c.device_id.clone(),
+                    position: c.position,
+                    source: c.source,
                     alerted: false,
                 });
                 claimants.len() - 1
@@ -209,6 +215,8 @@ impl VinIndex {
                     vehicle_id,
                     loan_id,
                     device_id,
+                    position,
+                    source,
                     ..
                 } = claimants[i].clone();
                 let earlier = &claimants[..i];
@@ -222,8 +230,8 @@ impl VinIndex {
                         &loan_id,
                         &device_id,
                         now_ms,
-                        None,
-                        ClaimSource::Registered,
+                        position,
+                        source,
                         &other,
                         detected_at_ms,
                     ));

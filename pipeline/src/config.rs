@@ -82,13 +82,26 @@ impl Default for PipelineConfig {
 }
 
 /// `[registry]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// `vehicles.csv` (SPEC §3); unset = every device is unregistered.
     pub vehicles_csv: Option<PathBuf>,
     /// `fences.geojson` (SPEC §3); unset = no fences.
     pub fences_geojson: Option<PathBuf>,
+    /// `run` checks the files for changes this often and reloads them (SIGHUP reloads at
+    /// once); 0 = only on SIGHUP.
+    pub reload_check_s: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            vehicles_csv: None,
+            fences_geojson: None,
+            reload_check_s: 5,
+        }
+    }
 }
 
 impl RegistryConfig {

@@ -127,8 +127,7 @@ impl EpochBatch {
                     readings += 1;
                     self.top.offer(id_key(&reading.device_id), reading.ts_ms);
                     let ingest_seq = (seq << 16) | element.min(0xffff) as u64;
-                    self.records
-                        .push(identify(reading, ingest_seq, registry));
+                    self.records.push(identify(reading, ingest_seq, registry));
                 }
                 Err(reject) => self.rejects.push(reject),
             }

@@ -26,9 +26,9 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use connectors::{ArchiveStats, JsonlWriter, LineBatch, LineSource};
-use operators::reference::ReferenceSlot;
 use operators::fences::FenceIndex;
 use operators::fleet::EpochSample;
+use operators::reference::ReferenceSlot;
 use operators::registry::Registry;
 use schemas::time::now_ms;
 use schemas::{Record, Reject};
@@ -155,7 +155,7 @@ impl Summary {
 }
 
 /// Loads the registry and fences named in the config, checking one against the other.
-pub fn load_reference(config: &Config) -> anyhow::Result<(Arc<Registry>, Arc<FenceIndex>)> {
+pub fn load_reference(config: &Config) -> anyhow::Result<(Registry, FenceIndex)> {
     let fences = match &config.registry.fences_geojson {
         Some(path) => FenceIndex::load(path)?,
         None => FenceIndex::empty(),
@@ -165,13 +165,13 @@ pub fn load_reference(config: &Config) -> anyhow::Result<(Arc<Registry>, Arc<Fen
         None => Registry::empty(),
     };
     registry.check_fences(&fences)?;
-    Ok((Arc::new(registry), Arc::new(fences)))
+    Ok((registry, fences))
 }
 
 /// Replays `inputs` through the dataflow with `config`; returns the summary.
 pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> {
     let (registry, fences) = load_reference(config)?;
-    let reference = ReferenceSlot::new(registry, fences);
+    let reference = ReferenceSlot::new(Arc::new(registry), Arc::new(fences));
     let output_sinks = OutputSinks {
         alerts_log: open_jsonl(config.alerts.jsonl_path.as_deref(), "alerts")?,
         features_log: open_jsonl(config.features.jsonl_path.as_deref(), "features")?,
@@ -191,14 +191,7 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
             ),
             epoch_lines: config.pipeline.replay_epoch_lines,
         };
-        run_worker(
-            worker,
-            &config,
-            &reference,
-            sinks.clone(),
-            source,
-            &Quiet,
-        )
+        run_worker(worker, &config, &reference, sinks.clone(), source, &Quiet)
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
     let mut summary = Summary {

@@ -32,8 +32,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use connectors::{Inlet, KafkaProducer, Message, MqttSource, WorkerInlet};
-use operators::reference::ReferenceSlot;
 use operators::fleet::IDLE_DEVICE;
+use operators::reference::ReferenceSlot;
 
 use crate::config::Config;
 use crate::dataflow::{
@@ -203,7 +203,7 @@ async fn termination() {
 /// Runs the service until a stop signal; returns what it did.
 pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> {
     let (registry, fences) = load_reference(config)?;
-    let reference = ReferenceSlot::new(registry, fences);
+    let reference = ReferenceSlot::new(Arc::new(registry), Arc::new(fences));
     let metrics = prometheus()?;
     let workers = config.pipeline.workers;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -269,6 +269,7 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
     } else {
         None
     };
+    crate::reload::spawn(&runtime, Arc::new(config.clone()), reference.clone());
     let sinks = output_sinks.clone();
     let stop = options.stop;
     let health_for_stop = Arc::clone(&health);

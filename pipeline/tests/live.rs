@@ -1069,3 +1069,142 @@ fn when_the_broker_is_silent_the_clock_follows_the_wall_clock() -> Result<()> {
     );
     Ok(())
 }
+
+/// Readings of device `device` at `lat`, one per second ending now, reporting OBD VIN `vin`.
+fn readings_now(
+    names: &Names,
+    device: &str,
+    first_seq: u64,
+    n: u64,
+    lat: f64,
+    vin: &str,
+) -> Result<Vec<(String, bytes::Bytes)>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    Ok((0..n)
+        .map(|i| {
+            let line = serde_json::json!({
+                "device_id": device,
+                "ts": now - (n - i) as i64 * 1000,
+                "seq": first_seq + i,
+                "gnss": {"lat": lat + i as f64 * 1e-6, "lon": 121.0, "fix": true, "hdop": 1.0},
+                "ignition": false,
+                "speed_kmh": 0,
+                "obd": {"vin": vin},
+            });
+            (
+                format!("{}/{device}", names.topic_prefix),
+                bytes::Bytes::from(line.to_string()),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn reference_data_reloads_while_running_and_applies_from_the_next_record() -> Result<()> {
+    require_services()?;
+    let dir = tempfile::tempdir()?;
+    let sim = fleet(dir.path(), 2, 1, 78)?;
+    let header = "vehicle_id,loan_id,device_id,vin,device_class,permitted_fences,timezone\n";
+    std::fs::write(
+        &sim.vehicles_csv,
+        format!("{header}VA,LA,DA,VINA0000000000001,obd,,\nVB,LB,DB,VINB0000000000002,obd,,\n"),
+    )?;
+    std::fs::write(&sim.fences, r#"{"type":"FeatureCollection","features":[]}"#)?;
+    let names = Names::new("reload");
+    let http_port = free_port()?;
+    let path = write_config_with(
+        dir.path(),
+        &sim,
+        &names,
+        http_port,
+        5,
+        "idle_clock_after_s = 1",
+        "",
+    )?;
+    let mut text = std::fs::read_to_string(&path)?;
+    text = text.replace("[registry]\n", "[registry]\nreload_check_s = 1\n");
+    text += "\n[rules]\nreorder_window_s = 1\n";
+    std::fs::write(&path, text)?;
+    let service = Service::start(&path, http_port, dir.path().join("run.log"))?;
+    let alerts_file = dir.path().join(format!("run-alerts-{http_port}.jsonl"));
+    let kinds = |m: &Metrics| m.by_label("lienwatch_alerts_total", "kind");
+
+    // VA's OBD reports a VIN nobody has registered: no duplicate.
+    publish_messages(
+        readings_now(&names, "DA", 1, 4, 31.0, "VINX0000000000009")?,
+        &names,
+        0.0,
+    )?;
+    service.wait_ingested(4)?;
+    service.wait_for(|m| kinds(m).contains_key("vin_mismatch"))?;
+    ensure!(!kinds(&service.metrics()?).contains_key("duplicate_collateral"));
+
+    // A broken registry is refused and changes nothing.
+    std::fs::write(&sim.vehicles_csv, format!("{header}VA,LA,DA,,bogus,,\n"))?;
+    service.wait_for(|m| {
+        m.by_label("lienwatch_reference_reloads_total", "result")
+            .contains_key("failed")
+    })?;
+    // The VIN is registered to VB under another loan: VA's earlier report is a duplicate at
+    // once, with no new message from it.
+    std::fs::write(
+        &sim.vehicles_csv,
+        format!("{header}VA,LA,DA,VINA0000000000001,obd,,\nVB,LB,DB,VINX0000000000009,obd,,\n"),
+    )?;
+    service.wait_for(|m| kinds(m).contains_key("duplicate_collateral"))?;
+    ensure!(service.metrics()?.get("lienwatch_messages_total") == 4.0);
+
+    // A risk fence around VA, loaded on SIGHUP, applies to its next readings.
+    std::fs::write(
+        &sim.fences,
+        r#"{"type":"FeatureCollection","features":[{"type":"Feature",
+        "properties":{"id":"dealer-1","role":"risk","category":"second_mortgage","radius_m":300},
+        "geometry":{"type":"Point","coordinates":[121.0,31.0]}}]}"#,
+    )?;
+    let pid = service.child.id().to_string();
+    ensure!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()?
+            .success()
+    );
+    service.wait_for(|m| {
+        m.by_label("lienwatch_reference_reloads_total", "result")
+            .get("ok")
+            .is_some_and(|n| *n >= 2)
+    })?;
+    publish_messages(
+        readings_now(&names, "DA", 10, 4, 31.0, "VINX0000000000009")?,
+        &names,
+        0.0,
+    )?;
+    service.wait_for(|m| kinds(m).contains_key("risk_zone_enter"))?;
+    let metrics = service.metrics()?;
+    let reloads = metrics.by_label("lienwatch_reference_reloads_total", "result");
+    service.terminate()?;
+
+    let alerts = tests::read_alert_values(&alerts_file)?;
+    let duplicate: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "duplicate_collateral")
+        .collect();
+    ensure!(duplicate.len() == 1, "duplicates: {duplicate:?}");
+    let d = duplicate[0];
+    ensure!(d["vehicle_id"] == "VA" && d["loan_id"] == "LA" && d["device_id"] == "DA");
+    ensure!(
+        d["evidence"]["other_vehicle_id"] == "VB" && d["evidence"]["other_loan_id"] == "LB",
+        "{d}"
+    );
+    let risk: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "risk_zone_enter")
+        .collect();
+    ensure!(
+        risk.len() == 1 && risk[0]["evidence"]["fence_id"] == "dealer-1",
+        "{risk:?}"
+    );
+    eprintln!("reloads {reloads:?}; alerts checked: duplicate_collateral {d}");
+    Ok(())
+}
