@@ -681,6 +681,23 @@ mod tests {
     }
 
     #[test]
+    fn vins_registered_under_two_loans_are_found() {
+        let reg = Registry::from_csv_str(
+            &format!(
+                "{HEADER}\nA,L1,D1,vx,obd,,\nB,L2,D2,VX,obd,,\nC,L1,D3,VX,obd,,\nE,L3,D4,VY,obd,,\n"
+            ),
+            "v.csv",
+        )
+        .unwrap();
+        let shared = reg.shared_vins();
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0].0, "VX");
+        let ids: Vec<&str> = shared[0].1.iter().map(|v| v.vehicle_id.as_str()).collect();
+        assert_eq!(ids, ["A", "B", "C"]);
+        assert_eq!(reg.vehicles_with_vin("VY").count(), 1);
+    }
+
+    #[test]
     fn error_vin_disagreement_names_the_line_the_vin_came_from() {
         let msg = error(&[
             "V1,L1,D1,,wired,,",

@@ -268,6 +268,18 @@ fn run_check(path: &Path) -> anyhow::Result<()> {
         fences.permitted_count(),
         fences.risk_count()
     );
+    // A double pledge in the registry itself: `run` raises duplicate_collateral for each of
+    // these vehicles at its first reading.
+    for (vin, vehicles) in registry.shared_vins() {
+        let owners: Vec<String> = vehicles
+            .iter()
+            .map(|v| format!("{} (loan {})", v.vehicle_id, v.loan_id))
+            .collect();
+        println!(
+            "warning: VIN {vin} is registered under more than one loan: {}",
+            owners.join(", ")
+        );
+    }
     println!(
         "workers: {}; archive: {}",
         config.pipeline.workers,
