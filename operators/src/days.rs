@@ -233,9 +233,11 @@ impl DayAcc {
         ring: &DayRing,
         history_days: i32,
     ) -> DailyFeatures {
-        let km = |m: f64| m / 1000.0;
+        // Distances to the millimetre, windows (kept as f32 in the ring) to the metre, so
+        // the rows read as sent and do not carry float noise.
+        let km = |m: f64| round(m / 1000.0, 1e6);
         let window = ring.window(self.bounds.day, 30);
-        let km_30d = window.gnss_km;
+        let km_30d = round(window.gnss_km, 1e3);
         let span = f64::from(history_days.clamp(0, 29) + 1);
         DailyFeatures {
             vehicle_id: vehicle_id.to_owned(),
@@ -244,11 +246,11 @@ impl DayAcc {
             revision: self.emitted,
             odometer_start_km: self.odometer_first.map(|o| o.1),
             odometer_end_km: self.odometer_last.map(|o| o.1),
-            odometer_km: self.odometer_km(),
+            odometer_km: self.odometer_km().map(|k| round(k, 1e6)),
             gnss_km: km(self.gnss_m),
-            driving_minutes: self.driving_ms as f64 / 60_000.0,
+            driving_minutes: round(self.driving_ms as f64 / 60_000.0, 1e6),
             trips: self.trips,
-            max_speed_kmh: self.max_speed_kmh.map(f64::from),
+            max_speed_kmh: self.max_speed_kmh.map(decimal),
             harsh_accel: self.harsh_accel,
             harsh_brake: self.harsh_brake,
             night_km: km(self.night_m),
@@ -257,11 +259,11 @@ impl DayAcc {
             messages: self.messages,
             first_ts: self.first_ts,
             last_ts: self.last_ts,
-            km_7d: ring.window(self.bounds.day, 7).gnss_km,
+            km_7d: round(ring.window(self.bounds.day, 7).gnss_km, 1e3),
             km_30d,
-            projected_annual_km: km_30d * 365.0 / span,
+            projected_annual_km: round(km_30d * 365.0 / span, 1e3),
             odo_gnss_ratio_30d: (km_30d >= 1.0 && window.odometer_days > 0)
-                .then(|| window.odometer_km / km_30d),
+                .then(|| round(window.odometer_km / km_30d, 1e6)),
         }
     }
 
@@ -273,6 +275,15 @@ impl DayAcc {
             odometer_km: self.odometer_km().map_or(f32::NAN, |k| k as f32),
         }
     }
+}
+
+fn round(v: f64, scale: f64) -> f64 {
+    (v * scale).round() / scale
+}
+
+/// An `f32` reading as its shortest decimal (`37.1`, not `37.099998474121094`).
+fn decimal(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
 }
 
 /// What the ring keeps of a past day.
