@@ -80,6 +80,7 @@ struct Names {
     topic_prefix: String,
     client_id: String,
     kafka_topic: String,
+    features_topic: String,
     s3_prefix: String,
 }
 
@@ -93,6 +94,7 @@ impl Names {
             topic_prefix: format!("lwtest/{id}"),
             client_id: id.clone(),
             kafka_topic: format!("lienwatch.alerts.{id}"),
+            features_topic: format!("lienwatch.features.{id}"),
             s3_prefix: format!("tests/{id}"),
         }
     }
@@ -149,6 +151,7 @@ protocol_version = {protocol_version}
 [kafka]
 brokers = "{KAFKA}"
 alerts_topic = "{kafka_topic}"
+features_topic = "{features_topic}"
 
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -167,6 +170,7 @@ listen = "127.0.0.1:{http_port}"
             .unwrap_or_default(),
         topics = names.topic_prefix,
         kafka_topic = names.kafka_topic,
+        features_topic = names.features_topic,
     );
     std::fs::write(&path, text)?;
     Ok(path)
@@ -399,6 +403,8 @@ fn replay(sim: &SimOutputs, dir: &Path) -> Result<(Vec<Value>, Value)> {
             &sim.fences.display().to_string(),
             "--alerts-out",
             &alerts.display().to_string(),
+            "--features-out",
+            &dir.join("replay-features.jsonl").display().to_string(),
             "--archive",
             &dir.join("replay-archive").display().to_string(),
             "--summary-out",
@@ -596,6 +602,35 @@ fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Resu
         "the service's JSON Lines alerts differ from replay's"
     );
 
+    // Daily features: Kafka holds replay's rows, keyed by vehicle. Revisions depend on how
+    // late data fell into epochs, so the last row of each vehicle-day is compared.
+    let replay_features = tests::read_alert_values(&dir.path().join("replay-features.jsonl"))?;
+    ensure!(!replay_features.is_empty(), "replay emitted no features");
+    let kafka_features = kafka_messages(&names.features_topic, replay_features.len())?;
+    let last_rows = |rows: &mut dyn Iterator<Item = &Value>| {
+        let mut last = BTreeMap::new();
+        for row in rows {
+            let mut row = row.clone();
+            let key = (row["vehicle_id"].to_string(), row["date"].to_string());
+            if let Some(o) = row.as_object_mut() {
+                o.remove("revision");
+            }
+            last.insert(key, row);
+        }
+        last
+    };
+    for (key, _, value) in &kafka_features {
+        ensure!(key == value["vehicle_id"].as_str().unwrap_or_default());
+    }
+    let want_features = last_rows(&mut replay_features.iter());
+    let got_features = last_rows(&mut kafka_features.iter().map(|(_, _, v)| v));
+    ensure!(
+        got_features == want_features,
+        "features in Kafka ({} vehicle-days) differ from replay's ({})",
+        got_features.len(),
+        want_features.len()
+    );
+
     // Counters: /metrics counted the messages and rejects replay counted.
     ensure!(
         metrics.get("lienwatch_messages_total") as u64
@@ -610,7 +645,7 @@ fn run_raises_replays_alerts_delivers_them_to_kafka_and_archives_to_s3() -> Resu
     let s3_root = format!("s3://{BUCKET}/{}", names.s3_prefix);
     let local_root = dir.path().join("replay-archive").display().to_string();
     archive_matches_replay(dir.path(), &names, &replay_summary, "the service")?;
-    for dataset in ["telemetry", "alerts", "rejects"] {
+    for dataset in ["telemetry", "alerts", "rejects", "features_daily"] {
         let describe = |root: &str| {
             format!(
                 "DESCRIBE SELECT * FROM read_parquet('{root}/{dataset}/**/*.parquet', hive_partitioning=1)"
@@ -677,6 +712,7 @@ fn sigterm_mid_stream_loses_nothing_acknowledged_and_a_restart_takes_the_rest() 
                 topic_prefix,
                 client_id,
                 kafka_topic: String::new(),
+                features_topic: String::new(),
                 s3_prefix: String::new(),
             };
             // Slow enough that Mosquitto's default queue for an offline session (1000
