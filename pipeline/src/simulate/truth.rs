@@ -348,10 +348,12 @@ impl Vehicle<'_> {
             let pos = &mut self.pos;
             if !pos.outside {
                 if d > 0.0 {
-                    let first = if d > 1_000.0 {
-                        Some(f)
-                    } else if let Some(o) = pos.out_first {
+                    // The exit is the first fix outside, even when the next one is the
+                    // first more than 1 km out.
+                    let first = if let Some(o) = pos.out_first {
                         Some(o)
+                    } else if d > 1_000.0 {
+                        Some(f)
                     } else {
                         pos.out_first = Some(f);
                         None
