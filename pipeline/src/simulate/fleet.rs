@@ -155,7 +155,8 @@ pub(crate) struct Vehicle {
     pub foreign_vin: String,
     /// Index into [`CITIES`].
     pub city: usize,
-    /// Time zone (SPEC §3).
+    /// Time zone (SPEC §3). Unregistered vehicles keep to Asia/Shanghai, the zone the
+    /// pipeline gives them, so their local days and nights are the pipeline's.
     pub tz: Tz,
     /// Indices of the permitted fences it lists (empty = unrestricted).
     pub permitted: Vec<u32>,
@@ -439,7 +440,10 @@ impl Fleet {
                     break v;
                 }
             };
-            let tz = if c.code == "SZ" && rng.random_bool(0.15) {
+            let hong_kong = c.code == "SZ" && rng.random_bool(0.15);
+            let tz = if unregistered {
+                Tz::Asia__Shanghai
+            } else if hong_kong {
                 Tz::Asia__Hong_Kong
             } else {
                 c.tz
