@@ -19,9 +19,9 @@
 //!   alarms (live or inside a back-filled batch), tows (by alarm, or towed ≥ 1 km with the
 //!   ignition off), silences (parked; across a trip, reappearing far away, which raises no
 //!   tow or jump; 30–40 h for wireless units), jamming (alarm, or 12–16 min without fix
-//!   while driving), teleports, exits from the permitted region, brief and long risk-fence
-//!   visits (a long visit also raises `risk_zone_enter`), 80 h parkings, low batteries,
-//!   odometer rollbacks, cleared trouble codes and foreign VINs.
+//!   while driving), teleports, exits from the permitted region (out overnight), brief and
+//!   long risk-fence visits (a long visit also raises `risk_zone_enter`), 80 h parkings, low
+//!   batteries, odometer rollbacks, cleared trouble codes and foreign VINs.
 //! - Noise that must raise nothing (SPEC §4a): drift outliers, no-fix repeats, tunnels,
 //!   unknown ignition, duplicates, swapped and late messages, back-filled batches, RFC 3339
 //!   `ts`, unknown fields and alarms, blank lines, and malformed lines with known reject

@@ -49,7 +49,7 @@ pub(crate) enum Scenario {
     JammingNoFix,
     /// Position teleports ≥ 20 km mid-trip and stays there.
     LocationJump,
-    /// Drives out of its permitted region and stays out for hours.
+    /// Drives out of its permitted region and comes back the next morning.
     GeofenceExit,
     /// Short visit to a risk fence (shorter than its dwell threshold).
     RiskEnter,
@@ -168,7 +168,7 @@ impl Scenario {
         match self {
             Scenario::StationaryLong => 4,
             Scenario::OfflineWireless => 3,
-            Scenario::LowBatteryWireless => 2,
+            Scenario::LowBatteryWireless | Scenario::GeofenceExit => 2,
             _ => 1,
         }
     }

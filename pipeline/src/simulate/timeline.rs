@@ -2,6 +2,9 @@
 //! (ignition off, with a fix), fixes every 30 s while driving, day plans of commutes and
 //! errands in the vehicle's local time, and the incident scripts that replace a day's
 //! background trips. The wireless unit's reports are sampled from the same track.
+//!
+//! Background days never drive between midnight and 05:00 local and stay far below the
+//! `mileage_anomaly` threshold.
 
 use chrono::{Datelike, Days, TimeZone};
 use rand::rngs::SmallRng;
@@ -313,6 +316,14 @@ impl Builder<'_> {
         self.trip(arr + stay, 0);
     }
 
+    /// An errand round on day `d` leaving at `dep`, if that is early enough to be home
+    /// before midnight (the night window of `night_movement` stays empty on background days).
+    fn evening_errand(&mut self, d: u32, dep: i64) {
+        if dep <= self.clock.local(self.v, d, 20 * 60 + 45) {
+            self.errand_round(dep, (30, 90));
+        }
+    }
+
     fn normal_day(&mut self, d: u32) {
         let c = self.clock;
         let v = self.v;
@@ -339,9 +350,9 @@ impl Builder<'_> {
             } else {
                 self.trip(dep, 0);
             }
-            if self.t < c.local(v, d, 20 * 60 + 30) && self.rng.random_bool(0.12) {
-                let dep = self.t + self.rng.random_range(60..120) * MIN;
-                self.errand_round(dep, (30, 90));
+            let dep = self.t + self.rng.random_range(60..120) * MIN;
+            if self.rng.random_bool(0.12) {
+                self.evening_errand(d, dep);
             }
         } else {
             let dep = c.local(v, d, self.rng.random_range(570..780));
@@ -354,9 +365,9 @@ impl Builder<'_> {
                 next = arr + self.rng.random_range(30..90) * MIN;
             }
             self.trip(next, 0);
-            if self.t < c.local(v, d, 19 * 60) && self.rng.random_bool(0.3) {
-                let dep = self.t + self.rng.random_range(60..180) * MIN;
-                self.errand_round(dep, (30, 90));
+            let dep = self.t + self.rng.random_range(60..180) * MIN;
+            if self.rng.random_bool(0.3) {
+                self.evening_errand(d, dep);
             }
         }
     }
@@ -471,7 +482,9 @@ impl Builder<'_> {
                 self.park_until(t0);
                 let cruise = self.rng.random_range(85.0..105.0);
                 self.travel(t0, &path, cruise, false);
-                let back = self.t + self.rng.random_range(120..360) * MIN;
+                // Back the next morning: the way out can be 180 km, and a round trip in one
+                // day could also be a `mileage_anomaly`.
+                let back = c.local(v, d + 1, self.rng.random_range(480..660));
                 self.park_until(back);
                 self.travel(back, &Self::reversed(&path), cruise, false);
                 Some((t0, self.t))
