@@ -10,11 +10,12 @@ use std::io::{self, Write};
 
 use chrono_tz::Tz;
 use rand::rngs::SmallRng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 
 use super::geo::{self, Grid, LatLon, Polyline, Shape, box_around};
+use super::msg::VinSel;
 use super::sub_seed;
 
 /// A city the fleet lives around.
@@ -153,6 +154,9 @@ pub(crate) struct Vehicle {
     pub vin: String,
     /// A VIN of no pledged vehicle, reported by OBD in `vin_mismatch` incidents.
     pub foreign_vin: String,
+    /// The registered VIN of another pledged vehicle (another loan), reported by OBD in
+    /// cloned-VIN `duplicate_collateral` incidents; `None` when unregistered.
+    pub cloned_vin: Option<String>,
     /// Index into [`CITIES`].
     pub city: usize,
     /// Time zone (SPEC §3). Unregistered vehicles keep to Asia/Shanghai, the zone the
@@ -193,6 +197,15 @@ impl Vehicle {
     /// The wireless unit, if any.
     pub(crate) fn wireless(&self) -> Option<u32> {
         self.devices.get(1).copied()
+    }
+
+    /// The VIN an OBD message with `vin` reports.
+    pub(crate) fn reported_vin(&self, vin: VinSel) -> &str {
+        match vin {
+            VinSel::Registered => &self.vin,
+            VinSel::Foreign => &self.foreign_vin,
+            VinSel::Cloned => self.cloned_vin.as_deref().unwrap_or(&self.vin),
+        }
     }
 
     /// The route from place `a` to place `b`.
@@ -254,6 +267,9 @@ pub(crate) struct Fleet {
     pub risk_grid: Grid,
     /// Indices of the risk fences of each city.
     pub risk_by_city: Vec<Vec<u32>>,
+    /// Double pledges: pairs of vehicles registered under different loans with one VIN (the
+    /// second carries the first one's VIN, in `vehicles.csv` and on its OBD port).
+    pub double_pledged: Vec<(u32, u32)>,
 }
 
 /// Rounds degrees to the 6 decimals written to files.
@@ -509,6 +525,7 @@ impl Fleet {
                 loan_id: (!unregistered).then(|| format!("LN2026{:06}", 104_729 + i * 37)),
                 vin,
                 foreign_vin,
+                cloned_vin: None,
                 city,
                 tz,
                 permitted,
@@ -531,12 +548,15 @@ impl Fleet {
             });
         }
         let (risk_by_city, risk_grid) = place_risk_fences(&mut rng, &vs, &mut fences, risk_fences);
+        let mut rng = SmallRng::seed_from_u64(sub_seed(seed, "vins", 0));
+        let double_pledged = share_vins(&mut vs, &devs, &mut rng);
         Fleet {
             vehicles: vs,
             devices: devs,
             fences,
             risk_grid,
             risk_by_city,
+            double_pledged,
         }
     }
 
@@ -656,6 +676,48 @@ impl Fleet {
         }
         writeln!(out, "]}}")
     }
+}
+
+/// VINs shared between loans. One pair of registered vehicles with OBD trackers per 20
+/// vehicles is pledged twice: the second is registered with the first one's VIN. Then every
+/// registered vehicle gets the VIN of another one outside those pairs to report when its VIN
+/// is cloned. Returns the pairs.
+fn share_vins(vehicles: &mut [Vehicle], devices: &[Device], rng: &mut SmallRng) -> Vec<(u32, u32)> {
+    let mut obd: Vec<u32> = (0..vehicles.len() as u32)
+        .filter(|v| {
+            let v = &vehicles[*v as usize];
+            v.loan_id.is_some() && devices[v.primary() as usize].class == DevClass::Obd
+        })
+        .collect();
+    obd.shuffle(rng);
+    let pairs: Vec<(u32, u32)> = obd
+        .chunks_exact(2)
+        .take(vehicles.len() / 20)
+        .map(|p| (p[0], p[1]))
+        .collect();
+    for (a, b) in &pairs {
+        vehicles[*b as usize].vin = vehicles[*a as usize].vin.clone();
+    }
+    let donors: Vec<u32> = (0..vehicles.len() as u32)
+        .filter(|v| {
+            vehicles[*v as usize].loan_id.is_some() && pairs.iter().all(|(a, b)| a != v && b != v)
+        })
+        .collect();
+    for vi in 0..vehicles.len() {
+        let own = &vehicles[vi];
+        if own.loan_id.is_none() {
+            continue;
+        }
+        let others: Vec<u32> = donors
+            .iter()
+            .copied()
+            .filter(|d| vehicles[*d as usize].vin != own.vin)
+            .collect();
+        vehicles[vi].cloned_vin = others
+            .choose(rng)
+            .map(|d| vehicles[*d as usize].vin.clone());
+    }
+    pairs
 }
 
 /// Background route segments of one city, indexed for proximity queries.
@@ -864,5 +926,39 @@ mod tests {
             .map(|f| f["properties"]["id"].as_str().unwrap())
             .collect();
         assert_eq!(ids.len(), features.len());
+    }
+
+    #[test]
+    fn vins_are_shared_only_by_double_pledges_and_clones() {
+        let fleet = Fleet::generate(6, 80, 30);
+        assert_eq!(fleet.double_pledged.len(), 4);
+        let owners = |vin: &str| -> Vec<usize> {
+            (0..fleet.vehicles.len())
+                .filter(|i| fleet.vehicles[*i].vin == vin)
+                .collect()
+        };
+        for (i, v) in fleet.vehicles.iter().enumerate() {
+            assert!(owners(&v.foreign_vin).is_empty());
+            let pair = fleet
+                .double_pledged
+                .iter()
+                .find(|(a, b)| *a as usize == i || *b as usize == i);
+            match pair {
+                Some((a, b)) => {
+                    let mut pair = vec![*a as usize, *b as usize];
+                    pair.sort_unstable();
+                    assert_eq!(owners(&v.vin), pair);
+                }
+                None => assert_eq!(owners(&v.vin), vec![i]),
+            }
+            match &v.cloned_vin {
+                Some(vin) => {
+                    let o = owners(vin);
+                    assert_eq!(o.len(), 1);
+                    assert!(o[0] != i && fleet.vehicles[o[0]].loan_id.is_some());
+                }
+                None => assert!(v.loan_id.is_none()),
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Incident overlays: changes to a vehicle's device messages that do not change where the
-//! vehicle goes (alarms, silences, voltages, odometer and OBD values). Scripted incidents
-//! (movement) are run by the timeline builder; [`JammingNoFix`](Scenario::JammingNoFix)
-//! runs a script and then blanks fixes here.
+//! vehicle goes (alarms, silences, voltages, odometer and OBD values, reported VINs).
+//! Scripted incidents (movement) are run by the timeline builder;
+//! [`JammingNoFix`](Scenario::JammingNoFix) runs a script and then blanks fixes here.
 
 use rand::RngExt;
 use rand::rngs::SmallRng;
@@ -378,18 +378,30 @@ pub(crate) fn apply(
             mark(&mut msgs[i..=i]);
             Some((msgs[i - 1].ts, msgs[i].ts))
         }
-        Scenario::VinMismatch => {
+        Scenario::VinMismatch | Scenario::ClonedVin => {
             let (trip, _) = day.first_trip(s.trips)?;
             let i0 = idx_at(msgs, trip.dep);
             let i1 = idx_at(msgs, day.end());
             if i1 >= msgs.len() {
                 return None;
             }
+            let vin = if scenario == Scenario::VinMismatch {
+                VinSel::Foreign
+            } else {
+                VinSel::Cloned
+            };
             for m in &mut msgs[i0..i1] {
-                m.vin = VinSel::Foreign;
+                m.vin = vin;
             }
             mark(&mut msgs[i0..=i1]);
             Some((msgs[i0].ts, msgs[i1].ts))
+        }
+        Scenario::DoublePledge => {
+            // Nothing to change: the registry makes the vehicle's first reading a duplicate
+            // claim. Marking it keeps noise away from it.
+            let first = msgs.first_mut()?;
+            mark(std::slice::from_mut(first));
+            Some((first.ts, first.ts))
         }
         Scenario::TowMovement
         | Scenario::LocationJump

@@ -84,6 +84,8 @@ pub(crate) enum VinSel {
     Registered,
     /// The vehicle's foreign VIN (`vin_mismatch` incidents).
     Foreign,
+    /// Another pledged vehicle's VIN (cloned-VIN `duplicate_collateral` incidents).
+    Cloned,
 }
 
 /// One message of one device.
@@ -310,11 +312,7 @@ pub(crate) fn write_msg(buf: &mut Vec<u8>, m: &Msg, dev: &Device, vehicle: &Vehi
             buf.extend_from_slice(b",\"obd\":{\"rpm\":");
             push_u64(buf, u64::from(m.rpm));
             buf.extend_from_slice(b",\"vin\":\"");
-            let vin = match m.vin {
-                VinSel::Registered => &vehicle.vin,
-                VinSel::Foreign => &vehicle.foreign_vin,
-            };
-            buf.extend_from_slice(vin.as_bytes());
+            buf.extend_from_slice(vehicle.reported_vin(m.vin).as_bytes());
             buf.extend_from_slice(b"\",\"mil\":");
             push_bool(buf, m.mil);
             buf.extend_from_slice(b",\"dtc_count\":");

@@ -1,11 +1,12 @@
 //! Incident scenarios and their placement on vehicle-days.
 //!
-//! Every scenario belongs to one of the 14 alert kinds of docs/rules.md and may imply others
+//! Every scenario belongs to one of the alert kinds of docs/rules.md and may imply others
 //! (a dwell visit is also an entry; a power cut with the device going silent is also
 //! `offline`). Incidents of one vehicle never share a local day, the same kind goes to
 //! different vehicles while possible, and incident days start at least 20 h after the start
 //! of the run and end at least 20 h before its end, so every vehicle has history first and
-//! timers fire well before the data ends.
+//! timers fire well before the data ends. Double pledges are not placed on days: they are in
+//! the registry from the start (see [`Fleet::double_pledged`]).
 
 use rand::RngExt;
 use rand::rngs::SmallRng;
@@ -67,10 +68,15 @@ pub(crate) enum Scenario {
     DtcCleared,
     /// OBD reports a foreign VIN for the rest of the day.
     VinMismatch,
+    /// OBD reports another pledged vehicle's VIN for the rest of the day (also
+    /// `vin_mismatch`).
+    ClonedVin,
+    /// Registered under two loans with one VIN (registry-level, from the first reading).
+    DoublePledge,
 }
 
-/// The 14 kinds of docs/rules.md, in SPEC order.
-pub(crate) const KINDS: [AlertKind; 14] = [
+/// The kinds of docs/rules.md the simulator injects.
+pub(crate) const KINDS: [AlertKind; 15] = [
     AlertKind::PowerCut,
     AlertKind::DeviceTamper,
     AlertKind::TowSuspected,
@@ -85,6 +91,7 @@ pub(crate) const KINDS: [AlertKind; 14] = [
     AlertKind::OdometerRollback,
     AlertKind::DtcCleared,
     AlertKind::VinMismatch,
+    AlertKind::DuplicateCollateral,
 ];
 
 impl Scenario {
@@ -105,6 +112,7 @@ impl Scenario {
             AlertKind::LowBattery => &[LowBatteryWireless, LowBatteryWired],
             AlertKind::OdometerRollback => &[OdometerRollback],
             AlertKind::DtcCleared => &[DtcCleared],
+            AlertKind::DuplicateCollateral => &[ClonedVin],
             _ => &[VinMismatch],
         }
     }
@@ -128,6 +136,8 @@ impl Scenario {
             OdometerRollback => &[AlertKind::OdometerRollback],
             DtcCleared => &[AlertKind::DtcCleared],
             VinMismatch => &[AlertKind::VinMismatch],
+            ClonedVin => &[AlertKind::DuplicateCollateral, AlertKind::VinMismatch],
+            DoublePledge => &[AlertKind::DuplicateCollateral],
         }
     }
 
@@ -160,6 +170,8 @@ impl Scenario {
             OdometerRollback => "odometer_rollback",
             DtcCleared => "dtc_cleared",
             VinMismatch => "vin_mismatch",
+            ClonedVin => "cloned_vin",
+            DoublePledge => "double_pledge",
         }
     }
 
@@ -171,6 +183,12 @@ impl Scenario {
             Scenario::LowBatteryWireless | Scenario::GeofenceExit => 2,
             _ => 1,
         }
+    }
+
+    /// Whether a vehicle has the incident at most once: `duplicate_collateral` fires once
+    /// per vehicle and VIN.
+    fn once_per_vehicle(self) -> bool {
+        matches!(self, Scenario::ClonedVin)
     }
 
     /// Whether the incident replaces the day's background trips with a script.
@@ -196,6 +214,7 @@ impl Scenario {
         match self {
             JammingNoFix | DtcCleared => obd,
             VinMismatch => obd && primary.registered,
+            ClonedVin => obd && primary.registered && v.cloned_vin.is_some(),
             OfflineWireless | LowBatteryWireless => v.wireless().is_some(),
             TowMovement | LocationJump | OfflineDisplaced => v.wireless().is_none(),
             GeofenceExit => !v.permitted.is_empty(),
@@ -218,7 +237,8 @@ pub(crate) struct Incident {
     pub window: Option<(i64, i64)>,
 }
 
-/// Places `per_kind` incidents of each of the 14 kinds on vehicle-days.
+/// Places `per_kind` incidents of each kind on vehicle-days, and the double pledges of the
+/// registry on day 0 of their vehicles.
 ///
 /// `first_day(v)` and `last_day(v)` bound the days usable for vehicle `v` (inclusive).
 pub(crate) fn schedule(
@@ -254,7 +274,8 @@ pub(crate) fn schedule(
             let span = scenario.span_days();
             candidates.clear();
             for (vi, v) in fleet.vehicles.iter().enumerate() {
-                if !scenario.eligible(fleet, v) {
+                let again = scenario.once_per_vehicle() && has_kind[vi].contains(&kind);
+                if again || !scenario.eligible(fleet, v) {
                     continue;
                 }
                 let (lo, hi) = bounds[vi];
@@ -294,6 +315,16 @@ pub(crate) fn schedule(
             break;
         }
     }
+    for (a, b) in &fleet.double_pledged {
+        for vehicle in [*a, *b] {
+            out.push(Incident {
+                scenario: Scenario::DoublePledge,
+                vehicle,
+                day: 0,
+                window: None,
+            });
+        }
+    }
     out.sort_by_key(|i| (i.vehicle, i.day));
     out
 }
@@ -319,7 +350,9 @@ mod tests {
         let fleet = Fleet::generate(2, 40, 30);
         let mut rng = SmallRng::seed_from_u64(9);
         let incidents = schedule(&fleet, 6, |_| 1, |_| 8, &mut rng);
-        assert_eq!(incidents.len(), 6 * KINDS.len());
+        let pledges = 2 * fleet.double_pledged.len();
+        assert!(pledges > 0);
+        assert_eq!(incidents.len(), 6 * KINDS.len() + pledges);
         for w in incidents.windows(2) {
             if w[0].vehicle == w[1].vehicle {
                 assert!(w[0].day + w[0].scenario.span_days() <= w[1].day);
@@ -327,6 +360,10 @@ mod tests {
         }
         for i in &incidents {
             let v = &fleet.vehicles[i.vehicle as usize];
+            if i.scenario == Scenario::DoublePledge {
+                assert_eq!(i.day, 0);
+                continue;
+            }
             assert!(i.scenario.eligible(&fleet, v));
             assert!(i.day >= 1 && i.day + i.scenario.span_days() - 1 <= 8);
         }

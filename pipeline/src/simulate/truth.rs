@@ -7,6 +7,8 @@
 //! without `backfill` as late depends on its ingest epochs, and the generator makes both
 //! readings give the same alerts (a unit test checks it).
 
+use std::collections::HashMap;
+
 use schemas::AlertKind;
 
 use super::fleet::{DevClass, Fleet, Role};
@@ -48,7 +50,8 @@ pub(crate) fn phase(kind: AlertKind) -> &'static str {
         | AlertKind::LocationJump
         | AlertKind::RiskZoneEnter
         | AlertKind::OdometerRollback
-        | AlertKind::DtcCleared => "instant",
+        | AlertKind::DtcCleared
+        | AlertKind::DuplicateCollateral => "instant",
         _ => "open",
     }
 }
@@ -80,6 +83,7 @@ struct DevState {
     odo_pending: Option<(i64, i64)>,
     dtc_last: Option<f64>,
     vin_open: bool,
+    vin_last: Option<VinSel>,
 }
 
 #[derive(Clone, Copy)]
@@ -119,6 +123,12 @@ struct Vehicle<'a> {
     vi: u32,
     devs: Vec<(u32, DevClass, DevState)>,
     pos: PosState,
+    /// Loans registered per VIN, fleet-wide.
+    loans_of: &'a HashMap<&'a str, Vec<&'a str>>,
+    /// Whether a reading was processed (the first claims the registered VIN).
+    seen: bool,
+    /// VINs this vehicle's claims already met another loan on.
+    duplicated: Vec<String>,
     out: &'a mut Vec<Truth>,
 }
 
@@ -174,6 +184,24 @@ impl Vehicle<'_> {
         }
     }
 
+    /// A claim of `vin` by this vehicle (rules.md `duplicate_collateral`). Owners are the
+    /// registered vehicles with the VIN: the simulator never lets two vehicles report one
+    /// unregistered VIN, so earlier claimers never own one.
+    fn claim(&mut self, vin: &str, dev: u32, ts: i64, tol: i64) {
+        let vehicle = &self.fleet.vehicles[self.vi as usize];
+        let Some(loan) = vehicle.loan_id.as_deref() else {
+            return;
+        };
+        let other_loan = self
+            .loans_of
+            .get(vin)
+            .is_some_and(|loans| loans.iter().any(|l| *l != loan));
+        if other_loan && !self.duplicated.iter().any(|v| v == vin) {
+            self.duplicated.push(vin.to_owned());
+            self.fire(dev, AlertKind::DuplicateCollateral, ts, tol);
+        }
+    }
+
     fn reading(&mut self, di: usize, m: &Msg, registered_vin: bool) {
         self.timers_before(m.ts);
         let dev = self.devs[di].0;
@@ -181,6 +209,11 @@ impl Vehicle<'_> {
             self.pos.st_pending = false;
             self.pos.st_done = true;
             self.fire(dev, AlertKind::StationaryLong, m.ts, 120_000);
+        }
+        if !self.seen {
+            self.seen = true;
+            let vin = &self.fleet.vehicles[self.vi as usize].vin;
+            self.claim(vin, dev, m.ts, 120_000);
         }
         let class = self.devs[di].1;
         let s = &mut self.devs[di].2;
@@ -265,7 +298,7 @@ impl Vehicle<'_> {
             }
             s.dtc_last = Some(m.dist_clear);
             if registered_vin {
-                if m.vin == VinSel::Foreign && !s.vin_open {
+                if m.vin != VinSel::Registered && !s.vin_open {
                     s.vin_open = true;
                     fired.push(AlertKind::VinMismatch);
                 } else if m.vin == VinSel::Registered {
@@ -273,12 +306,22 @@ impl Vehicle<'_> {
                 }
             }
         }
+        let new_vin = (class == DevClass::Obd && s.vin_last != Some(m.vin)).then_some(m.vin);
+        if new_vin.is_some() {
+            s.vin_last = new_vin;
+        }
         s.last_ts = Some(m.ts);
         for kind in fired {
             self.fire(dev, kind, m.ts, tol);
         }
         if let Some((ts, tol)) = rollback {
             self.fire(dev, AlertKind::OdometerRollback, ts, tol);
+        }
+        if let Some(vin) = new_vin {
+            let vin = self.fleet.vehicles[self.vi as usize]
+                .reported_vin(vin)
+                .to_owned();
+            self.claim(&vin, dev, m.ts, tol);
         }
         if valid {
             self.fix(Fix {
@@ -424,6 +467,12 @@ pub(crate) fn evaluate(
     let in_order = |m: &Msg| {
         m.flags & (F_BATCHED | F_BACKFILL) == 0 && (include_late || m.flags & F_LATE == 0)
     };
+    let mut loans_of: HashMap<&str, Vec<&str>> = HashMap::new();
+    for v in &fleet.vehicles {
+        if let Some(loan) = &v.loan_id {
+            loans_of.entry(v.vin.as_str()).or_default().push(loan);
+        }
+    }
     for (vi, v) in fleet.vehicles.iter().enumerate() {
         let mut refs: Vec<(i64, i64, usize, usize)> = Vec::new();
         for (di, d) in v.devices.iter().enumerate() {
@@ -443,6 +492,9 @@ pub(crate) fn evaluate(
                 .map(|d| (*d, fleet.devices[*d as usize].class, DevState::default()))
                 .collect(),
             pos: PosState::default(),
+            loans_of: &loans_of,
+            seen: false,
+            duplicated: Vec::new(),
             out: &mut out,
         };
         for (_, _, di, k) in refs {
@@ -660,6 +712,54 @@ mod tests {
                 (AlertKind::LowBattery, 1_800_000),
                 (AlertKind::OdometerRollback, 2_400_000),
             ]
+        );
+    }
+
+    /// Parked readings every 5 min at `p` over `[from, to)`.
+    fn parked(from: i64, to: i64, p: LatLon, odometer: f64) -> Vec<Msg> {
+        (from..to)
+            .step_by(300_000)
+            .map(|ts| Msg {
+                odometer,
+                ..msg(ts, p.lat, p.lon, Some(false))
+            })
+            .collect()
+    }
+
+    fn kinds(got: &[(AlertKind, i64)], kind: AlertKind) -> Vec<i64> {
+        got.iter().filter(|g| g.0 == kind).map(|g| g.1).collect()
+    }
+
+    #[test]
+    fn duplicate_collateral_once_per_vehicle_and_vin() {
+        let fleet = Fleet::generate(6, 80, 0);
+        let (a, _) = fleet.double_pledged[0];
+        let a = a as usize;
+        let home = fleet.vehicles[a].places[0];
+        let got = run(&fleet, a, parked(0, 3_600_000, home, 1000.0));
+        assert_eq!(kinds(&got, AlertKind::DuplicateCollateral), vec![0]);
+        let cloner = (0..fleet.vehicles.len())
+            .find(|i| {
+                let v = &fleet.vehicles[*i];
+                v.cloned_vin.is_some()
+                    && fleet.devices[v.primary() as usize].class == DevClass::Obd
+                    && fleet
+                        .double_pledged
+                        .iter()
+                        .all(|(x, y)| *x as usize != *i && *y as usize != *i)
+            })
+            .unwrap();
+        let home = fleet.vehicles[cloner].places[0];
+        let mut msgs = parked(0, 6 * 3_600_000, home, 1000.0);
+        // From 01:00 and from 03:00, for half an hour each.
+        for i in (12..18).chain(36..42) {
+            msgs[i].vin = VinSel::Cloned;
+        }
+        let got = run(&fleet, cloner, msgs);
+        assert_eq!(kinds(&got, AlertKind::DuplicateCollateral), vec![3_600_000]);
+        assert_eq!(
+            kinds(&got, AlertKind::VinMismatch),
+            vec![3_600_000, 3 * 3_600_000]
         );
     }
 }
