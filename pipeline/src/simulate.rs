@@ -14,15 +14,16 @@
 //!   `dist_since_clear_km` and engine hours grow with the distance driven.
 //! - Permitted fences (a city polygon and a metro circle per city; most vehicles list one,
 //!   some none) and a few hundred small risk fences placed away from every background route.
-//! - Incidents of 15 kinds of docs/rules.md, each on its own vehicle-day: power cuts
+//! - Incidents of 16 kinds of docs/rules.md, each on its own vehicle-day: power cuts
 //!   (alarm, voltage, or followed by silence, which is also `offline`), tamper and removal
 //!   alarms (live or inside a back-filled batch), tows (by alarm, or towed ≥ 1 km with the
 //!   ignition off), silences (parked; across a trip, reappearing far away, which raises no
 //!   tow or jump; 30–40 h for wireless units), jamming (alarm, or 12–16 min without fix
 //!   while driving), teleports, exits from the permitted region (out overnight), brief and
 //!   long risk-fence visits (a long visit also raises `risk_zone_enter`), 80 h parkings, low
-//!   batteries, odometer rollbacks, cleared trouble codes, foreign VINs and cloned VINs of
-//!   other pledged vehicles (also `vin_mismatch`). Double pledges are in the registry: pairs
+//!   batteries, odometer rollbacks, days with a mileage blocker or a too fast odometer,
+//!   cleared trouble codes, foreign VINs and cloned VINs of other pledged vehicles (also
+//!   `vin_mismatch`). Double pledges are in the registry: pairs
 //!   of vehicles under different loans with one VIN, each raising `duplicate_collateral` at
 //!   its first reading.
 //! - Noise that must raise nothing (SPEC §4a): drift outliers, no-fix repeats, tunnels,

@@ -277,7 +277,8 @@ pub(crate) fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
 
-fn round_pos(p: LatLon) -> LatLon {
+/// Rounds a position to the 6 decimals written to files.
+pub(crate) fn round_pos(p: LatLon) -> LatLon {
     LatLon::new(round6(p.lat), round6(p.lon))
 }
 

@@ -408,6 +408,8 @@ pub(crate) fn apply(
         | Scenario::GeofenceExit
         | Scenario::RiskEnter
         | Scenario::RiskDwell
-        | Scenario::StationaryLong => None,
+        | Scenario::StationaryLong
+        | Scenario::MileageBlocker
+        | Scenario::OdometerFast => None,
     }
 }

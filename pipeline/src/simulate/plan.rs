@@ -68,6 +68,10 @@ pub(crate) enum Scenario {
     DtcCleared,
     /// OBD reports a foreign VIN for the rest of the day.
     VinMismatch,
+    /// A day of 120–180 km with a mileage blocker: the odometer counts 35–50 % of it.
+    MileageBlocker,
+    /// A day of 120–180 km with the odometer counting 2–3 times the distance.
+    OdometerFast,
     /// OBD reports another pledged vehicle's VIN for the rest of the day (also
     /// `vin_mismatch`).
     ClonedVin,
@@ -76,7 +80,7 @@ pub(crate) enum Scenario {
 }
 
 /// The kinds of docs/rules.md the simulator injects.
-pub(crate) const KINDS: [AlertKind; 15] = [
+pub(crate) const KINDS: [AlertKind; 16] = [
     AlertKind::PowerCut,
     AlertKind::DeviceTamper,
     AlertKind::TowSuspected,
@@ -92,6 +96,7 @@ pub(crate) const KINDS: [AlertKind; 15] = [
     AlertKind::DtcCleared,
     AlertKind::VinMismatch,
     AlertKind::DuplicateCollateral,
+    AlertKind::OdometerMismatch,
 ];
 
 impl Scenario {
@@ -111,6 +116,7 @@ impl Scenario {
             AlertKind::StationaryLong => &[StationaryLong],
             AlertKind::LowBattery => &[LowBatteryWireless, LowBatteryWired],
             AlertKind::OdometerRollback => &[OdometerRollback],
+            AlertKind::OdometerMismatch => &[MileageBlocker, OdometerFast],
             AlertKind::DtcCleared => &[DtcCleared],
             AlertKind::DuplicateCollateral => &[ClonedVin],
             _ => &[VinMismatch],
@@ -136,6 +142,7 @@ impl Scenario {
             OdometerRollback => &[AlertKind::OdometerRollback],
             DtcCleared => &[AlertKind::DtcCleared],
             VinMismatch => &[AlertKind::VinMismatch],
+            MileageBlocker | OdometerFast => &[AlertKind::OdometerMismatch],
             ClonedVin => &[AlertKind::DuplicateCollateral, AlertKind::VinMismatch],
             DoublePledge => &[AlertKind::DuplicateCollateral],
         }
@@ -170,6 +177,8 @@ impl Scenario {
             OdometerRollback => "odometer_rollback",
             DtcCleared => "dtc_cleared",
             VinMismatch => "vin_mismatch",
+            MileageBlocker => "mileage_blocker",
+            OdometerFast => "odometer_fast",
             ClonedVin => "cloned_vin",
             DoublePledge => "double_pledge",
         }
@@ -203,6 +212,8 @@ impl Scenario {
                 | RiskEnter
                 | RiskDwell
                 | StationaryLong
+                | MileageBlocker
+                | OdometerFast
         )
     }
 

@@ -11,7 +11,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use super::fleet::{Fleet, Vehicle};
+use super::fleet::{Fleet, Vehicle, round_pos};
 use super::geo::{self, LatLon, Polyline, Shape};
 use super::msg::{Gnss, Motion, Msg, VinSel};
 use super::plan::{Incident, Scenario};
@@ -103,6 +103,8 @@ struct Builder<'a> {
     mil_km: f64,
     engine_h: f64,
     battery: f32,
+    /// Odometer distance per road distance: 1 for a sound odometer.
+    odo_rate: f64,
     last_arrival: i64,
     in_script: bool,
     msgs: Vec<Msg>,
@@ -227,7 +229,7 @@ impl Builder<'_> {
             base += dt;
             let km = ds / 1000.0 * self.v.road_factor;
             if !towed {
-                self.odo += km;
+                self.odo += km * self.odo_rate;
                 self.clear += km;
                 if self.v.mil {
                     self.mil_km += km;
@@ -262,7 +264,7 @@ impl Builder<'_> {
         self.emit(dep, from, Motion::Driving, 0.0);
         let dt = self.rng.random_range(40_000..60_000);
         let km = geo::distance_m(from, to) / 1000.0 * self.v.road_factor;
-        self.odo += km;
+        self.odo += km * self.odo_rate;
         self.clear += km;
         self.engine_h += dt as f64 / 3_600_000.0;
         self.emit(dep + dt, to, Motion::Driving, 0.0);
@@ -380,12 +382,45 @@ impl Builder<'_> {
     }
 
     fn random_point(&mut self, from: LatLon, min_m: f64, max_m: f64) -> LatLon {
-        let p = geo::offset(
+        round_pos(geo::offset(
             from,
             self.rng.random_range(0.0..360.0),
             self.rng.random_range(min_m..max_m),
-        );
-        LatLon::new(super::fleet::round6(p.lat), super::fleet::round6(p.lon))
+        ))
+    }
+
+    /// `n` closed loops from home of about `km` in all, each a triangle home → a → b → home
+    /// that [`Builder::usable`] accepts; `None` when none is found.
+    fn loops(&mut self, km: f64, n: usize) -> Option<Vec<Polyline>> {
+        let home = self.v.places[0];
+        let each_m = km * 1000.0 / n as f64;
+        (0..n)
+            .map(|_| {
+                (0..100).find_map(|_| {
+                    let apex = self.rng.random_range(50.0..90.0f64);
+                    let r = each_m / (2.0 + 2.0 * (apex / 2.0).to_radians().sin());
+                    let bearing = self.rng.random_range(0.0..360.0);
+                    let a = round_pos(geo::offset(home, bearing, r));
+                    let b = round_pos(geo::offset(home, bearing + apex, r));
+                    let p = Polyline::new(vec![home, a, b, home]);
+                    self.usable(&p, None, false).then_some(p)
+                })
+            })
+            .collect()
+    }
+
+    /// Drives `loops` from `dep` with a 10–40 min rest at home between them; returns the
+    /// final arrival time.
+    fn drive_loops(&mut self, dep: i64, loops: &[Polyline], cruise: f64) -> i64 {
+        let mut t = dep;
+        for (k, path) in loops.iter().enumerate() {
+            if k > 0 {
+                t += self.rng.random_range(10..40) * MIN;
+            }
+            self.park_until(t);
+            t = self.travel(t, path, cruise, false);
+        }
+        t
     }
 
     fn reversed(path: &Polyline) -> Polyline {
@@ -473,9 +508,7 @@ impl Builder<'_> {
                                 .permitted_distance_m(v, *p)
                                 .is_some_and(|d| d > beyond)
                         })?;
-                    let out =
-                        LatLon::new(super::fleet::round6(out.lat), super::fleet::round6(out.lon));
-                    let p = Polyline::new(vec![home, out]);
+                    let p = Polyline::new(vec![home, round_pos(out)]);
                     self.usable(&p, None, true).then_some(p)
                 })?;
                 let t0 = c.local(v, d, self.rng.random_range(480..630));
@@ -543,6 +576,21 @@ impl Builder<'_> {
                 self.travel(back, &Self::reversed(&path), cruise, false);
                 Some((t0, self.t))
             }
+            Scenario::MileageBlocker | Scenario::OdometerFast => {
+                let km = self.rng.random_range(120.0..180.0);
+                let n = self.rng.random_range(2..=3);
+                let loops = self.loops(km, n)?;
+                self.odo_rate = if scenario == Scenario::MileageBlocker {
+                    self.rng.random_range(0.35..0.5)
+                } else {
+                    self.rng.random_range(2.0..3.0)
+                };
+                let t0 = c.local(v, d, self.rng.random_range(480..600));
+                let cruise = self.rng.random_range(55.0..75.0);
+                let end = self.drive_loops(t0, &loops, cruise);
+                self.odo_rate = 1.0;
+                Some((t0, end))
+            }
             _ => None,
         }
     }
@@ -576,6 +624,7 @@ pub(crate) fn build_track(
         mil_km: if v.mil { 40.0 } else { 0.0 },
         engine_h: v.engine_hours,
         battery,
+        odo_rate: 1.0,
         last_arrival: clock.start,
         in_script: false,
         msgs: Vec::new(),

@@ -24,6 +24,21 @@ const LATE_KNOWN_MS: i64 = 21_600_000;
 const JUMP_KMH: f64 = 250.0;
 /// `stationary_long` duration of rules.md, ms.
 const STATIONARY_MS: i64 = 72 * 3_600_000;
+/// Below this step length an implied speed is not trusted (two devices of one vehicle may
+/// report the same second a few metres apart), as in the pipeline's position chain.
+const MIN_FAST_STEP_M: f64 = 100.0;
+/// Parked steps shorter than this are jitter, not distance (rules.md "GNSS distance").
+const JITTER_M: f64 = 30.0;
+/// Steps across a longer gap are displacement, not distance, ms.
+const DISTANCE_GAP_MS: i64 = 600_000;
+/// `odometer_mismatch` window of GNSS distance, km.
+const ODO_WINDOW_KM: f64 = 100.0;
+/// `odometer_mismatch` checkpoint spacing, km.
+const ODO_CHECKPOINT_KM: f64 = 10.0;
+/// `odometer_mismatch` band of odometer / GNSS distance.
+const ODO_RATIO: (f64, f64) = (0.8, 1.5);
+/// `odometer_mismatch` re-arm delay, ms.
+const ODO_REARM_MS: i64 = 86_400_000;
 
 /// One expected alert.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +65,7 @@ pub(crate) fn phase(kind: AlertKind) -> &'static str {
         | AlertKind::LocationJump
         | AlertKind::RiskZoneEnter
         | AlertKind::OdometerRollback
+        | AlertKind::OdometerMismatch
         | AlertKind::DtcCleared
         | AlertKind::DuplicateCollateral => "instant",
         _ => "open",
@@ -68,6 +84,102 @@ fn speed_kmh(a: LatLon, b: LatLon, dt_ms: i64) -> f64 {
     d * 3600.0 / dt_ms as f64
 }
 
+/// Whether the step `a` → `b` is faster than a car drives (a jump, not distance).
+fn fast(a: LatLon, b: LatLon, dt_ms: i64) -> bool {
+    geo::distance_m(a, b) > MIN_FAST_STEP_M && speed_kmh(a, b, dt_ms) > JUMP_KMH
+}
+
+/// An odometer value with the vehicle's GNSS distance when it was read.
+#[derive(Clone, Copy)]
+struct Mark {
+    ts: i64,
+    odometer: f64,
+    gnss_m: f64,
+}
+
+/// `odometer_mismatch` state of one device.
+#[derive(Default)]
+struct OdoWindow {
+    pending: Option<Mark>,
+    /// Confirmed values at least a checkpoint apart, newest last; the window starts at one.
+    checkpoints: Vec<Mark>,
+    /// The vehicle's GNSS gap count when the window started.
+    breaks: u64,
+    /// Time of an out-of-band evaluation waiting for the next one.
+    suspect: Option<(i64, i64)>,
+    quiet_until: Option<i64>,
+}
+
+impl OdoWindow {
+    /// An in-order reading's odometer; returns `(event_time, tolerance)` when the value it
+    /// confirms makes the second out-of-band evaluation in a row.
+    fn reading(&mut self, mark: Mark, breaks: u64, tol: i64) -> Option<(i64, i64)> {
+        let confirmed = self.pending.replace(mark).filter(|p| {
+            mark.odometer >= p.odometer - 1.0 && mark.odometer <= p.odometer + 2_000.0
+        })?;
+        self.confirmed(confirmed, breaks, tol)
+    }
+
+    fn restart(&mut self, breaks: u64) {
+        self.checkpoints.clear();
+        self.suspect = None;
+        self.breaks = breaks;
+    }
+
+    fn confirmed(&mut self, m: Mark, breaks: u64, tol: i64) -> Option<(i64, i64)> {
+        if let Some(until) = self.quiet_until {
+            if m.ts < until {
+                return None;
+            }
+            self.quiet_until = None;
+            self.restart(breaks);
+        }
+        let dropped = self
+            .checkpoints
+            .last()
+            .is_some_and(|c| m.odometer < c.odometer - 1.0);
+        if breaks != self.breaks || dropped {
+            self.restart(breaks);
+        }
+        let window_m = ODO_WINDOW_KM * 1000.0;
+        if let Some(from) = self
+            .checkpoints
+            .iter()
+            .rev()
+            .find(|c| m.gnss_m - c.gnss_m >= window_m)
+        {
+            let ratio = (m.odometer - from.odometer) / ((m.gnss_m - from.gnss_m) / 1000.0);
+            if ratio < ODO_RATIO.0 || ratio > ODO_RATIO.1 {
+                if let Some(first) = self.suspect.take() {
+                    self.quiet_until = Some(first.0 + ODO_REARM_MS);
+                    self.restart(breaks);
+                    return Some(first);
+                }
+                self.suspect = Some((m.ts, tol));
+            } else {
+                self.suspect = None;
+            }
+        }
+        if self
+            .checkpoints
+            .last()
+            .is_none_or(|c| m.gnss_m - c.gnss_m >= ODO_CHECKPOINT_KM * 1000.0)
+        {
+            self.checkpoints.push(m);
+        }
+        None
+    }
+}
+
+/// The vehicle's GNSS distance (rules.md "GNSS distance").
+#[derive(Default)]
+struct Baselines {
+    /// GNSS distance so far, metres.
+    gnss_m: f64,
+    /// Steps across gaps and jumps so far (they restart `odometer_mismatch` windows).
+    breaks: u64,
+}
+
 #[derive(Default)]
 struct DevState {
     last_ts: Option<i64>,
@@ -84,6 +196,7 @@ struct DevState {
     dtc_last: Option<f64>,
     vin_open: bool,
     vin_last: Option<VinSel>,
+    odo_window: OdoWindow,
 }
 
 #[derive(Clone, Copy)]
@@ -92,7 +205,16 @@ struct Fix {
     p: LatLon,
     dev: u32,
     ign: Option<bool>,
+    /// OBD speed, else GNSS speed, km/h.
+    speed: f32,
     spacing: i64,
+}
+
+impl Fix {
+    /// Parked for the jitter rule: ignition off, or standing still.
+    fn parked(&self) -> bool {
+        self.ign == Some(false) || self.speed < 5.0
+    }
 }
 
 struct Visit {
@@ -123,6 +245,7 @@ struct Vehicle<'a> {
     vi: u32,
     devs: Vec<(u32, DevClass, DevState)>,
     pos: PosState,
+    baselines: Baselines,
     /// Loans registered per VIN, fleet-wide.
     loans_of: &'a HashMap<&'a str, Vec<&'a str>>,
     /// Whether a reading was processed (the first claims the registered VIN).
@@ -329,8 +452,24 @@ impl Vehicle<'_> {
                 p: LatLon::new(m.lat, m.lon),
                 dev,
                 ign: m.ignition,
+                speed: if class == DevClass::Obd {
+                    m.obd_speed
+                } else {
+                    m.speed
+                },
                 spacing,
             });
+        }
+        if class != DevClass::Wireless {
+            let mark = Mark {
+                ts: m.ts,
+                odometer: m.odometer,
+                gnss_m: self.baselines.gnss_m,
+            };
+            let breaks = self.baselines.breaks;
+            if let Some((ts, tol)) = self.devs[di].2.odo_window.reading(mark, breaks, tol) {
+                self.fire(dev, AlertKind::OdometerMismatch, ts, tol);
+            }
         }
     }
 
@@ -353,10 +492,15 @@ impl Vehicle<'_> {
         let class = self.class_of(f.dev);
         let gap = prev.is_some_and(|p| f.ts - p.ts > class.offline_after_ms());
         let tol = tolerance(f.spacing);
-        if let Some(p) = prev.filter(|_| !gap) {
-            let d = geo::distance_m(p.p, f.p);
-            if d >= 5_000.0 && speed_kmh(p.p, f.p, f.ts - p.ts) > JUMP_KMH {
+        if let Some(p) = prev {
+            let (d, dt) = (geo::distance_m(p.p, f.p), f.ts - p.ts);
+            if !gap && d >= 5_000.0 && speed_kmh(p.p, f.p, dt) > JUMP_KMH {
                 self.fire(f.dev, AlertKind::LocationJump, f.ts, tol);
+            }
+            if dt > DISTANCE_GAP_MS || fast(p.p, f.p, dt) {
+                self.baselines.breaks += 1;
+            } else if d >= JITTER_M || !(p.parked() && f.parked()) {
+                self.baselines.gnss_m += d;
             }
         }
         let pos = &mut self.pos;
@@ -492,6 +636,7 @@ pub(crate) fn evaluate(
                 .map(|d| (*d, fleet.devices[*d as usize].class, DevState::default()))
                 .collect(),
             pos: PosState::default(),
+            baselines: Baselines::default(),
             loans_of: &loans_of,
             seen: false,
             duplicated: Vec::new(),
@@ -726,8 +871,44 @@ mod tests {
             .collect()
     }
 
+    /// Drives `km` east from `p` at 60 km/h from `from`, a fix every 30 s, the odometer
+    /// counting `rate` km per km from `odometer`.
+    fn drive(from: i64, p: LatLon, km: f64, odometer: f64, rate: f64) -> Vec<Msg> {
+        (1..=(km * 2.0) as i64)
+            .map(|k| {
+                let q = geo::offset(p, 90.0, k as f64 * 500.0);
+                Msg {
+                    speed: 60.0,
+                    odometer: odometer + k as f64 * 0.5 * rate,
+                    ..msg(from + k * 30_000, q.lat, q.lon, Some(true))
+                }
+            })
+            .collect()
+    }
+
     fn kinds(got: &[(AlertKind, i64)], kind: AlertKind) -> Vec<i64> {
         got.iter().filter(|g| g.0 == kind).map(|g| g.1).collect()
+    }
+
+    #[test]
+    fn odometer_mismatch_needs_a_full_window_and_fires_once() {
+        let (fleet, vi) = single_vehicle();
+        let home = fleet.vehicles[vi].places[0];
+        let normal = drive(0, home, 400.0, 1000.0, 1.05);
+        assert!(kinds(&run(&fleet, vi, normal), AlertKind::OdometerMismatch).is_empty());
+        for rate in [0.4, 2.5] {
+            let mut msgs = drive(0, home, 150.0, 1000.0, 1.05);
+            let last = msgs.last().unwrap().clone();
+            let p = LatLon::new(last.lat, last.lon);
+            msgs.extend(drive(last.ts, p, 150.0, last.odometer, rate));
+            let got = kinds(&run(&fleet, vi, msgs), AlertKind::OdometerMismatch);
+            assert_eq!(got.len(), 1, "{rate}: {got:?}");
+            // After 150 km, within the first 60 km at the wrong rate.
+            assert!(
+                (150 * 60_000..210 * 60_000).contains(&got[0]),
+                "{rate}: {got:?}"
+            );
+        }
     }
 
     #[test]
