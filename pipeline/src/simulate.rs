@@ -14,7 +14,7 @@
 //!   `dist_since_clear_km` and engine hours grow with the distance driven.
 //! - Permitted fences (a city polygon and a metro circle per city; most vehicles list one,
 //!   some none) and a few hundred small risk fences placed away from every background route.
-//! - Incidents of 16 kinds of docs/rules.md, each on its own vehicle-day: power cuts
+//! - Incidents of the 19 kinds of docs/rules.md, each on its own vehicle-day: power cuts
 //!   (alarm, voltage, or followed by silence, which is also `offline`), tamper and removal
 //!   alarms (live or inside a back-filled batch), tows (by alarm, or towed ≥ 1 km with the
 //!   ignition off), silences (parked; across a trip, reappearing far away, which raises no
@@ -23,9 +23,10 @@
 //!   long risk-fence visits (a long visit also raises `risk_zone_enter`), 80 h parkings, low
 //!   batteries, odometer rollbacks, days with a mileage blocker or a too fast odometer,
 //!   cleared trouble codes, foreign VINs and cloned VINs of other pledged vehicles (also
-//!   `vin_mismatch`). Double pledges are in the registry: pairs
-//!   of vehicles under different loans with one VIN, each raising `duplicate_collateral` at
-//!   its first reading.
+//!   `vin_mismatch`). Once vehicles have 14 days of history: three nights parked 8–40 km
+//!   from home, days of driving far beyond their usual distance, drives around 01:00.
+//!   Double pledges are in the registry: pairs of vehicles under different loans with one
+//!   VIN, each raising `duplicate_collateral` at its first reading.
 //! - Noise that must raise nothing (SPEC §4a): drift outliers, no-fix repeats, tunnels,
 //!   unknown ignition, duplicates, swapped and late messages, back-filled batches, RFC 3339
 //!   `ts`, unknown fields and alarms, blank lines, and malformed lines with known reject
@@ -40,9 +41,9 @@
 //! the generated messages, not taken from the plan; the unit tests check that both agree
 //! exactly, i.e. that background traffic and noise raise nothing.
 //!
-//! Timestamps must lie in the past of the machine replaying them (the replay checks future
-//! timestamps of its first input epoch against the wall clock): the default start is
-//! 2026-11-02 00:00 Asia/Shanghai.
+//! Published live, timestamps must not lie more than a day in the future of the service's
+//! wall clock: the default start is 2026-10-05 00:00 Asia/Shanghai, so the default 28 days
+//! end on 2026-11-02.
 
 mod fleet;
 mod geo;
@@ -83,8 +84,10 @@ pub struct SimOptions {
     pub days: u32,
     /// First instant, epoch milliseconds (should be a local midnight in Asia/Shanghai).
     pub start_ms: i64,
-    /// Incidents per alert kind; `None` = one per 40 vehicle-days (at least one). Incidents
-    /// need vehicle-days: each vehicle offers `days - 2` of them, so some may not fit.
+    /// Incidents per alert kind; `None` = one per 150 vehicle-days (at least one). Incidents
+    /// need vehicle-days: each vehicle offers `days - 2` of them, so some may not fit; the
+    /// baseline kinds (`residence_change`, `mileage_anomaly`, `night_movement`) need 14 days
+    /// of history first and only fit runs of 17 days or more.
     pub incidents_per_kind: Option<usize>,
     /// Approximate number of risk fences.
     pub risk_fences: usize,
@@ -99,8 +102,8 @@ impl Default for SimOptions {
         Self {
             seed: 1,
             vehicles: 100,
-            days: 7,
-            start_ms: 1_793_548_800_000,
+            days: 28,
+            start_ms: 1_791_129_600_000,
             incidents_per_kind: None,
             risk_fences: 300,
             noise: 1.0,
@@ -353,7 +356,7 @@ fn generate(options: &SimOptions) -> Result<Generated, SimError> {
     let vehicle_days = options.vehicles * options.days as usize;
     let per_kind = options
         .incidents_per_kind
-        .unwrap_or((vehicle_days / 40).max(1));
+        .unwrap_or((vehicle_days / 150).max(1));
     let first_day = |v: &fleet::Vehicle| {
         (1..=options.days + 1)
             .find(|d| clock.local(v, *d, 0) >= clock.start + 20 * HOUR)
@@ -915,7 +918,7 @@ mod tests {
 
     #[test]
     fn truth_is_exactly_the_plan_and_late_data_changes_nothing() {
-        for (seed, vehicles, days) in [(3, 60, 8), (4, 60, 8), (5, 90, 6), (6, 40, 12)] {
+        for (seed, vehicles, days) in [(3, 60, 8), (4, 60, 8), (5, 90, 6), (6, 40, 22)] {
             let options = SimOptions {
                 seed,
                 vehicles,
@@ -952,7 +955,7 @@ mod tests {
     fn default_run_has_every_kind() {
         let g = generate(&SimOptions::default()).unwrap();
         assert_truth_matches_plan(&g);
-        for kind in plan::KINDS {
+        for kind in AlertKind::ALL {
             let n = g.truth.iter().filter(|t| t.kind == kind).count();
             assert!(n >= 10, "{} only {n}", kind.as_str());
         }

@@ -410,6 +410,9 @@ pub(crate) fn apply(
         | Scenario::RiskDwell
         | Scenario::StationaryLong
         | Scenario::MileageBlocker
-        | Scenario::OdometerFast => None,
+        | Scenario::OdometerFast
+        | Scenario::ResidenceChange
+        | Scenario::LongDrive
+        | Scenario::NightDrive => None,
     }
 }

@@ -1,12 +1,13 @@
 //! Incident scenarios and their placement on vehicle-days.
 //!
-//! Every scenario belongs to one of the alert kinds of docs/rules.md and may imply others
+//! Every scenario belongs to one of the 19 alert kinds of docs/rules.md and may imply others
 //! (a dwell visit is also an entry; a power cut with the device going silent is also
 //! `offline`). Incidents of one vehicle never share a local day, the same kind goes to
 //! different vehicles while possible, and incident days start at least 20 h after the start
 //! of the run and end at least 20 h before its end, so every vehicle has history first and
-//! timers fire well before the data ends. Double pledges are not placed on days: they are in
-//! the registry from the start (see [`Fleet::double_pledged`]).
+//! timers fire well before the data ends. The baseline kinds start later still
+//! ([`Scenario::min_day`]): they compare against 14 days of history. Double pledges are not
+//! placed on days: they are in the registry from the start (see [`Fleet::double_pledged`]).
 
 use rand::RngExt;
 use rand::rngs::SmallRng;
@@ -77,27 +78,13 @@ pub(crate) enum Scenario {
     ClonedVin,
     /// Registered under two loans with one VIN (registry-level, from the first reading).
     DoublePledge,
+    /// Moves 8–40 km away for three nights, then comes back.
+    ResidenceChange,
+    /// A day of driving well above the vehicle's usual daily distance.
+    LongDrive,
+    /// A 10–30 km drive around 01:00 local.
+    NightDrive,
 }
-
-/// The kinds of docs/rules.md the simulator injects.
-pub(crate) const KINDS: [AlertKind; 16] = [
-    AlertKind::PowerCut,
-    AlertKind::DeviceTamper,
-    AlertKind::TowSuspected,
-    AlertKind::Offline,
-    AlertKind::GnssJamming,
-    AlertKind::LocationJump,
-    AlertKind::GeofenceExit,
-    AlertKind::RiskZoneEnter,
-    AlertKind::RiskZoneDwell,
-    AlertKind::StationaryLong,
-    AlertKind::LowBattery,
-    AlertKind::OdometerRollback,
-    AlertKind::DtcCleared,
-    AlertKind::VinMismatch,
-    AlertKind::DuplicateCollateral,
-    AlertKind::OdometerMismatch,
-];
 
 impl Scenario {
     /// The scenarios producing `kind` as their main alert, in rotation order.
@@ -118,8 +105,11 @@ impl Scenario {
             AlertKind::OdometerRollback => &[OdometerRollback],
             AlertKind::OdometerMismatch => &[MileageBlocker, OdometerFast],
             AlertKind::DtcCleared => &[DtcCleared],
+            AlertKind::VinMismatch => &[VinMismatch],
             AlertKind::DuplicateCollateral => &[ClonedVin],
-            _ => &[VinMismatch],
+            AlertKind::ResidenceChange => &[ResidenceChange],
+            AlertKind::MileageAnomaly => &[LongDrive],
+            AlertKind::NightMovement => &[NightDrive],
         }
     }
 
@@ -145,6 +135,9 @@ impl Scenario {
             MileageBlocker | OdometerFast => &[AlertKind::OdometerMismatch],
             ClonedVin => &[AlertKind::DuplicateCollateral, AlertKind::VinMismatch],
             DoublePledge => &[AlertKind::DuplicateCollateral],
+            ResidenceChange => &[AlertKind::ResidenceChange],
+            LongDrive => &[AlertKind::MileageAnomaly],
+            NightDrive => &[AlertKind::NightMovement],
         }
     }
 
@@ -181,23 +174,37 @@ impl Scenario {
             OdometerFast => "odometer_fast",
             ClonedVin => "cloned_vin",
             DoublePledge => "double_pledge",
+            ResidenceChange => "residence_change",
+            LongDrive => "long_drive",
+            NightDrive => "night_drive",
         }
     }
 
     /// Local days the incident occupies on its vehicle, starting at its day.
     pub(crate) fn span_days(self) -> u32 {
         match self {
-            Scenario::StationaryLong => 4,
+            Scenario::StationaryLong | Scenario::ResidenceChange => 4,
             Scenario::OfflineWireless => 3,
             Scenario::LowBatteryWireless | Scenario::GeofenceExit => 2,
             _ => 1,
         }
     }
 
+    /// The first local day the incident may start on. The baseline kinds need 14 days of
+    /// history; `mileage_anomaly` needs 14 active days (≥ 1 km), and idle days and long
+    /// parkings are not active, hence a few days more.
+    pub(crate) fn min_day(self) -> u32 {
+        match self {
+            Scenario::LongDrive => 18,
+            Scenario::NightDrive | Scenario::ResidenceChange => 15,
+            _ => 0,
+        }
+    }
+
     /// Whether a vehicle has the incident at most once: `duplicate_collateral` fires once
-    /// per vehicle and VIN.
+    /// per vehicle and VIN, and a night drive makes the next one usual.
     fn once_per_vehicle(self) -> bool {
-        matches!(self, Scenario::ClonedVin)
+        matches!(self, Scenario::ClonedVin | Scenario::NightDrive)
     }
 
     /// Whether the incident replaces the day's background trips with a script.
@@ -214,6 +221,9 @@ impl Scenario {
                 | StationaryLong
                 | MileageBlocker
                 | OdometerFast
+                | ResidenceChange
+                | LongDrive
+                | NightDrive
         )
     }
 
@@ -248,8 +258,8 @@ pub(crate) struct Incident {
     pub window: Option<(i64, i64)>,
 }
 
-/// Places `per_kind` incidents of each kind on vehicle-days, and the double pledges of the
-/// registry on day 0 of their vehicles.
+/// Places `per_kind` incidents of each of the 19 kinds on vehicle-days, and the double
+/// pledges of the registry on day 0 of their vehicles.
 ///
 /// `first_day(v)` and `last_day(v)` bound the days usable for vehicle `v` (inclusive).
 pub(crate) fn schedule(
@@ -259,14 +269,16 @@ pub(crate) fn schedule(
     last_day: impl Fn(&Vehicle) -> u32,
     rng: &mut SmallRng,
 ) -> Vec<Incident> {
-    let mut requests: Vec<(AlertKind, usize)> = KINDS
+    let mut requests: Vec<(AlertKind, usize)> = AlertKind::ALL
         .iter()
         .flat_map(|k| (0..per_kind).map(move |j| (*k, j)))
         .collect();
     requests.shuffle(rng);
+    // The least flexible first: long spans, then late starts.
     requests.sort_by_key(|(k, j)| {
         let vs = Scenario::variants(*k);
-        std::cmp::Reverse(vs[j % vs.len()].span_days())
+        let s = vs[j % vs.len()];
+        std::cmp::Reverse((s.span_days(), s.min_day()))
     });
     let bounds: Vec<(u32, u32)> = fleet
         .vehicles
@@ -290,7 +302,7 @@ pub(crate) fn schedule(
                     continue;
                 }
                 let (lo, hi) = bounds[vi];
-                for d in lo..=hi {
+                for d in lo.max(scenario.min_day())..=hi {
                     if d + span - 1 <= hi
                         && (d..d + span).all(|x| !busy[vi][x as usize])
                         && !(scenario.is_script() && busy[vi][d as usize - 1])
@@ -348,7 +360,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_variants_that_raise_it() {
-        for kind in KINDS {
+        for kind in AlertKind::ALL {
             for s in Scenario::variants(kind) {
                 assert!(s.expected().contains(&kind), "{s:?}");
                 assert!(!s.label().is_empty());
@@ -360,10 +372,10 @@ mod tests {
     fn incidents_of_a_vehicle_never_share_a_day() {
         let fleet = Fleet::generate(2, 40, 30);
         let mut rng = SmallRng::seed_from_u64(9);
-        let incidents = schedule(&fleet, 6, |_| 1, |_| 8, &mut rng);
+        let incidents = schedule(&fleet, 6, |_| 1, |_| 24, &mut rng);
         let pledges = 2 * fleet.double_pledged.len();
         assert!(pledges > 0);
-        assert_eq!(incidents.len(), 6 * KINDS.len() + pledges);
+        assert_eq!(incidents.len(), 6 * AlertKind::ALL.len() + pledges);
         for w in incidents.windows(2) {
             if w[0].vehicle == w[1].vehicle {
                 assert!(w[0].day + w[0].scenario.span_days() <= w[1].day);
@@ -376,7 +388,8 @@ mod tests {
                 continue;
             }
             assert!(i.scenario.eligible(&fleet, v));
-            assert!(i.day >= 1 && i.day + i.scenario.span_days() - 1 <= 8);
+            assert!(i.day >= i.scenario.min_day().max(1));
+            assert!(i.day + i.scenario.span_days() - 1 <= 24);
         }
     }
 }

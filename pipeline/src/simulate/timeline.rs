@@ -4,7 +4,8 @@
 //! background trips. The wireless unit's reports are sampled from the same track.
 //!
 //! Background days never drive between midnight and 05:00 local and stay far below the
-//! `mileage_anomaly` threshold.
+//! `mileage_anomaly` threshold; the track logs the distance of each local day so the
+//! scripts of the baseline kinds can size their incidents against the vehicle's own past.
 
 use chrono::{Datelike, Days, TimeZone};
 use rand::rngs::SmallRng;
@@ -21,6 +22,12 @@ use super::sub_seed;
 pub(crate) const MIN: i64 = 60_000;
 /// Hours to milliseconds.
 pub(crate) const HOUR: i64 = 3_600_000;
+/// End of the night window of `night_movement` (05:00 local), minutes after midnight.
+const NIGHT_END_MIN: i64 = 5 * 60;
+/// Days the baselines of docs/rules.md look back.
+const BASELINE_DAYS: usize = 28;
+/// Active days `mileage_anomaly` needs first.
+const MIN_ACTIVE_DAYS: usize = 14;
 
 /// The run's time range.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +53,17 @@ impl Clock {
             .earliest()
             .map_or(0, |t| t.timestamp_millis())
             + minute * MIN
+    }
+
+    /// The local day (counted as [`Clock::local`] counts them) of the instant `ts`.
+    pub(crate) fn day_of(&self, v: &Vehicle, ts: i64) -> usize {
+        let date = |t: i64| {
+            v.tz.timestamp_millis_opt(t)
+                .single()
+                .map(|t| t.date_naive())
+                .unwrap_or_default()
+        };
+        usize::try_from((date(ts) - date(self.start)).num_days()).unwrap_or(0)
     }
 
     /// Day of the week of local day `day` (0 = Monday).
@@ -80,6 +98,26 @@ pub(crate) enum DayKind {
     Script(usize),
 }
 
+/// Distance driven in one local day, metres, as GNSS distance counts it.
+#[derive(Clone, Copy, Debug, Default)]
+struct DayLog {
+    /// All day.
+    total_m: f64,
+    /// Steps ending before 05:00 local.
+    night_m: f64,
+}
+
+/// What the baseline kinds of docs/rules.md compare a local day with, from what the track
+/// drove before that day.
+struct History {
+    /// Active days (≥ 1 km).
+    active_days: usize,
+    /// Median distance of the last 28 active days, km.
+    median_km: f64,
+    /// Share of the last 28 days' distance driven between 00:00 and 05:00 local.
+    night_share: f64,
+}
+
 /// The primary device's messages and the trips behind them.
 #[derive(Debug)]
 pub(crate) struct Track {
@@ -109,6 +147,7 @@ struct Builder<'a> {
     in_script: bool,
     msgs: Vec<Msg>,
     trips: Vec<Trip>,
+    days: Vec<DayLog>,
 }
 
 fn round1(v: f64) -> f64 {
@@ -240,6 +279,7 @@ impl Builder<'_> {
             self.heading = heading;
             let ts = base + self.rng.random_range(0..900);
             self.emit(ts, p, motion, if arrive { 0.0 } else { v });
+            self.log_step(ts, ds);
             if arrive {
                 break;
             }
@@ -263,11 +303,13 @@ impl Builder<'_> {
         self.heading = geo::bearing_deg(from, to);
         self.emit(dep, from, Motion::Driving, 0.0);
         let dt = self.rng.random_range(40_000..60_000);
-        let km = geo::distance_m(from, to) / 1000.0 * self.v.road_factor;
+        let metres = geo::distance_m(from, to);
+        let km = metres / 1000.0 * self.v.road_factor;
         self.odo += km * self.odo_rate;
         self.clear += km;
         self.engine_h += dt as f64 / 3_600_000.0;
         self.emit(dep + dt, to, Motion::Driving, 0.0);
+        self.log_step(dep + dt, metres);
         self.pos = to;
         self.trips.push(Trip {
             dep,
@@ -276,6 +318,45 @@ impl Builder<'_> {
         });
         self.last_arrival = self.t;
         self.t
+    }
+
+    /// Adds a step of `metres` ending at `ts` to its local day.
+    fn log_step(&mut self, ts: i64, metres: f64) {
+        let d = self.clock.day_of(self.v, ts);
+        if d >= self.days.len() {
+            self.days.resize(d + 1, DayLog::default());
+        }
+        self.days[d].total_m += metres;
+        if ts < self.clock.local(self.v, d as u32, NIGHT_END_MIN) {
+            self.days[d].night_m += metres;
+        }
+    }
+
+    /// The history local day `d` is compared with.
+    fn history(&self, d: u32) -> History {
+        let past = &self.days[..(d as usize).min(self.days.len())];
+        let mut active: Vec<f64> = past
+            .iter()
+            .map(|l| l.total_m / 1000.0)
+            .filter(|km| *km >= 1.0)
+            .collect();
+        let active_days = active.len();
+        active.drain(..active_days.saturating_sub(BASELINE_DAYS));
+        active.sort_by(f64::total_cmp);
+        let n = active.len();
+        let median_km = match n {
+            0 => 0.0,
+            _ if n % 2 == 1 => active[n / 2],
+            _ => (active[n / 2 - 1] + active[n / 2]) / 2.0,
+        };
+        let recent = &past[past.len().saturating_sub(BASELINE_DAYS)..];
+        let total: f64 = recent.iter().map(|l| l.total_m).sum();
+        let night: f64 = recent.iter().map(|l| l.night_m).sum();
+        History {
+            active_days,
+            median_km,
+            night_share: if total > 0.0 { night / total } else { 0.0 },
+        }
     }
 
     fn cruise_for(&mut self, path: &Polyline) -> f64 {
@@ -591,6 +672,63 @@ impl Builder<'_> {
                 self.odo_rate = 1.0;
                 Some((t0, end))
             }
+            Scenario::ResidenceChange => {
+                let (there, aside) = (0..100).find_map(|_| {
+                    let there = self.random_point(home, 8_000.0, 40_000.0);
+                    let aside = self.random_point(there, 300.0, 800.0);
+                    let new_place = v
+                        .places
+                        .iter()
+                        .all(|p| geo::distance_m(*p, there) > 2_000.0);
+                    (new_place
+                        && self.usable(&Polyline::new(vec![home, there]), None, false)
+                        && self.usable(&Polyline::new(vec![there, aside]), None, false))
+                    .then_some((there, aside))
+                })?;
+                let path = Polyline::new(vec![home, there]);
+                let t0 = c.local(v, d, self.rng.random_range(600..900));
+                self.park_until(t0);
+                let cruise = self.cruise_for(&path);
+                self.travel(t0, &path, cruise, false);
+                // Re-parks a few hundred metres every day: three nights away, but never 72 h
+                // in one spot (`stationary_long`).
+                for (k, spot) in [aside, there].into_iter().enumerate() {
+                    let t = c.local(v, d + 1 + k as u32, self.rng.random_range(600..1020));
+                    self.park_until(t);
+                    self.hop(t, spot);
+                }
+                let back = c.local(v, d + 3, self.rng.random_range(540..720));
+                self.park_until(back);
+                self.travel(back, &Self::reversed(&path), cruise, false);
+                Some((t0, self.t))
+            }
+            Scenario::LongDrive => {
+                let past = self.history(d);
+                if past.active_days < MIN_ACTIVE_DAYS {
+                    return None;
+                }
+                let threshold = (3.0 * past.median_km).max(past.median_km + 300.0);
+                let km = threshold * self.rng.random_range(1.15..1.35);
+                let loops = self.loops(km, (km / 100.0).ceil() as usize)?;
+                let t0 = c.local(v, d, self.rng.random_range(390..480));
+                let cruise = self.rng.random_range(72.0..92.0);
+                let end = self.drive_loops(t0, &loops, cruise);
+                Some((t0, end))
+            }
+            Scenario::NightDrive => {
+                let t0 = c.local(v, d, self.rng.random_range(30..75));
+                // Well below the 2 % of rules.md: the log is close to, not exactly, what the
+                // pipeline measures.
+                if self.history(d).night_share > 0.015 || t0 < self.t + 30 * MIN {
+                    return None;
+                }
+                let km = self.rng.random_range(10.0..30.0);
+                let loops = self.loops(km, 1)?;
+                let cruise = self.rng.random_range(45.0..65.0);
+                let end = self.drive_loops(t0, &loops, cruise);
+                self.normal_day(d);
+                Some((t0, end))
+            }
             _ => None,
         }
     }
@@ -629,6 +767,7 @@ pub(crate) fn build_track(
         in_script: false,
         msgs: Vec::new(),
         trips: Vec::new(),
+        days: Vec::new(),
     };
     b.emit(first, v.places[0], Motion::Parked, 0.0);
     for (d, kind) in days.iter().enumerate() {

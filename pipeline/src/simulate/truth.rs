@@ -2,6 +2,8 @@
 //! messages, so the expected alerts are what the rules say about exactly these messages
 //! (not what the incident plan intended). Only opening and instant alerts are produced.
 //!
+//! It keeps whole histories where the pipeline keeps rings: the simulated runs are short.
+//!
 //! In-order data is every message except back-filled ones (batches, `backfill: true`) and,
 //! unless `include_late`, messages delivered late: whether the pipeline sees a late message
 //! without `backfill` as late depends on its ingest epochs, and the generator makes both
@@ -9,6 +11,8 @@
 
 use std::collections::HashMap;
 
+use chrono::{Datelike, Days, NaiveDate, TimeZone};
+use chrono_tz::Tz;
 use schemas::AlertKind;
 
 use super::fleet::{DevClass, Fleet, Role};
@@ -39,6 +43,24 @@ const ODO_CHECKPOINT_KM: f64 = 10.0;
 const ODO_RATIO: (f64, f64) = (0.8, 1.5);
 /// `odometer_mismatch` re-arm delay, ms.
 const ODO_REARM_MS: i64 = 86_400_000;
+/// Days (active days, nights) of history the baseline kinds need.
+const MIN_HISTORY: usize = 14;
+/// Days (active days) the baseline kinds look back.
+const BASELINE_DAYS: usize = 28;
+/// `residence_change`: a night location further from home is away, metres.
+const AWAY_M: f64 = 5_000.0;
+/// `residence_change`: consecutive nights away that fire.
+const AWAY_NIGHTS: u32 = 3;
+/// `residence_change`: radius of the home cluster, metres.
+const CLUSTER_M: f64 = 500.0;
+/// `residence_change`: night locations home is chosen from.
+const HOME_NIGHTS: usize = 30;
+/// `residence_change`: the oldest fix that is a night location, ms.
+const NIGHT_FIX_MAX_AGE_MS: i64 = 86_400_000;
+/// `night_movement`: distance in the night window that fires, km.
+const NIGHT_KM: f64 = 5.0;
+/// `night_movement`: largest share of the past days' distance in the night window.
+const NIGHT_SHARE: f64 = 0.02;
 
 /// One expected alert.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,7 +89,10 @@ pub(crate) fn phase(kind: AlertKind) -> &'static str {
         | AlertKind::OdometerRollback
         | AlertKind::OdometerMismatch
         | AlertKind::DtcCleared
-        | AlertKind::DuplicateCollateral => "instant",
+        | AlertKind::DuplicateCollateral
+        | AlertKind::ResidenceChange
+        | AlertKind::MileageAnomaly
+        | AlertKind::NightMovement => "instant",
         _ => "open",
     }
 }
@@ -87,6 +112,40 @@ fn speed_kmh(a: LatLon, b: LatLon, dt_ms: i64) -> f64 {
 /// Whether the step `a` → `b` is faster than a car drives (a jump, not distance).
 fn fast(a: LatLon, b: LatLon, dt_ms: i64) -> bool {
     geo::distance_m(a, b) > MIN_FAST_STEP_M && speed_kmh(a, b, dt_ms) > JUMP_KMH
+}
+
+/// A local date of one vehicle and the instants the baseline kinds use.
+#[derive(Clone, Copy)]
+struct LocalDay {
+    /// Days since 0001-01-01 of the local date.
+    number: i64,
+    /// 03:00, the night-location instant.
+    night_sample: i64,
+    /// 05:00, the end of the night window.
+    night_end: i64,
+    /// The next midnight.
+    end: i64,
+}
+
+impl LocalDay {
+    fn of(tz: Tz, ts: i64) -> Self {
+        let date = tz
+            .timestamp_millis_opt(ts)
+            .single()
+            .map(|t| t.date_naive())
+            .unwrap_or_default();
+        let at = |d: NaiveDate, hour: u32| {
+            tz.from_local_datetime(&d.and_hms_opt(hour, 0, 0).unwrap_or_default())
+                .earliest()
+                .map_or(0, |t| t.timestamp_millis())
+        };
+        Self {
+            number: i64::from(date.num_days_from_ce()),
+            night_sample: at(date, 3),
+            night_end: at(date, 5),
+            end: at(date + Days::new(1), 0),
+        }
+    }
 }
 
 /// An odometer value with the vehicle's GNSS distance when it was read.
@@ -171,13 +230,181 @@ impl OdoWindow {
     }
 }
 
-/// The vehicle's GNSS distance (rules.md "GNSS distance").
-#[derive(Default)]
+/// A closed local day: its number, GNSS km and night-window km.
+type PastDay = (i64, f64, f64);
+
+/// The vehicle's distance, local days and night locations (rules.md "Local days, history
+/// and baselines").
 struct Baselines {
+    tz: Tz,
     /// GNSS distance so far, metres.
     gnss_m: f64,
     /// Steps across gaps and jumps so far (they restart `odometer_mismatch` windows).
     breaks: u64,
+    first_day: Option<i64>,
+    day: Option<LocalDay>,
+    day_km: f64,
+    night_km: f64,
+    /// `mileage_anomaly` threshold of the current day, if the history suffices.
+    limit_km: Option<f64>,
+    /// Whether the past days allow `night_movement` tonight.
+    quiet_nights: bool,
+    mileage_fired: bool,
+    night_fired: bool,
+    past: Vec<PastDay>,
+    /// The next 03:00 whose night location is still to be taken.
+    next_sample: Option<i64>,
+    samples: usize,
+    locations: Vec<LatLon>,
+    away: u32,
+    residence_armed: bool,
+}
+
+impl Baselines {
+    fn new(tz: Tz) -> Self {
+        Self {
+            tz,
+            gnss_m: 0.0,
+            breaks: 0,
+            first_day: None,
+            day: None,
+            day_km: 0.0,
+            night_km: 0.0,
+            limit_km: None,
+            quiet_nights: false,
+            mileage_fired: false,
+            night_fired: false,
+            past: Vec::new(),
+            next_sample: None,
+            samples: 0,
+            locations: Vec::new(),
+            away: 0,
+            residence_armed: true,
+        }
+    }
+
+    /// Moves the current local day to the one of `ts`, closing the one before.
+    fn day_at(&mut self, ts: i64) -> LocalDay {
+        match self.day {
+            Some(d) if ts < d.end => return d,
+            Some(d) => self.past.push((d.number, self.day_km, self.night_km)),
+            None => {}
+        }
+        let d = LocalDay::of(self.tz, ts);
+        self.day = Some(d);
+        (self.day_km, self.night_km) = (0.0, 0.0);
+        (self.mileage_fired, self.night_fired) = (false, false);
+        let mut active: Vec<f64> = self
+            .past
+            .iter()
+            .filter(|p| p.1 >= 1.0)
+            .rev()
+            .take(BASELINE_DAYS)
+            .map(|p| p.1)
+            .collect();
+        active.sort_by(f64::total_cmp);
+        let n = active.len();
+        self.limit_km = (n >= MIN_HISTORY).then(|| {
+            let median = if n % 2 == 1 {
+                active[n / 2]
+            } else {
+                (active[n / 2 - 1] + active[n / 2]) / 2.0
+            };
+            (3.0 * median).max(median + 300.0)
+        });
+        let recent = self
+            .past
+            .iter()
+            .filter(|p| p.0 >= d.number - BASELINE_DAYS as i64);
+        let (total, night) = recent.fold((0.0, 0.0), |(t, n), p| (t + p.1, n + p.2));
+        let history = self.first_day.map_or(0, |f| d.number - f);
+        self.quiet_nights =
+            history >= MIN_HISTORY as i64 && (total <= 0.0 || night / total < NIGHT_SHARE);
+        d
+    }
+
+    /// Counts a step ending at `ts`; returns the kinds whose threshold it crosses.
+    fn step(&mut self, ts: i64, metres: f64) -> Vec<AlertKind> {
+        let day = self.day_at(ts);
+        self.gnss_m += metres;
+        self.day_km += metres / 1000.0;
+        let mut fired = Vec::new();
+        if !self.mileage_fired && self.limit_km.is_some_and(|l| self.day_km > l) {
+            self.mileage_fired = true;
+            fired.push(AlertKind::MileageAnomaly);
+        }
+        if ts < day.night_end {
+            self.night_km += metres / 1000.0;
+            if !self.night_fired && self.quiet_nights && self.night_km >= NIGHT_KM {
+                self.night_fired = true;
+                fired.push(AlertKind::NightMovement);
+            }
+        }
+        fired
+    }
+
+    /// A reading at `ts` with `last` the last accepted fix: takes the night locations of the
+    /// 03:00 instants it passed and returns the instant `residence_change` fires at, if any.
+    fn nights(&mut self, ts: i64, last: Option<Fix>) -> Option<i64> {
+        if self.first_day.is_none() {
+            self.first_day = Some(self.day_at(ts).number);
+        }
+        let mut sample = *self.next_sample.get_or_insert_with(|| {
+            let d = LocalDay::of(self.tz, ts);
+            if ts <= d.night_sample {
+                d.night_sample
+            } else {
+                LocalDay::of(self.tz, d.end).night_sample
+            }
+        });
+        let mut fired = None;
+        while ts > sample {
+            self.samples += 1;
+            let location = last
+                .filter(|f| f.ts <= sample && sample - f.ts <= NIGHT_FIX_MAX_AGE_MS)
+                .map(|f| f.p);
+            if let Some(p) = location
+                && self.night(p)
+            {
+                fired = Some(sample);
+            }
+            sample = LocalDay::of(self.tz, sample + 86_400_000).night_sample;
+        }
+        self.next_sample = Some(sample);
+        fired
+    }
+
+    /// A night location; whether it completes a run of nights away from home.
+    fn night(&mut self, p: LatLon) -> bool {
+        let recent = &self.locations[self.locations.len().saturating_sub(HOME_NIGHTS)..];
+        let home = recent
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let n = recent
+                    .iter()
+                    .filter(|r| geo::distance_m(*q, **r) <= CLUSTER_M)
+                    .count();
+                (n, i)
+            })
+            .max()
+            .map(|(_, i)| recent[i]);
+        self.locations.push(p);
+        let Some(home) = home.filter(|_| self.samples >= MIN_HISTORY) else {
+            return false;
+        };
+        if geo::distance_m(home, p) <= AWAY_M {
+            self.away = 0;
+            self.residence_armed = true;
+            return false;
+        }
+        self.away += 1;
+        if self.away >= AWAY_NIGHTS && self.residence_armed {
+            self.residence_armed = false;
+            return true;
+        }
+        false
+    }
 }
 
 #[derive(Default)]
@@ -337,6 +564,9 @@ impl Vehicle<'_> {
             self.seen = true;
             let vin = &self.fleet.vehicles[self.vi as usize].vin;
             self.claim(vin, dev, m.ts, 120_000);
+        }
+        if let Some(at) = self.baselines.nights(m.ts, self.pos.last) {
+            self.fire(dev, AlertKind::ResidenceChange, at, 120_000);
         }
         let class = self.devs[di].1;
         let s = &mut self.devs[di].2;
@@ -500,7 +730,9 @@ impl Vehicle<'_> {
             if dt > DISTANCE_GAP_MS || fast(p.p, f.p, dt) {
                 self.baselines.breaks += 1;
             } else if d >= JITTER_M || !(p.parked() && f.parked()) {
-                self.baselines.gnss_m += d;
+                for kind in self.baselines.step(f.ts, d) {
+                    self.fire(f.dev, kind, f.ts, tol);
+                }
             }
         }
         let pos = &mut self.pos;
@@ -636,7 +868,7 @@ pub(crate) fn evaluate(
                 .map(|d| (*d, fleet.devices[*d as usize].class, DevState::default()))
                 .collect(),
             pos: PosState::default(),
-            baselines: Baselines::default(),
+            baselines: Baselines::new(v.tz),
             loans_of: &loans_of,
             seen: false,
             duplicated: Vec::new(),
@@ -860,6 +1092,8 @@ mod tests {
         );
     }
 
+    const DAY_MS: i64 = 86_400_000;
+
     /// Parked readings every 5 min at `p` over `[from, to)`.
     fn parked(from: i64, to: i64, p: LatLon, odometer: f64) -> Vec<Msg> {
         (from..to)
@@ -886,8 +1120,85 @@ mod tests {
             .collect()
     }
 
+    /// Days of a 30 km drive at 10:00 local, parked in between; returns the messages, the
+    /// final position, odometer and the midnight after the last day.
+    fn routine(tz: Tz, start: i64, days: i64, home: LatLon) -> (Vec<Msg>, LatLon, f64, i64) {
+        let (mut msgs, mut p, mut odo) = (Vec::new(), home, 1000.0);
+        let mut midnight = LocalDay::of(tz, start).end - DAY_MS;
+        for _ in 0..days {
+            let dep = midnight + 10 * 3_600_000;
+            msgs.extend(parked(
+                msgs.last().map_or(midnight, |m: &Msg| m.ts + 300_000),
+                dep,
+                p,
+                odo,
+            ));
+            msgs.extend(drive(dep, p, 30.0, odo, 1.05));
+            let last = msgs.last().unwrap();
+            (p, odo) = (LatLon::new(last.lat, last.lon), last.odometer);
+            midnight += DAY_MS;
+        }
+        (msgs, p, odo, midnight)
+    }
+
     fn kinds(got: &[(AlertKind, i64)], kind: AlertKind) -> Vec<i64> {
         got.iter().filter(|g| g.0 == kind).map(|g| g.1).collect()
+    }
+
+    #[test]
+    fn mileage_and_night_movement_need_history_and_cross_their_thresholds() {
+        let (fleet, vi) = single_vehicle();
+        let v = &fleet.vehicles[vi];
+        let (mut msgs, p, odo, midnight) = routine(v.tz, 1_793_548_800_000, 16, v.places[0]);
+        // Day 16: 400 km, crossing max(3 × 30, 30 + 300) = 330 km after 661 steps of 500 m.
+        let dep = midnight + 8 * 3_600_000;
+        msgs.extend(parked(msgs.last().unwrap().ts + 300_000, dep, p, odo));
+        msgs.extend(drive(dep, p, 400.0, odo, 1.05));
+        let last = msgs.last().unwrap().clone();
+        let p = LatLon::new(last.lat, last.lon);
+        // Day 17, 01:00: 10 km, crossing 5 km after 10 steps.
+        let night = midnight + DAY_MS + 3_600_000;
+        msgs.extend(parked(last.ts + 300_000, night, p, last.odometer));
+        msgs.extend(drive(night, p, 10.0, last.odometer, 1.05));
+        let end = msgs.last().unwrap().ts;
+        msgs.extend(parked(end + 300_000, end + 2 * 3_600_000, p, last.odometer));
+        let got = run(&fleet, vi, msgs);
+        assert_eq!(
+            kinds(&got, AlertKind::MileageAnomaly),
+            vec![dep + 661 * 30_000]
+        );
+        assert_eq!(
+            kinds(&got, AlertKind::NightMovement),
+            vec![night + 10 * 30_000]
+        );
+        // The same drives on day 8 have too little history.
+        let (mut early, p, odo, midnight) = routine(v.tz, 1_793_548_800_000, 8, v.places[0]);
+        early.extend(drive(midnight + 3_600_000, p, 400.0, odo, 1.05));
+        let got = run(&fleet, vi, early);
+        assert!(kinds(&got, AlertKind::MileageAnomaly).is_empty());
+        assert!(kinds(&got, AlertKind::NightMovement).is_empty());
+    }
+
+    #[test]
+    fn residence_change_fires_at_03_00_of_the_third_night_away() {
+        let (fleet, vi) = single_vehicle();
+        let v = &fleet.vehicles[vi];
+        let home = v.places[0];
+        let start = LocalDay::of(v.tz, 1_793_548_800_000).end;
+        let moved = start + 16 * DAY_MS + 12 * 3_600_000;
+        let mut msgs = parked(start, moved, home, 1000.0);
+        msgs.extend(drive(moved, home, 10.0, 1000.0, 1.05));
+        let last = msgs.last().unwrap().clone();
+        let away = LatLon::new(last.lat, last.lon);
+        msgs.extend(parked(
+            last.ts + 300_000,
+            moved + 5 * DAY_MS,
+            away,
+            last.odometer,
+        ));
+        let got = run(&fleet, vi, msgs);
+        let third = LocalDay::of(v.tz, moved + 3 * DAY_MS).night_sample;
+        assert_eq!(kinds(&got, AlertKind::ResidenceChange), vec![third]);
     }
 
     #[test]
