@@ -50,6 +50,13 @@ pub struct Baseline {
     sampled_day: Option<i32>,
     /// The vehicle's last reported malfunction lamp.
     mil: bool,
+    /// Whether the chain's last step was driven.
+    in_trip: bool,
+    /// The step of the fix the position chain holds back, as far as it is known: a day that
+    /// closes before the next fix decides it takes it then (and the step is not added again).
+    held: Option<StepShare>,
+    /// The time of a held step already added at a close.
+    added_early: Option<i64>,
     residence_change: ResidenceChange,
     mileage_anomaly: MileageAnomaly,
     night_movement: NightMovement,
@@ -235,6 +242,18 @@ impl Baseline {
         }
     }
 
+    /// The position chain now holds back the fix of `held` (time, counted, metres,
+    /// duration): see [`PositionChain::held_step`](crate::position::PositionChain::held_step).
+    pub fn set_held(&mut self, held: Option<(i64, bool, f64, i64)>) {
+        self.held = held.map(|(ts_ms, counted, counted_m, dt_ms)| StepShare {
+            ts_ms,
+            counted,
+            counted_m,
+            dt_ms,
+            mil: self.mil,
+        });
+    }
+
     /// A step of the position chain: adds it to its day and runs the distance baselines.
     pub fn on_step(&mut self, step: &Step, dev: Dev<'_>, ctx: &mut Ctx<'_>) {
         let share = StepShare {
@@ -244,23 +263,31 @@ impl Baseline {
             dt_ms: step.dt_ms,
             mil: self.mil,
         };
+        let in_trip = std::mem::replace(&mut self.in_trip, share.counted);
+        if self.held.is_some_and(|h| h.ts_ms == share.ts_ms) {
+            self.held = None;
+        }
+        if self.added_early.take() == Some(share.ts_ms) {
+            return;
+        }
         let Some(today) = self.today.as_mut() else {
             return;
         };
         if !today.bounds.contains(share.ts_ms) {
-            // The held fix of a day the clock already closed: a revision if it moved.
+            // A step into a day that closed before the step was known (late data, or a fix
+            // that was no outlier after all): a revision if it moved.
             if let Some(day) = self
                 .closed
                 .iter_mut()
                 .find(|d| d.bounds.contains(share.ts_ms))
             {
-                day.note_step(&share);
+                day.note_step(&share, in_trip);
                 day.dirty |= share.counted;
                 self.ring.replace(day.bounds.day, day.summary());
             }
             return;
         }
-        today.note_step(&share);
+        today.note_step(&share, in_trip);
         if !share.counted {
             return;
         }
@@ -320,9 +347,14 @@ impl Baseline {
     }
 
     fn close(&mut self, row: &RowIdentity<'_>, rules: &RulesConfig, rows: &mut Vec<DailyFeatures>) {
-        let Some(day) = self.today.take() else {
+        let Some(mut day) = self.today.take() else {
             return;
         };
+        if let Some(held) = self.held.take().filter(|h| day.bounds.contains(h.ts_ms)) {
+            day.note_step(&held, self.in_trip);
+            self.in_trip = held.counted;
+            self.added_early = Some(held.ts_ms);
+        }
         self.closed_until_ms = day.bounds.end_ms;
         let summary = day.summary();
         self.ring.push(day.bounds.day, summary);

@@ -105,7 +105,6 @@ pub struct DayAcc {
     pub gnss_m: f64,
     driving_ms: i64,
     trips: u32,
-    in_trip: bool,
     max_speed_kmh: Option<f32>,
     harsh_accel: u32,
     harsh_brake: u32,
@@ -119,7 +118,7 @@ pub struct DayAcc {
 }
 
 /// What a counted or uncounted step adds to its day.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepShare {
     /// Time of the step's later fix.
     pub ts_ms: i64,
@@ -145,7 +144,6 @@ impl DayAcc {
             gnss_m: 0.0,
             driving_ms: 0,
             trips: 0,
-            in_trip: false,
             max_speed_kmh: None,
             harsh_accel: 0,
             harsh_brake: 0,
@@ -188,8 +186,9 @@ impl DayAcc {
         changed
     }
 
-    /// Adds a step of the in-order position chain ending in this day.
-    pub fn note_step(&mut self, step: &StepShare) {
+    /// Adds a step of the in-order position chain ending in this day; `in_trip` says whether
+    /// the step before it was driven (a trip through midnight counts on its first day).
+    pub fn note_step(&mut self, step: &StepShare, in_trip: bool) {
         if step.counted {
             self.gnss_m += step.counted_m;
             self.driving_ms += step.dt_ms;
@@ -199,11 +198,10 @@ impl DayAcc {
             if step.mil {
                 self.mil_m += step.counted_m;
             }
-            if !self.in_trip {
+            if !in_trip {
                 self.trips += 1;
             }
         }
-        self.in_trip = step.counted;
     }
 
     /// Counts a harsh acceleration (`true`) or braking.

@@ -146,20 +146,55 @@ impl PositionChain {
         };
         let mut step = step;
         if let Some(prev) = &step.prev {
-            let jitter = step.dist_m < rules.jitter_m && prev.parked() && held.parked();
-            // A gap is displacement, not driving; so is a step too fast to drive (a jump).
-            let displaced = step.dt_ms > crate::config::secs_ms(rules.distance_gap_s)
-                || fast(prev, &held, limit);
-            if displaced {
-                self.breaks += 1;
-            } else if !jitter {
-                step.counted = true;
-                step.counted_m = step.dist_m;
-                self.distance_m += step.dist_m;
+            match judge(prev, &held, rules) {
+                Judged::Displaced => self.breaks += 1,
+                Judged::Jitter => {}
+                Judged::Driven => {
+                    step.counted = true;
+                    step.counted_m = step.dist_m;
+                    self.distance_m += step.dist_m;
+                }
             }
         }
         self.accepted = Some(held);
         Some(step)
+    }
+
+    /// What the held fix's step will add once the next fix accepts it: `(time, counted,
+    /// metres, duration)`. Known already: a fix that may still turn out to be a drift outlier
+    /// is fast from its predecessor, and such a step is displacement either way.
+    pub fn held_step(&self, rules: &RulesConfig) -> Option<(i64, bool, f64, i64)> {
+        let held = self.pending?;
+        let Some(prev) = &self.accepted else {
+            return Some((held.ts_ms, false, 0.0, 0));
+        };
+        let driven = judge(prev, &held, rules) == Judged::Driven;
+        let dist = if driven { prev.distance_m(&held) } else { 0.0 };
+        Some((held.ts_ms, driven, dist, held.ts_ms - prev.ts_ms))
+    }
+}
+
+/// How a step between accepted fixes counts in the GNSS distance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judged {
+    /// Driven distance.
+    Driven,
+    /// Standing still: steps below `jitter_m` while parked.
+    Jitter,
+    /// A gap, or a step too fast to drive (a jump): displacement, not driving.
+    Displaced,
+}
+
+fn judge(prev: &Fix, fix: &Fix, rules: &RulesConfig) -> Judged {
+    let dt_ms = fix.ts_ms - prev.ts_ms;
+    if dt_ms > crate::config::secs_ms(rules.distance_gap_s)
+        || fast(prev, fix, rules.drift_speed_kmh)
+    {
+        Judged::Displaced
+    } else if prev.distance_m(fix) < rules.jitter_m && prev.parked() && fix.parked() {
+        Judged::Jitter
+    } else {
+        Judged::Driven
     }
 }
 

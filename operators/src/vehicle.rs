@@ -379,6 +379,13 @@ impl VehicleState {
     /// End of input: processes every buffered reading (timers fire only between readings).
     pub fn flush(&mut self, env: &Env<'_>, out: &mut Outputs) {
         self.release(None, env, out);
+        // Closed days the last readings changed are emitted again; the open day stays open.
+        let row = RowIdentity {
+            vehicle_id: &self.vehicle_id,
+            loan_id: self.profile.loan_id.as_deref(),
+        };
+        self.baseline
+            .on_clock(i64::MIN, &row, env.rules, &mut out.features);
     }
 
     fn release(&mut self, clock_ms: Option<i64>, env: &Env<'_>, out: &mut Outputs) {
@@ -560,6 +567,7 @@ impl VehicleState {
             loan_id: profile.loan_id.as_deref(),
         };
         baseline.after_reading(r, tz, &row, env.rules, &mut out.features);
+        baseline.set_held(chain.held_step(env.rules));
         let speed = r
             .speed_kmh
             .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh))
@@ -652,7 +660,8 @@ fn on_step(
 #[cfg(test)]
 mod tests {
     //! The chain against a simple reference: whatever the arrival order (within the reorder
-    //! window), duplicates, and cuts into epochs, a vehicle raises the same alerts as one fed
+    //! window), duplicates, and cuts into epochs, a vehicle raises the same alerts (and daily
+    //! features) as one fed
     //! the de-duplicated readings sorted by time in a single step.
 
     use super::*;
@@ -744,7 +753,7 @@ mod tests {
             .collect()
     }
 
-    fn run(arrivals: Vec<Record>, cuts: &[usize]) -> (Vec<Alert>, usize) {
+    fn run(arrivals: Vec<Record>, cuts: &[usize]) -> (Vec<Alert>, usize, Vec<DailyFeatures>) {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let env = Env {
@@ -773,7 +782,7 @@ mod tests {
         }
         v.advance(max_ts - rules.reorder_window_ms(), &env, &mut out);
         v.flush(&env, &mut out);
-        (out.alerts, out.archive.len())
+        (out.alerts, out.archive.len(), out.features)
     }
 
     proptest! {
@@ -786,7 +795,7 @@ mod tests {
             cuts in proptest::collection::vec(1usize..40, 1..8),
         ) {
             let sorted = readings(&steps);
-            let (reference, archived) = run(sorted.clone(), &[]);
+            let (reference, archived, features) = run(sorted.clone(), &[]);
             prop_assert_eq!(archived, sorted.len());
 
             let mut arrivals = sorted.clone();
@@ -804,9 +813,10 @@ mod tests {
                 let copy = arrivals[i].clone();
                 arrivals.insert(i + 1, copy);
             }
-            let (shuffled, archived) = run(arrivals, &cuts);
+            let (shuffled, archived, shuffled_features) = run(arrivals, &cuts);
             prop_assert_eq!(archived, sorted.len());
             prop_assert_eq!(shuffled, reference);
+            prop_assert_eq!(shuffled_features, features);
         }
     }
 }
