@@ -74,8 +74,14 @@ pub(crate) fn spawn(runtime: &tokio::runtime::Runtime, config: Arc<Config>, slot
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = stamps(&config);
         loop {
+            let hangup_signal = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let why = tokio::select! {
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+                Some(()) = hangup_signal => "SIGHUP",
                 _ = ticker.tick(), if watch => {
                     let now = stamps(&config);
                     if now == seen {
