@@ -363,7 +363,8 @@ impl Baseline {
             rules.mileage_anomaly.active_day_km,
             rules.mileage_anomaly.window_days as usize,
         );
-        let oldest = day.bounds.day - i32::try_from(rules.features.revision_days).unwrap_or(0);
+        // The open day will be the next one: keep the `revision_days` days before it.
+        let oldest = day.bounds.day + 1 - i32::try_from(rules.features.revision_days).unwrap_or(0);
         self.closed.retain(|d| d.bounds.day >= oldest);
         if day.has_data() {
             self.closed.push(day);

@@ -342,6 +342,7 @@ impl DayRing {
         if self.days.len() == RING_DAYS {
             self.days.pop_front();
         }
+        self.days.reserve_exact(RING_DAYS - self.days.len());
         self.days.push_back(summary);
     }
 
@@ -376,43 +377,54 @@ impl DayRing {
 
 /// Distances of the last active days (newest last), for the median of `mileage_anomaly`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ActiveDays(VecDeque<f32>);
+pub struct ActiveDays {
+    days: VecDeque<f32>,
+    /// The median, computed when a day is added (it is read on every driven step).
+    median_km: Option<f64>,
+}
 
 impl ActiveDays {
     /// Records a closed day's distance if it was active.
     pub fn push(&mut self, km: f32, min_km: f64, keep: usize) {
         if f64::from(km) >= min_km {
-            if self.0.len() >= keep {
-                self.0.pop_front();
+            if self.days.len() >= keep {
+                self.days.pop_front();
             }
-            self.0.push_back(km);
+            self.days
+                .reserve_exact(keep.saturating_sub(self.days.len()));
+            self.days.push_back(km);
+            self.median_km = median(&self.days);
         }
     }
 
     /// Active days recorded.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.days.len()
     }
 
     /// Whether none was recorded.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.days.is_empty()
     }
 
     /// Median distance (mean of the middle two for an even count).
     pub fn median_km(&self) -> Option<f64> {
-        let mut v: Vec<f64> = self.0.iter().map(|k| f64::from(*k)).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_unstable_by(f64::total_cmp);
-        let n = v.len();
-        Some(if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        })
+        self.median_km
     }
+}
+
+fn median(days: &VecDeque<f32>) -> Option<f64> {
+    let mut v: Vec<f64> = days.iter().map(|k| f64::from(*k)).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 /// Night locations (newest last).
@@ -425,6 +437,7 @@ impl NightLocations {
         if self.0.len() >= keep {
             self.0.pop_front();
         }
+        self.0.reserve_exact(keep.saturating_sub(self.0.len()));
         self.0.push_back((lat as f32, lon as f32));
     }
 
@@ -437,10 +450,15 @@ impl NightLocations {
             .map(|(a, b)| (f64::from(*a), f64::from(*b)))
             .collect();
         let mut best: Option<((f64, f64), usize)> = None;
+        // Over a cluster's few hundred metres a flat projection is exact to well under a
+        // metre, and 30 × 30 distances a night stay cheap.
+        let m_per_deg = haversine_m(0.0, 0.0, 1.0, 0.0);
+        let r2 = (cluster_m / m_per_deg).powi(2);
         for p in &points {
+            let cos_lat = p.0.to_radians().cos();
             let n = points
                 .iter()
-                .filter(|q| haversine_m(p.0, p.1, q.0, q.1) <= cluster_m)
+                .filter(|q| (q.0 - p.0).powi(2) + ((q.1 - p.1) * cos_lat).powi(2) <= r2)
                 .count();
             if best.is_none_or(|(_, m)| n >= m) {
                 best = Some((*p, n));

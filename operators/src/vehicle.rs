@@ -275,6 +275,8 @@ impl VehicleState {
         if let Some(i) = self.devices.iter().position(|d| &d.device_id == id) {
             return i;
         }
+        // Most vehicles have one device: the default growth would make room for four.
+        self.devices.reserve_exact(1);
         self.devices.push(DeviceState {
             device_id: id.clone(),
             class: record.class,
@@ -404,6 +406,10 @@ impl VehicleState {
                 None => device.buffer.len(),
             };
             ready.extend(device.buffer.drain(..due).map(|r| (d, r)));
+            if device.buffer.is_empty() {
+                // An idle vehicle keeps no room for the next drive's readings.
+                device.buffer = Vec::new();
+            }
         }
         self.buffered -= ready.len();
         ready.sort_by_key(|(_, r)| (r.reading.ts_ms, r.ingest_seq));

@@ -34,11 +34,11 @@ impl ResidenceChange {
     ) {
         let rules = &ctx.rules.residence_change;
         let keep = rules.history_nights as usize;
-        let home = locations.home(rules.cluster_m);
+        // Home comes from the nights before this one; it is only needed once history counts.
+        let home = (rules.enabled && nights >= rules.min_history_nights)
+            .then(|| locations.home(rules.cluster_m))
+            .flatten();
         locations.push(at.0, at.1, keep);
-        if !rules.enabled || nights < rules.min_history_nights {
-            return;
-        }
         let Some((home, home_nights)) = home else {
             return;
         };
