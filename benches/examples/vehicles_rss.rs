@@ -13,9 +13,9 @@
 //!    readings, four a day per vehicle: 03:00 parked (the night location is taken) and a
 //!    1.2-km drive at 09:00 (an active day; on day 0 with a fix every 30 s, so the reorder
 //!    buffer grows as it does while driving). 31 days fill every ring: 30 closed days, 30
-//!    night locations, 28 active days; from 17 entries on, each ring's `VecDeque` has its
-//!    final room for 32, so the RSS no longer grows after day 18 (printed as it goes:
-//!    `--days 20` gives the same bytes per vehicle in a third of the time). The vehicles
+//!    night locations, 28 active days; each ring takes its full room at its first entry, so
+//!    the RSS no longer grows after the first days (printed as it goes: `--days 20` gives the
+//!    same bytes per vehicle in a third of the time). The vehicles
 //!    report in chunks of N/100 whose times are 60 s apart, one ingest epoch per chunk, so
 //!    the clock moves as in a replay and no reading is late. Records are made on a second
 //!    thread. The trackers are registered as `wireless` so that four readings a day raise no
@@ -28,9 +28,9 @@
 //!    the realistic days of the `history` bench (heartbeats every 5–10 min, commutes with
 //!    fixes every 30 s), prints their serde_json size (through `JsonlWriter`, the only JSON
 //!    serializer the benches crate has) with the size of each part, and the heap per vehicle
-//!    computed from the type sizes, the lengths in the JSON and the growth rule of
-//!    `Vec`/`VecDeque` (capacity 0, 4, 8, 16, 32, …; a `Vec` of one `DeviceState` has room
-//!    for 4), rounded up to mimalloc's size classes.
+//!    computed from the type sizes, the lengths in the JSON and the allocation rules of the
+//!    state (devices and rings sized exactly, a drained reorder buffer freed, other `Vec`s
+//!    growing 0, 4, 8, 16, …), rounded up to mimalloc's size classes.
 
 #![allow(clippy::print_stdout)]
 
@@ -458,12 +458,7 @@ impl Sizes {
             part(name.into(), len, elem, cap);
         }
         let ds = self.device_state;
-        part(
-            "devices: Vec<DeviceState>".into(),
-            devices,
-            ds,
-            grown_capacity(devices, ds),
-        );
+        part("devices: Vec<DeviceState>".into(), devices, ds, devices);
         for d in 0..devices {
             let i = d.to_string();
             let dev = |rest: &[&'static str]| {
@@ -475,10 +470,12 @@ impl Sizes {
             part(format!("devices[{d}].device_id"), len, elem, cap);
             let rec = size_of::<Record>();
             part(
-                format!("devices[{d}].buffer: Vec<Record> (empty now, peak {buffer_peak})"),
+                format!(
+                    "devices[{d}].buffer: Vec<Record> (peak {buffer_peak}, freed when drained)"
+                ),
                 0,
                 rec,
-                grown_capacity(buffer_peak, rec),
+                0,
             );
             let (len, elem, cap) = s(str_len(&dev(&["reported_vin"])));
             part(format!("devices[{d}].reported_vin"), len, elem, cap);
@@ -491,27 +488,46 @@ impl Sizes {
             );
         }
         let acc = size_of::<DayAcc>();
-        for (name, path, elem) in [
+        // `None` = grows one push at a time; `Some(n)` = room for `n` from the first entry.
+        for (name, path, elem, room) in [
             (
                 "baseline.closed: Vec<DayAcc>",
                 &["baseline", "closed"][..],
                 acc,
+                None,
             ),
-            ("baseline.ahead: Vec<DayAcc>", &["baseline", "ahead"], acc),
+            (
+                "baseline.ahead: Vec<DayAcc>",
+                &["baseline", "ahead"],
+                acc,
+                None,
+            ),
             (
                 "baseline.ring: VecDeque<DaySummary>",
                 &["baseline", "ring", "days"],
                 size_of::<DaySummary>(),
+                Some(30),
             ),
-            ("baseline.active: VecDeque<f32>", &["baseline", "active"], 4),
+            (
+                "baseline.active: VecDeque<f32>",
+                &["baseline", "active", "days"],
+                4,
+                Some(28),
+            ),
             (
                 "baseline.nights: VecDeque<(f32, f32)>",
                 &["baseline", "nights"],
                 8,
+                Some(30),
             ),
         ] {
             let len = arr_len(path);
-            part(name.into(), len, elem, grown_capacity(len, elem));
+            let cap = match room {
+                Some(n) if len > 0 => n,
+                Some(_) => 0,
+                None => grown_capacity(len, elem),
+            };
+            part(name.into(), len, elem, cap);
         }
         let (req, rounded): (usize, usize) =
             parts.iter().fold((0, 0), |(a, b), p| (a + p.1, b + p.2));
