@@ -323,6 +323,15 @@ impl Baseline {
         if self.close_due().is_some_and(|end| end <= clock_ms) {
             self.close(row, rules, rows);
         }
+        self.emit_revisions(row, rules, rows);
+    }
+
+    fn emit_revisions(
+        &mut self,
+        row: &RowIdentity<'_>,
+        rules: &RulesConfig,
+        rows: &mut Vec<DailyFeatures>,
+    ) {
         for i in 0..self.closed.len() {
             if self.closed[i].dirty {
                 self.emit(i, row, rules, rows);
@@ -363,6 +372,9 @@ impl Baseline {
             rules.mileage_anomaly.active_day_km,
             rules.mileage_anomaly.window_days as usize,
         );
+        // Revisions waiting for the end of the epoch go out now if their day is about to be
+        // dropped: a long epoch can close several days.
+        self.emit_revisions(row, rules, rows);
         // The open day will be the next one: keep the `revision_days` days before it.
         let oldest = day.bounds.day + 1 - i32::try_from(rules.features.revision_days).unwrap_or(0);
         self.closed.retain(|d| d.bounds.day >= oldest);
