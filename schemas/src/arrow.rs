@@ -133,28 +133,10 @@ mod tests {
         assert_eq!(names, spec.split(", ").collect::<Vec<_>>());
         let row = crate::DailyFeatures {
             vehicle_id: "V".into(),
-            loan_id: None,
             date: "2026-11-28".into(),
             revision: 0,
-            odometer_start_km: None,
-            odometer_end_km: None,
-            odometer_km: None,
-            gnss_km: 0.0,
-            driving_minutes: 0.0,
-            trips: 0,
-            max_speed_kmh: None,
-            harsh_accel: 0,
-            harsh_brake: 0,
-            night_km: 0.0,
-            mil_km: 0.0,
-            dtc_count_max: None,
             messages: 1,
-            first_ts: 0,
-            last_ts: 0,
-            km_7d: 0.0,
-            km_30d: 0.0,
-            projected_annual_km: 0.0,
-            odo_gnss_ratio_30d: None,
+            ..crate::DailyFeatures::default()
         };
         let json = serde_json::to_value(&row).unwrap();
         let mut keys: Vec<&str> = json

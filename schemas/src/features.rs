@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// One vehicle-day of features. Distances are kilometres; times epoch milliseconds inside,
 /// RFC 3339 in JSON.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DailyFeatures {
     /// Vehicle.
     pub vehicle_id: String,

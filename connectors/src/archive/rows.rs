@@ -933,28 +933,10 @@ mod tests {
     fn features_sort_by_vehicle_then_date_then_revision() {
         let row = |vehicle: &str, date: &str, revision: u32| DailyFeatures {
             vehicle_id: vehicle.into(),
-            loan_id: None,
             date: date.into(),
             revision,
-            odometer_start_km: None,
-            odometer_end_km: None,
-            odometer_km: None,
-            gnss_km: 0.0,
-            driving_minutes: 0.0,
-            trips: 0,
-            max_speed_kmh: None,
-            harsh_accel: 0,
-            harsh_brake: 0,
-            night_km: 0.0,
-            mil_km: 0.0,
-            dtc_count_max: None,
             messages: 1,
-            first_ts: 0,
-            last_ts: 0,
-            km_7d: 0.0,
-            km_30d: 0.0,
-            projected_annual_km: 0.0,
-            odo_gnss_ratio_30d: None,
+            ..DailyFeatures::default()
         };
         // Dates before the epoch (negative days) and the largest revision keep their order.
         let rows = [
