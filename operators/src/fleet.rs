@@ -457,3 +457,120 @@ mod tests {
         assert_eq!(solo.watermark_ms(&rules), Some(day - 120_000));
     }
 }
+
+#[cfg(test)]
+mod reload {
+    //! A fleet whose registry and fences change between epochs: the change applies from the
+    //! next reading on, and vehicle state that refers to fences stays valid.
+
+    use super::*;
+    use schemas::{Alert, AlertKind, DeviceClass, Gnss, Reading};
+
+    const T0: i64 = 1_764_000_000_000;
+    const HEADER: &str =
+        "vehicle_id,loan_id,device_id,vin,device_class,permitted_fences,timezone\n";
+
+    fn fences(features: &str) -> FenceIndex {
+        FenceIndex::from_geojson_str(
+            &format!(r#"{{"type":"FeatureCollection","features":[{features}]}}"#),
+            "f.geojson",
+        )
+        .expect("valid fences")
+    }
+
+    fn circle(id: &str, role: &str, lat: f64, radius_m: f64) -> String {
+        format!(
+            r#"{{"type":"Feature","properties":{{"id":"{id}","role":"{role}","radius_m":{radius_m}}},
+            "geometry":{{"type":"Point","coordinates":[121.0,{lat}]}}}}"#
+        )
+    }
+
+    /// One epoch of readings of device D1 at `lat`, a minute apart from minute `from`.
+    fn epoch(fleet: &mut Fleet, registry: &Registry, from: i64, lats: &[f64]) -> Vec<Alert> {
+        let records: Vec<Record> = lats
+            .iter()
+            .enumerate()
+            .map(|(i, lat)| {
+                let minute = from + i as i64;
+                let device = registry.device("D1").expect("registered");
+                Record {
+                    vehicle_id: device.vehicle_id.clone(),
+                    loan_id: registry
+                        .vehicle(&device.vehicle_id)
+                        .map(|v| v.loan_id.clone()),
+                    class: DeviceClass::Wired,
+                    registered: true,
+                    ingest_seq: minute as u64,
+                    reading: Box::new(Reading {
+                        device_id: "D1".into(),
+                        ts_ms: T0 + minute * 60_000,
+                        seq: Some(minute as u64),
+                        gnss: Some(Gnss {
+                            lat: Some(*lat),
+                            lon: Some(121.0),
+                            fix: true,
+                            ..Gnss::default()
+                        }),
+                        ignition: Some(true),
+                        speed_kmh: Some(40.0),
+                        content_hash: minute as u64,
+                        ..Reading::default()
+                    }),
+                }
+            })
+            .collect();
+        let last = records.last().map_or(T0, |r| r.reading.ts_ms);
+        // Two devices' worth of clock: the fleet's clock follows the epoch's second-newest.
+        let samples = vec![vec![(last, 1), (last, 2)]];
+        let mut out = FleetOutputs::default();
+        fleet.run_epoch(records, &samples, 0, &mut out);
+        out.vehicle.alerts
+    }
+
+    #[test]
+    fn a_new_permitted_fence_and_a_new_loan_apply_from_the_next_reading() {
+        let registry = Arc::new(
+            Registry::from_csv_str(&format!("{HEADER}V1,L1,D1,,wired,,\n"), "v.csv")
+                .expect("registry"),
+        );
+        let first = fences(&circle("risk-1", "risk", 40.0, 300.0));
+        let mut fleet = Fleet::new(
+            RulesConfig::default(),
+            Arc::clone(&registry),
+            Arc::new(first),
+        );
+        // Unrestricted: driving north raises nothing.
+        let before = epoch(&mut fleet, &registry, 0, &[31.00, 31.01, 31.02, 31.03]);
+        assert!(before.is_empty(), "{before:?}");
+
+        // Reload: V1 moves to loan L2 and may only stay within 5 km of 31.0.
+        let registry = Arc::new(
+            Registry::from_csv_str(&format!("{HEADER}V1,L2,D1,,wired,home,\n"), "v.csv")
+                .expect("registry"),
+        );
+        let (_, old_fences) = fleet.reference();
+        let reloaded = old_fences.reloaded(fences(&format!(
+            "{},{}",
+            circle("home", "permitted", 31.0, 5_000.0),
+            circle("risk-1", "risk", 40.0, 300.0)
+        )));
+        assert_eq!(
+            reloaded.lookup("risk-1"),
+            Some(0),
+            "a fence that stays keeps its index"
+        );
+        fleet.set_reference(Arc::clone(&registry), Arc::new(reloaded));
+        let after = epoch(
+            &mut fleet,
+            &registry,
+            10,
+            &[31.04, 31.05, 31.06, 31.07, 31.08, 31.09, 31.10],
+        );
+        let exits: Vec<&Alert> = after
+            .iter()
+            .filter(|a| a.kind == AlertKind::GeofenceExit)
+            .collect();
+        assert_eq!(exits.len(), 1, "{after:?}");
+        assert_eq!(exits[0].loan_id.as_deref(), Some("L2"));
+    }
+}
