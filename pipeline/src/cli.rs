@@ -289,7 +289,7 @@ fn run_check(path: &Path) -> anyhow::Result<()> {
             "off"
         }
     );
-    let m = &config.mqtt;
+    let m = &crate::security::redacted(&config).mqtt;
     println!(
         "run: MQTT {} (protocol level {}), topics {:?}, QoS {}, {}",
         m.url,
@@ -322,7 +322,13 @@ fn run_check(path: &Path) -> anyhow::Result<()> {
     if config.http.enabled {
         println!("run: /metrics and /health on {}", config.http.listen);
     }
-    println!("\n# effective configuration\n{}", toml::to_string(&config)?);
+    for warning in crate::security::warnings(&config) {
+        println!("warning: {warning}");
+    }
+    println!(
+        "\n# effective configuration (secrets blanked)\n{}",
+        toml::to_string(&crate::security::redacted(&config))?
+    );
     Ok(())
 }
 

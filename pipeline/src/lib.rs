@@ -10,6 +10,7 @@
 //! - [`publish`]: publishing a messages file to MQTT (`simulate --mqtt`, the demo).
 //! - [`simulate`]: the fleet generator with injected incidents and a truth file.
 //! - [`demo`]: `lienwatch demo` with its embedded MQTT broker.
+//! - [`security`]: what `lienwatch check` warns about; secrets blanked for printing.
 //! - [`cli`]: the commands (`replay`, `check`, `simulate`, `demo`).
 
 pub mod cli;
@@ -20,4 +21,5 @@ pub mod publish;
 mod reload;
 pub mod replay;
 pub mod run;
+pub mod security;
 pub mod simulate;
