@@ -39,7 +39,7 @@ pub struct Dev<'a> {
 pub(crate) mod testing {
     //! A tiny harness for the kind tests: a context over default rules and no fences.
 
-    use schemas::{Alert, AlertKind, Phase, Reading};
+    use schemas::{Alert, AlertKind, DeviceClass, Phase, Reading};
 
     use crate::config::RulesConfig;
     use crate::ctx::Ctx;
@@ -68,6 +68,15 @@ pub(crate) mod testing {
         };
         f(&mut ctx);
         alerts
+    }
+
+    /// Device D1 of `class`, which reports ignition.
+    pub fn dev(class: DeviceClass) -> super::Dev<'static> {
+        super::Dev {
+            id: "D1",
+            class,
+            reports_ignition: true,
+        }
     }
 
     /// A reading of device D1 at `ts_s` seconds.

@@ -78,7 +78,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{reading, summary, with_ctx};
+    use crate::kinds::testing::{dev, reading, summary, with_ctx};
     use schemas::{DeviceClass, Phase};
 
     #[test]
@@ -86,11 +86,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = DeviceTamper::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         let mut t = reading(10);
         t.alarm_set.insert(Alarm::Removal);
         let mut t2 = t.clone();
@@ -121,11 +117,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = DeviceTamper::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         let mut late = reading(10);
         late.alarm_set.insert(Alarm::Tamper);
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {

@@ -44,7 +44,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{reading, summary, with_ctx};
+    use crate::kinds::testing::{dev, reading, summary, with_ctx};
     use schemas::{DeviceClass, Obd, Phase};
 
     #[test]
@@ -52,11 +52,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = DtcCleared::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Obd,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Obd);
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             for (ts, km) in [(0, 800.0), (10, 801.0), (20, 0.0), (30, 0.4), (40, 0.3)] {
                 let r = Reading {

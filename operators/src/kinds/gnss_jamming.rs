@@ -76,7 +76,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{reading, summary, with_ctx};
+    use crate::kinds::testing::{dev, reading, summary, with_ctx};
     use schemas::{DeviceClass, Phase};
 
     fn drive(ts: i64, ignition: Option<bool>, speed: f32) -> Reading {
@@ -107,11 +107,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = GnssJamming::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for (r, fix) in steps {
                 k.on_reading(r, *fix, dev, ctx);

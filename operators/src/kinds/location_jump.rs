@@ -48,7 +48,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::with_ctx;
+    use crate::kinds::testing::{dev, with_ctx};
     use crate::position::Fix;
     use schemas::DeviceClass;
 
@@ -80,11 +80,7 @@ mod tests {
     fn fires_on_far_fast_steps_only() {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             let mut k = LocationJump;
             k.on_step(&step(20_000.0, 60), false, dev, ctx);

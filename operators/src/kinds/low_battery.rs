@@ -53,7 +53,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{reading, summary, with_ctx};
+    use crate::kinds::testing::{dev, reading, summary, with_ctx};
     use schemas::{DeviceClass, Phase, Power};
 
     #[test]
@@ -61,11 +61,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = LowBattery::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wireless,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wireless);
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             for (ts, pct) in [(0, 40.0), (10, 14.0), (20, 16.0), (30, 13.0), (40, 25.0)] {
                 let r = Reading {

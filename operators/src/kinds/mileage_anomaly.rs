@@ -57,18 +57,14 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::with_ctx;
+    use crate::kinds::testing::{dev, with_ctx};
     use schemas::DeviceClass;
 
     #[test]
     fn fires_once_per_day_above_the_threshold_after_warm_up() {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         let mut active = ActiveDays::default();
         let mut k = MileageAnomaly::default();
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {

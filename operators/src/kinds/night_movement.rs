@@ -63,18 +63,14 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::with_ctx;
+    use crate::kinds::testing::{dev, with_ctx};
     use schemas::DeviceClass;
 
     #[test]
     fn fires_once_a_night_only_for_a_day_driver() {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         let day_driver = WindowSums {
             gnss_km: 900.0,
             night_km: 10.0,

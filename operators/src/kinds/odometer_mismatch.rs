@@ -153,7 +153,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{summary, with_ctx};
+    use crate::kinds::testing::{dev, summary, with_ctx};
     use schemas::{DeviceClass, Phase};
 
     /// Drives `legs` of (km of GNSS distance, odometer km per GNSS km), one reading per km,
@@ -162,11 +162,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = OdometerMismatch::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Obd,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Obd);
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             let (mut odo, mut gnss_m, mut i) = (50_000.0, 0.0, 0usize);
             for &(km, factor) in legs {

@@ -41,18 +41,14 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{reading, summary, with_ctx};
+    use crate::kinds::testing::{dev, reading, summary, with_ctx};
     use schemas::{DeviceClass, Phase};
 
     fn run(kms: &[f64]) -> Vec<(AlertKind, Phase, i64)> {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = OdometerRollback::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Obd,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Obd);
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for (i, km) in kms.iter().enumerate() {
                 let r = Reading {

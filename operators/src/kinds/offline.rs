@@ -85,7 +85,7 @@ impl Offline {
 mod tests {
     use super::*;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{summary, with_ctx};
+    use crate::kinds::testing::{dev, summary, with_ctx};
     use schemas::{DeviceClass, Phase};
 
     #[test]
@@ -93,11 +93,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = Offline::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Obd,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Obd);
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             assert_eq!(k.due(Some(1_000), dev, ctx.rules), Some(1_801_000));
             k.on_timer(1_800_999, Some(1_000), dev, ctx);

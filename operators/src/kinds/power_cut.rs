@@ -84,7 +84,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{reading, summary, with_ctx};
+    use crate::kinds::testing::{dev, reading, summary, with_ctx};
     use schemas::{DeviceClass, Phase, Power};
 
     fn volts(ts: i64, v: f32) -> Reading {
@@ -101,11 +101,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = PowerCut::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for r in readings {
                 k.on_reading(r, dev, ctx);

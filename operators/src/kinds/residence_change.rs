@@ -73,7 +73,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{summary, with_ctx};
+    use crate::kinds::testing::{dev, summary, with_ctx};
     use schemas::{DeviceClass, Phase};
 
     fn run(nights: &[(f64, f64)]) -> Vec<(AlertKind, Phase, i64)> {
@@ -81,11 +81,7 @@ mod tests {
         let fences = FenceIndex::empty();
         let mut k = ResidenceChange::default();
         let mut locations = NightLocations::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for (n, at) in nights.iter().enumerate() {
                 k.on_night(

@@ -140,7 +140,7 @@ impl StationaryLong {
 mod tests {
     use super::*;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{summary, with_ctx};
+    use crate::kinds::testing::{dev, summary, with_ctx};
     use schemas::{DeviceClass, Phase};
 
     fn step(ts_h: i64, lat: f64) -> Step {
@@ -159,11 +159,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = StationaryLong::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             k.on_step(&step(0, 31.0), dev, ctx);
             k.on_step(&step(10, 31.001), dev, ctx);
@@ -185,11 +181,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = StationaryLong::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             k.on_step(&step(0, 31.0), dev, ctx);
             let away = step(71, 31.05).fix;
@@ -204,11 +196,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = StationaryLong::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             k.on_step(&step(0, 31.0), dev, ctx);
             k.on_timer(72 * 3_600_000, false, None, |_| dev, ctx);

@@ -111,7 +111,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{summary, with_ctx};
+    use crate::kinds::testing::{dev, summary, with_ctx};
     use schemas::{DeviceClass, Phase};
 
     fn step(ts_s: i64, lat: f64, ignition: Option<bool>) -> Step {
@@ -129,11 +129,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = TowSuspected::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Wired,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Wired);
         summary(&with_ctx(&rules, &fences, &[], None, |ctx| {
             for (s, gap) in steps {
                 k.on_step(s, *gap, dev, ctx);

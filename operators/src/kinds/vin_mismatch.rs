@@ -61,7 +61,7 @@ mod tests {
     use super::*;
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
-    use crate::kinds::testing::{reading, summary, with_ctx};
+    use crate::kinds::testing::{dev, reading, summary, with_ctx};
     use schemas::{DeviceClass, Obd, Phase};
 
     #[test]
@@ -69,11 +69,7 @@ mod tests {
         let rules = RulesConfig::default();
         let fences = FenceIndex::empty();
         let mut k = VinMismatch::default();
-        let dev = Dev {
-            id: "D1",
-            class: DeviceClass::Obd,
-            reports_ignition: true,
-        };
+        let dev = dev(DeviceClass::Obd);
         let vin = |ts, v: &str| Reading {
             obd: Some(Obd {
                 vin: Some(v.into()),
