@@ -205,9 +205,8 @@ impl Baseline {
             self.note_ahead(r, tz, rules);
             return;
         }
-        if let Some(day) = self.closed.iter_mut().find(|d| d.bounds.contains(r.ts_ms))
-            && day.note_reading(r)
-        {
+        if let Some(day) = self.closed.iter_mut().find(|d| d.bounds.contains(r.ts_ms)) {
+            day.note_reading(r);
             self.ring.replace(day.bounds.day, day.summary());
         }
     }

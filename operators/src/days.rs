@@ -156,10 +156,10 @@ impl DayAcc {
         }
     }
 
-    /// Adds an accepted reading's order-free contributions (in order or late). Returns
-    /// whether anything changed.
-    pub fn note_reading(&mut self, r: &Reading) -> bool {
-        let before = self.clone();
+    /// Adds an accepted reading's order-free contributions (in order or late). Every reading
+    /// changes the row (`messages`), so an emitted day is due again.
+    pub fn note_reading(&mut self, r: &Reading) {
+        self.dirty |= self.emitted > 0;
         self.messages += 1;
         self.first_ts = self.first_ts.min(r.ts_ms);
         self.last_ts = self.last_ts.max(r.ts_ms);
@@ -181,9 +181,6 @@ impl DayAcc {
         if let Some(n) = r.obd.as_ref().and_then(|o| o.dtc_count) {
             self.dtc_count_max = Some(self.dtc_count_max.map_or(n, |m| m.max(n)));
         }
-        let changed = *self != before;
-        self.dirty |= changed && self.emitted > 0;
-        changed
     }
 
     /// Adds a step of the in-order position chain ending in this day; `in_trip` says whether
