@@ -18,7 +18,7 @@ use crate::kinds::{
     Dev, mileage_anomaly::MileageAnomaly, night_movement::NightMovement,
     residence_change::ResidenceChange,
 };
-use crate::position::{Fix, Step};
+use crate::position::{Fix, PositionChain, Step};
 
 /// Identity of the rows a vehicle emits.
 pub struct RowIdentity<'a> {
@@ -52,10 +52,8 @@ pub struct Baseline {
     mil: bool,
     /// Whether the chain's last step was driven.
     in_trip: bool,
-    /// The step of the fix the position chain holds back, as far as it is known: a day that
-    /// closes before the next fix decides it takes it then (and the step is not added again).
-    held: Option<StepShare>,
-    /// The time of a held step already added at a close.
+    /// The time of the chain's held step, added when its day closed before the next fix
+    /// decided it (so it is not added again).
     added_early: Option<i64>,
     residence_change: ResidenceChange,
     mileage_anomaly: MileageAnomaly,
@@ -83,6 +81,7 @@ impl Baseline {
         &mut self,
         tz: Tz,
         ts_ms: i64,
+        chain: &PositionChain,
         row: &RowIdentity<'_>,
         rules: &RulesConfig,
         rows: &mut Vec<DailyFeatures>,
@@ -100,7 +99,7 @@ impl Baseline {
                 self.first_night_day = Some(day.bounds.day + 1);
             }
             self.today = Some(day);
-            self.close(row, rules, rows);
+            self.close(chain, row, rules, rows);
         }
         if self.first_day.is_none() {
             self.first_day = Some(bounds.day);
@@ -168,6 +167,7 @@ impl Baseline {
         &mut self,
         r: &Reading,
         tz: Tz,
+        chain: &PositionChain,
         row: &RowIdentity<'_>,
         rules: &RulesConfig,
         rows: &mut Vec<DailyFeatures>,
@@ -177,10 +177,10 @@ impl Baseline {
             .as_ref()
             .is_some_and(|t| r.ts_ms >= t.bounds.end_ms)
         {
-            self.close(row, rules, rows);
+            self.close(chain, row, rules, rows);
         }
         if self.today.is_none() {
-            self.open(tz, r.ts_ms, row, rules, rows);
+            self.open(tz, r.ts_ms, chain, row, rules, rows);
         }
         if let Some(mil) = r.obd.as_ref().and_then(|o| o.mil) {
             self.mil = mil;
@@ -241,18 +241,6 @@ impl Baseline {
         }
     }
 
-    /// The position chain now holds back the fix of `held` (time, counted, metres,
-    /// duration): see [`PositionChain::held_step`](crate::position::PositionChain::held_step).
-    pub fn set_held(&mut self, held: Option<(i64, bool, f64, i64)>) {
-        self.held = held.map(|(ts_ms, counted, counted_m, dt_ms)| StepShare {
-            ts_ms,
-            counted,
-            counted_m,
-            dt_ms,
-            mil: self.mil,
-        });
-    }
-
     /// A step of the position chain: adds it to its day and runs the distance baselines.
     pub fn on_step(&mut self, step: &Step, dev: Dev<'_>, ctx: &mut Ctx<'_>) {
         let share = StepShare {
@@ -263,9 +251,6 @@ impl Baseline {
             mil: self.mil,
         };
         let in_trip = std::mem::replace(&mut self.in_trip, share.counted);
-        if self.held.is_some_and(|h| h.ts_ms == share.ts_ms) {
-            self.held = None;
-        }
         if self.added_early.take() == Some(share.ts_ms) {
             return;
         }
@@ -315,12 +300,13 @@ impl Baseline {
     pub fn on_clock(
         &mut self,
         clock_ms: i64,
+        chain: &PositionChain,
         row: &RowIdentity<'_>,
         rules: &RulesConfig,
         rows: &mut Vec<DailyFeatures>,
     ) {
         if self.close_due().is_some_and(|end| end <= clock_ms) {
-            self.close(row, rules, rows);
+            self.close(chain, row, rules, rows);
         }
         self.emit_revisions(row, rules, rows);
     }
@@ -354,14 +340,30 @@ impl Baseline {
         day.emitted += 1;
     }
 
-    fn close(&mut self, row: &RowIdentity<'_>, rules: &RulesConfig, rows: &mut Vec<DailyFeatures>) {
+    /// Closes the open day. A step the chain still holds back in this day is added now: it
+    /// is already known (see [`PositionChain::held_step`]).
+    fn close(
+        &mut self,
+        chain: &PositionChain,
+        row: &RowIdentity<'_>,
+        rules: &RulesConfig,
+        rows: &mut Vec<DailyFeatures>,
+    ) {
         let Some(mut day) = self.today.take() else {
             return;
         };
-        if let Some(held) = self.held.take().filter(|h| day.bounds.contains(h.ts_ms)) {
-            day.note_step(&held, self.in_trip);
-            self.in_trip = held.counted;
-            self.added_early = Some(held.ts_ms);
+        let held = chain.held_step(rules).filter(|h| day.bounds.contains(h.0));
+        if let Some((ts_ms, counted, counted_m, dt_ms)) = held {
+            let share = StepShare {
+                ts_ms,
+                counted,
+                counted_m,
+                dt_ms,
+                mil: self.mil,
+            };
+            day.note_step(&share, self.in_trip);
+            self.in_trip = counted;
+            self.added_early = Some(ts_ms);
         }
         self.closed_until_ms = day.bounds.end_ms;
         let summary = day.summary();

@@ -118,7 +118,7 @@ pub struct DayAcc {
 }
 
 /// What a counted or uncounted step adds to its day.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug)]
 pub struct StepShare {
     /// Time of the step's later fix.
     pub ts_ms: i64,

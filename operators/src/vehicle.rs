@@ -366,7 +366,7 @@ impl VehicleState {
             loan_id: self.profile.loan_id.as_deref(),
         };
         self.baseline
-            .on_clock(clock_ms, &row, env.rules, &mut out.features);
+            .on_clock(clock_ms, &self.chain, &row, env.rules, &mut out.features);
     }
 
     /// When the vehicle next needs the clock: its earliest timer or the end of its open day.
@@ -387,7 +387,7 @@ impl VehicleState {
             loan_id: self.profile.loan_id.as_deref(),
         };
         self.baseline
-            .on_clock(i64::MIN, &row, env.rules, &mut out.features);
+            .on_clock(i64::MIN, &self.chain, &row, env.rules, &mut out.features);
     }
 
     fn release(&mut self, clock_ms: Option<i64>, env: &Env<'_>, out: &mut Outputs) {
@@ -572,8 +572,7 @@ impl VehicleState {
             vehicle_id,
             loan_id: profile.loan_id.as_deref(),
         };
-        baseline.after_reading(r, tz, &row, env.rules, &mut out.features);
-        baseline.set_held(chain.held_step(env.rules));
+        baseline.after_reading(r, tz, chain, &row, env.rules, &mut out.features);
         let speed = r
             .speed_kmh
             .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh))
