@@ -56,6 +56,14 @@ pub(crate) struct SourceSetup {
     pub(crate) limits: DecodeLimits,
 }
 
+impl SourceSetup {
+    /// Takes up reloaded reference data: sources call it once per batch of input, so a
+    /// reload applies from the next batch on.
+    pub(crate) fn refresh(&mut self) {
+        self.reference.changed();
+    }
+}
+
 /// A source's three outputs: records, rejects, and one sample of event times per epoch for
 /// the pipeline clock.
 pub(crate) type Streams<'scope> = (
@@ -108,10 +116,8 @@ impl EpochBatch {
         topic_device: Option<&str>,
         received_at_ms: i64,
         seq: u64,
-        setup: &mut SourceSetup,
+        setup: &SourceSetup,
     ) -> u64 {
-        // A reload applies from the next message on.
-        setup.reference.changed();
         let registry = &setup.reference.get().registry;
         decode_payload(
             payload,

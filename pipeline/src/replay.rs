@@ -317,6 +317,7 @@ fn replay_source<'scope>(
             let mut rejects_h = rejects_out.activate();
             let mut samples_h = samples_out.activate();
             let mut report = report.borrow_mut();
+            setup.refresh();
             for (line, bytes) in batch.iter() {
                 let line_epoch = line / epoch_lines;
                 if line_epoch > epoch {
@@ -335,7 +336,7 @@ fn replay_source<'scope>(
                     epoch = line_epoch;
                 }
                 report.messages += 1;
-                report.readings += open.decode(bytes, None, received_at, line, &mut setup);
+                report.readings += open.decode(bytes, None, received_at, line, &setup);
             }
             records_h
                 .session(&caps[0])

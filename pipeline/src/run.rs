@@ -516,6 +516,7 @@ impl Source for LiveSource {
                 };
                 let mut report = report.borrow_mut();
                 let mut readings = 0u64;
+                setup.refresh();
                 for message in &messages {
                     // Epochs never decrease, and none is before the capabilities' time.
                     let epoch = message.epoch.max(*caps[0].time());
@@ -529,7 +530,7 @@ impl Source for LiveSource {
                         message.device_id.as_deref(),
                         message.received_at_ms,
                         message.seq,
-                        &mut setup,
+                        &setup,
                     );
                 }
                 report.readings += readings;
