@@ -84,17 +84,16 @@ fn owner_under_other_loan(
     loan_id: &str,
     vin: &str,
 ) -> Option<Other> {
-    let registered = registry
-        .vehicles_with_vin(vin)
-        .find(|v| v.loan_id != loan_id && v.vehicle_id != vehicle_id)
-        .map(|v| Other {
-            vehicle_id: v.vehicle_id.clone(),
-            loan_id: v.loan_id.clone(),
-            source: ClaimSource::Registered,
-        });
     // The registered owners decide when there are any; otherwise the first claimant owns it.
-    if registry.vehicles_with_vin(vin).next().is_some() {
-        return registered;
+    let mut registered = registry.vehicles_with_vin(vin).peekable();
+    if registered.peek().is_some() {
+        return registered
+            .find(|v| v.loan_id != loan_id && v.vehicle_id != vehicle_id)
+            .map(|v| Other {
+                vehicle_id: v.vehicle_id.clone(),
+                loan_id: v.loan_id.clone(),
+                source: ClaimSource::Registered,
+            });
     }
     claimants
         .iter()
@@ -200,38 +199,28 @@ impl VinIndex {
         detected_at_ms: i64,
         out: &mut Vec<Alert>,
     ) {
-        let mut vins: Vec<&String> = self.claims.keys().collect();
-        vins.sort();
-        let vins: Vec<String> = vins.into_iter().cloned().collect();
-        for vin in vins {
-            let Some(claimants) = self.claims.get_mut(&vin) else {
-                continue;
-            };
+        // In VIN order, so the alerts do not depend on the hash map's.
+        let mut vins: Vec<(&String, &mut Vec<Claimant>)> = self.claims.iter_mut().collect();
+        vins.sort_by(|a, b| a.0.cmp(b.0));
+        for (vin, claimants) in vins {
             for i in 0..claimants.len() {
-                if claimants[i].alerted {
+                let (earlier, rest) = claimants.split_at_mut(i);
+                let c = &mut rest[0];
+                if c.alerted {
                     continue;
                 }
-                let Claimant {
-                    vehicle_id,
-                    loan_id,
-                    device_id,
-                    position,
-                    source,
-                    ..
-                } = claimants[i].clone();
-                let earlier = &claimants[..i];
                 if let Some(other) =
-                    owner_under_other_loan(registry, earlier, &vehicle_id, &loan_id, &vin)
+                    owner_under_other_loan(registry, earlier, &c.vehicle_id, &c.loan_id, vin)
                 {
-                    claimants[i].alerted = true;
+                    c.alerted = true;
                     out.push(alert(
-                        &vin,
-                        &vehicle_id,
-                        &loan_id,
-                        &device_id,
+                        vin,
+                        &c.vehicle_id,
+                        &c.loan_id,
+                        &c.device_id,
                         now_ms,
-                        position,
-                        source,
+                        c.position,
+                        c.source,
                         &other,
                         detected_at_ms,
                     ));
