@@ -361,6 +361,11 @@ impl VehicleState {
     pub fn advance(&mut self, clock_ms: i64, env: &Env<'_>, out: &mut Outputs) {
         self.release(Some(clock_ms), env, out);
         self.fire_timers_until(clock_ms, true, env, out);
+        self.clock_days(clock_ms, env, out);
+    }
+
+    /// Closes the open day if `clock_ms` passed it and emits revised days.
+    fn clock_days(&mut self, clock_ms: i64, env: &Env<'_>, out: &mut Outputs) {
         let row = RowIdentity {
             vehicle_id: &self.vehicle_id,
             loan_id: self.profile.loan_id.as_deref(),
@@ -382,12 +387,7 @@ impl VehicleState {
     pub fn flush(&mut self, env: &Env<'_>, out: &mut Outputs) {
         self.release(None, env, out);
         // Closed days the last readings changed are emitted again; the open day stays open.
-        let row = RowIdentity {
-            vehicle_id: &self.vehicle_id,
-            loan_id: self.profile.loan_id.as_deref(),
-        };
-        self.baseline
-            .on_clock(i64::MIN, &self.chain, &row, env.rules, &mut out.features);
+        self.clock_days(i64::MIN, env, out);
     }
 
     fn release(&mut self, clock_ms: Option<i64>, env: &Env<'_>, out: &mut Outputs) {
