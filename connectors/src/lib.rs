@@ -20,11 +20,13 @@
 //!   topics, with retries.
 
 pub mod archive;
+pub mod journal;
 pub mod jsonl;
 pub mod kafka;
 pub mod mqtt;
 
 pub use archive::{ArchiveConfig, ArchiveError, ArchiveStats, ArchiveWriter};
+pub use journal::{Journal, JournalConfig, JournalError, JournalReader, JournalRecord};
 pub use jsonl::{JsonlError, JsonlWriter, LineBatch, LineSource};
 pub use kafka::{KafkaError, KafkaProducer, KafkaSettings};
 pub use mqtt::{Inlet, Message, MqttError, MqttSettings, MqttSource, WorkerInlet};
