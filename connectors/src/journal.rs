@@ -293,7 +293,19 @@ impl Journal {
     /// any other segment, or records out of seq order, is [`JournalError::Corrupt`].
     pub fn open(config: JournalConfig) -> Result<Self, JournalError> {
         let dir = config.dir;
+        // Directories created here must be durable entries of their parents too.
+        let missing: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
         fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        for created in missing.iter().rev() {
+            match created.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+                _ => sync_dir(Path::new("."))?,
+            }
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -661,10 +673,10 @@ impl Iterator for JournalReader {
                     let (_, epoch) = seq_epoch(&self.body);
                     if epoch >= self.from_epoch {
                         let offset = reader.frame_offset;
-                        return Some(
-                            decode(mem::take(&mut self.body))
-                                .map_err(|reason| reader.corrupt(offset, reason)),
-                        );
+                        let record = decode(mem::take(&mut self.body))
+                            .map_err(|reason| reader.corrupt(offset, reason));
+                        self.done = record.is_err();
+                        return Some(record);
                     }
                 }
                 Err(e) => {
@@ -1339,6 +1351,15 @@ mod tests {
             "appends continue the last segment"
         );
         assert_eq!(read_all(&journal, 0), all);
+    }
+
+    #[test]
+    fn open_creates_missing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/journal");
+        write_closed(&nested, 1 << 20, &records(3));
+        let journal = open(&nested, 1 << 20);
+        assert_eq!(read_all(&journal, 0), records(3));
     }
 
     #[test]
