@@ -27,5 +27,6 @@ pub mod kinds;
 pub mod position;
 pub mod reference;
 pub mod registry;
+pub mod snapshot;
 pub mod vehicle;
 pub mod vin_index;

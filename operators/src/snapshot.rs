@@ -1,0 +1,350 @@
+//! The byte format of checkpoints of a worker's state ([`Fleet::snapshot`],
+//! [`VinIndex::snapshot`]): pure encoding and decoding, no I/O.
+//!
+//! A snapshot is a 28-byte frame followed by a body:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 0..8 | magic: `LWFLEET\0` (a fleet) or `LWVINIX\0` (a VIN index) |
+//! | 8..12 | format version, `u32` little endian ([`FORMAT_VERSION`]) |
+//! | 12..20 | body length, `u64` little endian |
+//! | 20..28 | xxh3-64 of the body, `u64` little endian |
+//! | 28.. | body: bincode 1.3 (varint integers, little endian) |
+//!
+//! The body is not self-describing: any change to the serde layout of the state (a field
+//! added, removed, reordered or retyped in [`VehicleState`](crate::vehicle::VehicleState) or
+//! anything it holds, in [`PipelineClock`](crate::fleet::PipelineClock),
+//! [`FleetStats`](crate::fleet::FleetStats) or the VIN index's claimants) must bump
+//! [`FORMAT_VERSION`]; the golden snapshot test in `fleet.rs` fails until it is done. A
+//! snapshot of another version is refused with [`SnapshotError::Version`]; the magic, the
+//! length and the checksum refuse truncated, foreign or corrupted bytes before anything is
+//! decoded, and decoding never panics on any input.
+//!
+//! [`Fleet::snapshot`]: crate::fleet::Fleet::snapshot
+//! [`VinIndex::snapshot`]: crate::vin_index::VinIndex::snapshot
+
+use bincode::Options;
+use bincode::de::read::SliceReader;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Version of the snapshot format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Bytes of the frame before the body.
+pub const FRAME_BYTES: usize = 28;
+
+/// What a snapshot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A worker's [`Fleet`](crate::fleet::Fleet).
+    Fleet,
+    /// A worker's [`VinIndex`](crate::vin_index::VinIndex).
+    VinIndex,
+}
+
+impl Kind {
+    fn magic(self) -> &'static [u8; 8] {
+        match self {
+            Kind::Fleet => b"LWFLEET\0",
+            Kind::VinIndex => b"LWVINIX\0",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Fleet => "fleet",
+            Kind::VinIndex => "VIN index",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a snapshot could not be written or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The state could not be encoded (not expected: every part of the state encodes).
+    #[error("encoding the {kind} snapshot failed: {source}")]
+    Encode {
+        /// What was encoded.
+        kind: Kind,
+        /// The encoder's error.
+        source: bincode::Error,
+    },
+    /// The bytes do not start with the magic of this kind of snapshot.
+    #[error(
+        "{kind} snapshot part {part}: not a {kind} snapshot (the first 8 bytes are {found:02x?})"
+    )]
+    NotASnapshot {
+        /// What was expected.
+        kind: Kind,
+        /// Index of the part in the parts given.
+        part: usize,
+        /// The first bytes found (fewer when the input is shorter).
+        found: Vec<u8>,
+    },
+    /// Written by a build with another format version.
+    #[error(
+        "{kind} snapshot part {part}: format version {found}, but this build reads only version {expected}"
+    )]
+    Version {
+        /// What was expected.
+        kind: Kind,
+        /// Index of the part.
+        part: usize,
+        /// The version in the bytes.
+        found: u32,
+        /// [`FORMAT_VERSION`].
+        expected: u32,
+    },
+    /// The frame does not match the body: truncated, extended or corrupted bytes.
+    #[error("{kind} snapshot part {part}: truncated or corrupt: {detail}")]
+    Corrupt {
+        /// What was expected.
+        kind: Kind,
+        /// Index of the part.
+        part: usize,
+        /// What does not match.
+        detail: String,
+    },
+    /// The body passed the checksum but does not decode (written by a build whose layout
+    /// differs under the same version, or damaged before it was framed).
+    #[error("{kind} snapshot part {part}: cannot decode {at}: {source}")]
+    Decode {
+        /// What was expected.
+        kind: Kind,
+        /// Index of the part.
+        part: usize,
+        /// What was being decoded, e.g. `vehicle 17 of 250 (after "V0016")`.
+        at: String,
+        /// The decoder's error.
+        source: bincode::Error,
+    },
+    /// Two parts (or one part twice) hold the same vehicle: the parts are not the snapshots
+    /// of the distinct workers of one checkpoint.
+    #[error(
+        "fleet snapshot parts {first} and {second} both hold vehicle {vehicle_id:?}: not the parts of one checkpoint"
+    )]
+    DuplicateVehicle {
+        /// The vehicle.
+        vehicle_id: String,
+        /// The part it was found in first.
+        first: usize,
+        /// The part it was found in again.
+        second: usize,
+    },
+}
+
+fn options() -> impl Options + Copy {
+    bincode::DefaultOptions::new()
+}
+
+/// Builds a snapshot: the frame, then values appended one by one.
+pub(crate) struct Writer {
+    kind: Kind,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// A snapshot of `kind` with room for about `capacity` bytes of body.
+    pub(crate) fn new(kind: Kind, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(FRAME_BYTES + capacity);
+        buf.resize(FRAME_BYTES, 0);
+        Self { kind, buf }
+    }
+
+    /// Appends one value to the body.
+    pub(crate) fn write<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SnapshotError> {
+        options()
+            .serialize_into(&mut self.buf, value)
+            .map_err(|source| SnapshotError::Encode {
+                kind: self.kind,
+                source,
+            })
+    }
+
+    /// The framed bytes.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        let body = &self.buf[FRAME_BYTES..];
+        let (len, sum) = (body.len() as u64, xxh3_64(body));
+        self.buf[0..8].copy_from_slice(self.kind.magic());
+        self.buf[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        self.buf[12..20].copy_from_slice(&len.to_le_bytes());
+        self.buf[20..28].copy_from_slice(&sum.to_le_bytes());
+        self.buf
+    }
+}
+
+/// Reads the body of one checked snapshot, value by value.
+pub(crate) struct Reader<'a> {
+    kind: Kind,
+    part: usize,
+    de: bincode::Deserializer<SliceReader<'a>, bincode::DefaultOptions>,
+}
+
+impl<'a> Reader<'a> {
+    /// Checks the frame of `bytes`, part `part` of a restore, and opens its body.
+    pub(crate) fn open(kind: Kind, part: usize, bytes: &'a [u8]) -> Result<Self, SnapshotError> {
+        let corrupt = |detail: String| SnapshotError::Corrupt { kind, part, detail };
+        let magic = bytes.get(..8).unwrap_or(bytes);
+        if magic != kind.magic() {
+            return Err(SnapshotError::NotASnapshot {
+                kind,
+                part,
+                found: magic.to_vec(),
+            });
+        }
+        let word = |at: usize, what: &str| {
+            bytes.get(at..at + 8).map_or_else(
+                || {
+                    Err(corrupt(format!(
+                        "{} bytes, too short for the {what}",
+                        bytes.len()
+                    )))
+                },
+                |b| Ok(u64::from_le_bytes(b.try_into().unwrap_or_default())),
+            )
+        };
+        let version = bytes
+            .get(8..12)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+            .ok_or_else(|| corrupt(format!("{} bytes, too short for the version", bytes.len())))?;
+        if version != FORMAT_VERSION {
+            return Err(SnapshotError::Version {
+                kind,
+                part,
+                found: version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let len = word(12, "body length")?;
+        let sum = word(20, "checksum")?;
+        let body = &bytes[FRAME_BYTES..];
+        if body.len() as u64 != len {
+            return Err(corrupt(format!(
+                "the frame announces {len} bytes of body, {} follow",
+                body.len()
+            )));
+        }
+        if xxh3_64(body) != sum {
+            return Err(corrupt("the body does not match its checksum".to_owned()));
+        }
+        Ok(Self {
+            kind,
+            part,
+            de: bincode::Deserializer::from_slice(body, bincode::DefaultOptions::new()),
+        })
+    }
+
+    /// Index of the part being read.
+    pub(crate) fn part(&self) -> usize {
+        self.part
+    }
+
+    /// Decodes the next value; `at` names it in the error.
+    pub(crate) fn read<T: Deserialize<'a>>(
+        &mut self,
+        at: impl FnOnce() -> String,
+    ) -> Result<T, SnapshotError> {
+        T::deserialize(&mut self.de).map_err(|source| SnapshotError::Decode {
+            kind: self.kind,
+            part: self.part,
+            at: at(),
+            source,
+        })
+    }
+
+    /// Checks that the body was read to its end.
+    pub(crate) fn finish(mut self) -> Result<(), SnapshotError> {
+        match u8::deserialize(&mut self.de) {
+            Err(_) => Ok(()),
+            Ok(_) => Err(SnapshotError::Corrupt {
+                kind: self.kind,
+                part: self.part,
+                detail: "bytes left after the last value".to_owned(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut w = Writer::new(Kind::VinIndex, 16);
+        w.write(&(7u64, "seven", f64::NAN)).expect("encodes");
+        w.finish()
+    }
+
+    fn read(bytes: &[u8]) -> Result<(u64, String, f64), SnapshotError> {
+        let mut r = Reader::open(Kind::VinIndex, 3, bytes)?;
+        let v = r.read(|| "the tuple".to_owned())?;
+        r.finish()?;
+        Ok(v)
+    }
+
+    #[test]
+    fn round_trip_keeps_nan() {
+        let (n, s, f) = read(&sample()).expect("reads");
+        assert_eq!((n, s.as_str()), (7, "seven"));
+        assert!(f.is_nan());
+    }
+
+    #[test]
+    fn every_damage_is_an_error() {
+        let good = sample();
+        // Another kind, another version, any truncation, any flipped bit, trailing bytes.
+        let fleet = Reader::open(Kind::Fleet, 0, &good).err();
+        assert!(
+            matches!(fleet, Some(SnapshotError::NotASnapshot { .. })),
+            "{fleet:?}"
+        );
+        let mut old = good.clone();
+        old[8..12].copy_from_slice(&0u32.to_le_bytes());
+        let e = read(&old).expect_err("old version");
+        assert!(
+            matches!(
+                e,
+                SnapshotError::Version {
+                    found: 0,
+                    part: 3,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("format version 0"), "{e}");
+        for cut in 0..good.len() {
+            assert!(read(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        for byte in 0..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[byte] ^= 1 << bit;
+                assert!(read(&bad).is_err(), "bit {bit} of byte {byte}");
+            }
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(read(&long), Err(SnapshotError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_well_framed_body_of_another_layout_is_a_decode_error() {
+        let mut w = Writer::new(Kind::VinIndex, 16);
+        w.write(&(7u64, "seven")).expect("encodes");
+        let e = read(&w.finish()).expect_err("too short a body");
+        assert!(matches!(e, SnapshotError::Decode { .. }), "{e:?}");
+        assert!(e.to_string().contains("the tuple"), "{e}");
+        let mut w = Writer::new(Kind::VinIndex, 16);
+        w.write(&(7u64, "seven", 1.0f64, 9u8)).expect("encodes");
+        let e = read(&w.finish()).expect_err("trailing value");
+        assert!(matches!(e, SnapshotError::Corrupt { .. }), "{e:?}");
+    }
+}
