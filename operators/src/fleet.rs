@@ -7,13 +7,15 @@
 use std::collections::BTreeSet;
 
 use ahash::AHashMap as HashMap;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use schemas::{Record, Reject, RejectReason};
 
 use crate::config::{RulesConfig, secs_ms};
-use crate::fences::FenceIndex;
+use crate::fences::{FenceIdx, FenceIndex};
 use crate::registry::Registry;
+use crate::snapshot::{Kind, Reader, SnapshotError, Writer};
 use crate::vehicle::{Arrival, Env, Outputs, Profile, VehicleState};
 
 /// How many devices a source reports per epoch: those with the largest event times.
@@ -80,7 +82,7 @@ fn device_maxima<'a>(samples: impl IntoIterator<Item = &'a EpochSample>) -> Vec<
 /// devices and the single most advanced device is left out when another one reported, so one
 /// tracker with a fast clock can neither drag the whole fleet into `offline` nor make every
 /// other device's data late.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PipelineClock {
     max_accepted_ms: Option<i64>,
 }
@@ -148,7 +150,7 @@ impl PipelineClock {
 }
 
 /// Counters of one worker's fleet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetStats {
     /// Readings accepted (in order or late).
     pub accepted: u64,
@@ -347,6 +349,192 @@ impl Fleet {
         for v in std::mem::take(&mut self.buffered) {
             self.vehicles[v as usize].flush(&env, &mut out.vehicle);
         }
+    }
+}
+
+/// A fence a fleet snapshot refers to: its index in the fence index of the snapshot, its id,
+/// and whether it was live then (not retired by a reload).
+#[derive(Serialize, Deserialize)]
+struct FenceRef {
+    idx: FenceIdx,
+    id: String,
+    live: bool,
+}
+
+impl FenceRef {
+    /// The index of this fence in `fences`: the same index when it holds the same fence (the
+    /// snapshot's fence index, or one [`FenceIndex::reloaded`] from it), else the live fence
+    /// with its id, if it was live. `None`: the fence is gone.
+    fn resolve(&self, fences: &FenceIndex) -> Option<FenceIdx> {
+        if (self.idx as usize) < fences.len() && fences.fence(self.idx).id == self.id {
+            return Some(self.idx);
+        }
+        if self.live {
+            fences.lookup(&self.id)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a fleet snapshot holds before its vehicles.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    clock: PipelineClock,
+    stats: FleetStats,
+    fences: Vec<FenceRef>,
+    vehicles: u64,
+}
+
+impl FleetStats {
+    fn add_events(&mut self, other: &FleetStats) {
+        self.accepted = self.accepted.saturating_add(other.accepted);
+        self.late = self.late.saturating_add(other.late);
+        self.duplicates = self.duplicates.saturating_add(other.duplicates);
+        self.future = self.future.saturating_add(other.future);
+        self.unregistered = self.unregistered.saturating_add(other.unregistered);
+    }
+}
+
+impl Fleet {
+    /// The worker's whole per-vehicle state as bytes ([`crate::snapshot`] describes the
+    /// format): every vehicle (devices with their de-duplication windows and reorder buffers,
+    /// the position chain, the kinds' states, days, rings and baselines, open incidents), the
+    /// pipeline clock, the counters, and the ids of the fences the vehicles refer to by
+    /// index. Not in it: the rule settings, the registry and the fences themselves (given
+    /// again to [`restore`](Self::restore)), and the timer index (rebuilt).
+    ///
+    /// Take it between two [`run_epoch`](Self::run_epoch) calls, the same epoch on every
+    /// worker: the parts of one checkpoint must share the pipeline clock.
+    pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut refs = Vec::new();
+        for vehicle in &self.vehicles {
+            vehicle.fence_refs(&mut refs);
+        }
+        refs.sort_unstable();
+        refs.dedup();
+        let fences = refs
+            .into_iter()
+            .filter(|&idx| (idx as usize) < self.fences.len())
+            .map(|idx| {
+                let id = &self.fences.fence(idx).id;
+                FenceRef {
+                    idx,
+                    id: id.clone(),
+                    live: self.fences.lookup(id) == Some(idx),
+                }
+            })
+            .collect();
+        let header = SnapshotHeader {
+            clock: self.clock.clone(),
+            stats: self.stats,
+            fences,
+            vehicles: self.vehicles.len() as u64,
+        };
+        // About 2.5 KB per vehicle with a month of history (benches/README.md).
+        let mut w = Writer::new(Kind::Fleet, 256 + self.vehicles.len() * 2560);
+        w.write(&header)?;
+        for vehicle in &self.vehicles {
+            w.write(vehicle)?;
+        }
+        Ok(w.finish())
+    }
+
+    /// A fleet from the snapshots of one or more workers (`parts`, from
+    /// [`snapshot`](Self::snapshot), all taken at the same epoch), keeping the vehicles for
+    /// which `keep(vehicle_id)` holds: a checkpoint of N workers restores onto M workers
+    /// when worker `j` of M keeps the vehicles the dataflow routes to it
+    /// (`id_key(vehicle_id) % M == j`, [`crate::dataflow::id_key`]).
+    ///
+    /// - Registry facts (loan, VIN, permitted fences, time zone) are derived again from
+    ///   `registry` and `fences`, as [`set_reference`](Self::set_reference) does: a change
+    ///   since the snapshot applies from the next reading on.
+    /// - Fence references (risk-fence visits, entries, open `risk_zone_dwell` incidents) are
+    ///   matched by fence id: `fences` may be the snapshot's own index, one
+    ///   [`FenceIndex::reloaded`] from it, or a freshly loaded file. A reference to a fence
+    ///   that is no longer in `fences` (or was already retired at the snapshot and has
+    ///   another index now) is dropped: its visit ends, and an open `risk_zone_dwell`
+    ///   incident of it gets no `close` (a reload while running would close it on the next
+    ///   fixes outside).
+    /// - The pipeline clock is the latest over the parts (every worker had the same).
+    /// - Counters: `vehicles` counts the vehicles kept; the event counters (`accepted`,
+    ///   `late`, `duplicates`, `future`, `unregistered`) are summed over all parts, whatever
+    ///   is kept (they are not kept per vehicle). So restoring N parts onto M workers that
+    ///   each read all parts counts the checkpoint's events M times: keep them on one worker
+    ///   only (e.g. zero them elsewhere) if their sum over workers matters.
+    /// - The timer index and the list of vehicles waiting for the clock are rebuilt from the
+    ///   vehicles; vehicles are numbered in the order of the parts and of each part.
+    ///
+    /// Errors: bytes that are not a fleet snapshot of this [`crate::snapshot::FORMAT_VERSION`],
+    /// truncated or corrupted ones, and a vehicle found in two parts.
+    pub fn restore(
+        rules: RulesConfig,
+        registry: Arc<Registry>,
+        fences: Arc<FenceIndex>,
+        parts: &[&[u8]],
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Fleet, SnapshotError> {
+        let mut fleet = Fleet::new(rules, registry, fences);
+        // The part each vehicle came from, for the error on a vehicle found twice.
+        let mut origin: Vec<usize> = Vec::new();
+        for (part, bytes) in parts.iter().enumerate() {
+            let mut reader = Reader::open(Kind::Fleet, part, bytes)?;
+            let header: SnapshotHeader = reader.read(|| "the header".to_owned())?;
+            fleet.clock.max_accepted_ms = fleet
+                .clock
+                .max_accepted_ms
+                .max(header.clock.max_accepted_ms);
+            fleet.stats.add_events(&header.stats);
+            let renumber: HashMap<FenceIdx, FenceIdx> = header
+                .fences
+                .iter()
+                .filter_map(|f| Some((f.idx, f.resolve(&fleet.fences)?)))
+                .collect();
+            let mut previous: Option<String> = None;
+            for i in 0..header.vehicles {
+                let mut vehicle: VehicleState = reader.read(|| {
+                    let after = previous
+                        .as_ref()
+                        .map(|p| format!(" (after {p:?})"))
+                        .unwrap_or_default();
+                    format!("vehicle {} of {}{after}", i + 1, header.vehicles)
+                })?;
+                previous = Some(vehicle.vehicle_id.clone());
+                if !keep(&vehicle.vehicle_id) {
+                    continue;
+                }
+                if let Some(&first) = fleet.index.get(&vehicle.vehicle_id) {
+                    return Err(SnapshotError::DuplicateVehicle {
+                        vehicle_id: vehicle.vehicle_id,
+                        first: origin[first as usize],
+                        second: part,
+                    });
+                }
+                vehicle.remap_fences(|f| renumber.get(&f).copied());
+                vehicle.set_profile(profile(&fleet.registry, &fleet.fences, &vehicle.vehicle_id));
+                let Ok(v) = u32::try_from(fleet.vehicles.len()) else {
+                    return Err(SnapshotError::Corrupt {
+                        kind: Kind::Fleet,
+                        part: reader.part(),
+                        detail: "more than 2^32 vehicles".to_owned(),
+                    });
+                };
+                fleet.index.insert(vehicle.vehicle_id.clone(), v);
+                fleet.vehicles.push(vehicle);
+                fleet.scheduled.push(None);
+                origin.push(part);
+            }
+            reader.finish()?;
+        }
+        fleet.stats.vehicles = fleet.vehicles.len() as u64;
+        for v in 0..fleet.vehicles.len() as u32 {
+            fleet.reschedule(v);
+            let vehicle = &fleet.vehicles[v as usize];
+            if vehicle.has_buffered() || vehicle.has_revisions() {
+                fleet.buffered.push(v);
+            }
+        }
+        Ok(fleet)
     }
 }
 
@@ -572,5 +760,470 @@ mod reload {
             .collect();
         assert_eq!(exits.len(), 1, "{after:?}");
         assert_eq!(exits[0].loan_id.as_deref(), Some("L2"));
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    //! Checkpoints against the uninterrupted run: a fleet fed a random multi-vehicle input
+    //! epoch by epoch, snapshotted at a random epoch boundary and restored (onto the same
+    //! fences or a re-ordered fence file; from one part or from the parts of N workers onto
+    //! M workers), continues with exactly the outputs and counters of the run that was never
+    //! interrupted.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use schemas::{Alarm, AlarmSet, DeviceClass, Gnss, Obd, Power, Reading};
+
+    use super::*;
+    use crate::dataflow::id_key;
+    use crate::snapshot::{FORMAT_VERSION, SnapshotError};
+
+    /// 2025-11-24T16:00Z.
+    const T0: i64 = 1_764_000_000_000;
+
+    const REGISTRY: &str = "vehicle_id,loan_id,device_id,vin,device_class,permitted_fences,timezone
+V0,L0,D00,LVGTFLHF7SF394010,wired,home,Asia/Shanghai
+V0,L0,D01,LVGTFLHF7SF394010,obd,home,Asia/Shanghai
+V1,L1,D10,LVGTFLHF7SF394011,wired,,America/New_York
+V2,L2,D20,LVGTFLHF7SF394012,wireless,,Asia/Shanghai
+V2,L2,D21,LVGTFLHF7SF394012,obd,,Asia/Shanghai
+V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
+";
+
+    /// Devices of each vehicle; the last one is not registered.
+    const DEVICES: [&[&str]; 5] = [
+        &["D00", "D01"],
+        &["D10"],
+        &["D20", "D21"],
+        &["D30"],
+        &["U9"],
+    ];
+    const VINS: [&str; 2] = ["LVGTFLHF7SF394010", "LVGTFLHF7SF394011"];
+
+    fn circle(id: &str, role: &str, lat: f64, radius_m: f64, dwell: &str) -> String {
+        format!(
+            r#"{{"type":"Feature","properties":{{"id":"{id}","role":"{role}","radius_m":{radius_m}{dwell}}},
+            "geometry":{{"type":"Point","coordinates":[121.0,{lat}]}}}}"#
+        )
+    }
+
+    /// The fences; `reordered`: the same ones in another file order after an unrelated one,
+    /// so every index differs.
+    fn fences(reordered: bool) -> Arc<FenceIndex> {
+        let yard = circle("yard", "risk", 31.0, 500.0, r#","dwell_min":20"#);
+        let home = circle("home", "permitted", 31.02, 2_500.0, "");
+        let pawn = circle("pawn", "risk", 31.05, 300.0, "");
+        let far = circle("far", "risk", 40.0, 300.0, "");
+        let list = if reordered {
+            [far, pawn, home, yard].join(",")
+        } else {
+            [yard, home, pawn].join(",")
+        };
+        let text = format!(r#"{{"type":"FeatureCollection","features":[{list}]}}"#);
+        Arc::new(FenceIndex::from_geojson_str(&text, "f.geojson").expect("valid fences"))
+    }
+
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry::from_csv_str(REGISTRY, "v.csv").expect("valid registry"))
+    }
+
+    /// Where a reading puts its vehicle.
+    #[derive(Clone, Debug)]
+    enum Pos {
+        Stay,
+        Drive(f64),
+        Yard,
+        Pawn,
+    }
+
+    /// One reading of the fleet, `dt_s` after the previous one of any vehicle.
+    #[derive(Clone, Debug)]
+    struct Step {
+        dt_s: i64,
+        vehicle: u8,
+        device: u8,
+        pos: Pos,
+        ignition: Option<bool>,
+        ext_v: f32,
+        alarm: u8,
+        fix: bool,
+        rollback: bool,
+        vin: u8,
+        /// Back-filled, made this many hours before its turn.
+        backfill: Option<i64>,
+        future: bool,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            (
+                prop_oneof![6 => 5i64..90, 2 => 300i64..1800, 1 => 3_600i64..20_000, 1 => 30_000i64..80_000],
+                0u8..5,
+                0u8..2,
+                prop_oneof![
+                    5 => Just(Pos::Stay),
+                    4 => (-0.003f64..0.003).prop_map(Pos::Drive),
+                    1 => Just(Pos::Yard),
+                    1 => Just(Pos::Pawn),
+                ],
+                prop_oneof![Just(None), Just(Some(true)), Just(Some(false))],
+                prop_oneof![6 => Just(12.5f32), 1 => Just(0.5f32), 1 => Just(f32::NAN)],
+            ),
+            (
+                0u8..16,
+                prop_oneof![6 => Just(true), 1 => Just(false)],
+                prop_oneof![30 => Just(false), 1 => Just(true)],
+                0u8..4,
+                prop_oneof![30 => Just(None), 1 => (0i64..48).prop_map(Some)],
+                prop_oneof![80 => Just(false), 1 => Just(true)],
+            ),
+        )
+            .prop_map(
+                |(
+                    (dt_s, vehicle, device, pos, ignition, ext_v),
+                    (alarm, fix, rollback, vin, backfill, future),
+                )| Step {
+                    dt_s,
+                    vehicle,
+                    device,
+                    pos,
+                    ignition,
+                    ext_v,
+                    alarm,
+                    fix,
+                    rollback,
+                    vin,
+                    backfill,
+                    future,
+                },
+            )
+    }
+
+    /// The readings of `steps` as the decoder and registry would hand them on, in time order.
+    fn readings(steps: &[Step], registry: &Registry) -> Vec<Record> {
+        let mut ts = T0;
+        let mut lat = [31.03, 31.0, 31.01, 31.04, 31.02];
+        let mut odometer = [10_000.0f64; 5];
+        let mut seq: BTreeMap<&str, u64> = BTreeMap::new();
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                ts += s.dt_s * 1000;
+                let v = usize::from(s.vehicle) % DEVICES.len();
+                let devices = DEVICES[v];
+                let device_id = devices[usize::from(s.device) % devices.len()];
+                let before = lat[v];
+                lat[v] = match s.pos {
+                    Pos::Stay => before + if i % 2 == 0 { 0.00002 } else { -0.00002 },
+                    Pos::Drive(d) => before + d,
+                    Pos::Yard => 31.0,
+                    Pos::Pawn => 31.05,
+                };
+                odometer[v] += (lat[v] - before).abs() * 111.0;
+                if s.rollback {
+                    odometer[v] -= 500.0;
+                }
+                let mut alarm_set = AlarmSet::default();
+                let alarms = match s.alarm {
+                    0 => vec![Alarm::Tamper],
+                    1 => vec![Alarm::Tow],
+                    2 => vec![Alarm::PowerCut],
+                    3 => vec![Alarm::Jamming],
+                    _ => vec![],
+                };
+                for a in &alarms {
+                    alarm_set.insert(*a);
+                }
+                let seq = seq.entry(device_id).or_default();
+                *seq += 1;
+                let entry = registry.device(device_id);
+                let vehicle_id = entry.map_or(device_id, |d| d.vehicle_id.as_str());
+                let moving = s.ignition == Some(true);
+                Record {
+                    vehicle_id: vehicle_id.to_owned(),
+                    loan_id: registry.vehicle(vehicle_id).map(|e| e.loan_id.clone()),
+                    class: entry.map_or(DeviceClass::Wired, |d| d.class),
+                    registered: entry.is_some(),
+                    ingest_seq: 0,
+                    reading: Box::new(Reading {
+                        device_id: device_id.to_owned(),
+                        ts_ms: match (s.future, s.backfill) {
+                            (true, _) => ts + 3 * 86_400_000,
+                            (false, Some(h)) => ts - h * 3_600_000,
+                            (false, None) => ts,
+                        },
+                        seq: Some(*seq),
+                        backfill: s.backfill.is_some(),
+                        gnss: Some(Gnss {
+                            lat: Some(lat[v]),
+                            lon: Some(121.0),
+                            fix: s.fix,
+                            hdop: Some(1.0),
+                            ..Gnss::default()
+                        }),
+                        ignition: s.ignition,
+                        speed_kmh: Some(if moving { 45.0 } else { 0.0 }),
+                        odometer_km: Some(odometer[v]),
+                        obd: device_id.ends_with('1').then(|| Obd {
+                            vin: (s.vin < 2).then(|| VINS[usize::from(s.vin)].to_owned()),
+                            mil: Some(s.vin == 3),
+                            dtc_count: Some(u32::from(s.alarm % 3)),
+                            dist_since_clear_km: Some(if s.rollback { 1.0 } else { 900.0 }),
+                            ..Obd::default()
+                        }),
+                        power: Some(Power {
+                            ext_v: Some(s.ext_v),
+                            battery_pct: Some(if s.alarm == 5 { 5.0 } else { 80.0 }),
+                        }),
+                        alarm_set,
+                        alarms: alarms.iter().map(|a| a.as_str().to_owned()).collect(),
+                        content_hash: i as u64,
+                        received_at_ms: ts,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Arrival order: neighbours less than a minute apart swapped, some readings delivered
+    /// later (late, past the reorder window), some twice; then cut into epochs.
+    fn epochs(
+        mut arrivals: Vec<Record>,
+        swaps: &[prop::sample::Index],
+        delays: &[(prop::sample::Index, usize)],
+        dups: &[prop::sample::Index],
+        cuts: &[usize],
+    ) -> Vec<Vec<Record>> {
+        if arrivals.is_empty() {
+            return Vec::new();
+        }
+        for s in swaps {
+            let i = s.index(arrivals.len().max(2) - 1);
+            if i + 1 < arrivals.len()
+                && arrivals[i + 1].reading.ts_ms - arrivals[i].reading.ts_ms < 60_000
+            {
+                arrivals.swap(i, i + 1);
+            }
+        }
+        for (d, by) in delays {
+            let i = d.index(arrivals.len());
+            let r = arrivals.remove(i);
+            arrivals.insert((i + by).min(arrivals.len()), r);
+        }
+        for d in dups {
+            let i = d.index(arrivals.len());
+            let copy = arrivals[i].clone();
+            arrivals.insert(i + 1, copy);
+        }
+        for (i, r) in arrivals.iter_mut().enumerate() {
+            r.ingest_seq = i as u64;
+        }
+        let mut out = Vec::new();
+        let mut sizes = cuts.iter().cycle();
+        let mut rest = arrivals.into_iter().peekable();
+        while rest.peek().is_some() {
+            let n = sizes.next().copied().unwrap_or(1).max(1);
+            out.push(rest.by_ref().take(n).collect());
+        }
+        out
+    }
+
+    /// The epoch's sample as a single source would report it.
+    fn sample(records: &[Record]) -> Vec<EpochSample> {
+        let mut top = TopTimes::default();
+        for r in records {
+            top.offer(id_key(&r.reading.device_id), r.reading.ts_ms);
+        }
+        vec![top.take()]
+    }
+
+    /// Outputs as text, per vehicle in emission order, each with its epoch (`usize::MAX`: the
+    /// final flush).
+    #[derive(Debug, Default, PartialEq)]
+    struct Seen {
+        by_vehicle: BTreeMap<String, Vec<String>>,
+        rejects: Vec<String>,
+    }
+
+    impl Seen {
+        fn add(&mut self, epoch: usize, out: FleetOutputs) {
+            let mut put = |vehicle: &str, item: String| {
+                self.by_vehicle
+                    .entry(vehicle.to_owned())
+                    .or_default()
+                    .push(format!("{epoch}: {item}"));
+            };
+            let v = out.vehicle;
+            for a in v.alerts {
+                put(&a.vehicle_id.clone(), format!("{a:?}"));
+            }
+            for r in v.archive {
+                put(&r.vehicle_id.clone(), format!("{r:?}"));
+            }
+            for f in v.features {
+                put(&f.vehicle_id.clone(), format!("{f:?}"));
+            }
+            for c in v.claims {
+                put(&c.vehicle_id.clone(), format!("{c:?}"));
+            }
+            self.rejects
+                .extend(out.rejects.iter().map(|r| format!("{epoch}: {r:?}")));
+        }
+    }
+
+    /// Runs `epochs[range]` on workers that own `id_key(vehicle) % fleets.len()`, then the
+    /// final flush if the range reaches the end.
+    fn run(
+        fleets: &mut [Fleet],
+        epochs: &[Vec<Record>],
+        range: std::ops::Range<usize>,
+        seen: &mut Seen,
+    ) {
+        let n = fleets.len() as u64;
+        let end = range.end == epochs.len();
+        for e in range {
+            let samples = sample(&epochs[e]);
+            for (j, fleet) in fleets.iter_mut().enumerate() {
+                let mine = epochs[e]
+                    .iter()
+                    .filter(|r| id_key(&r.vehicle_id) % n == j as u64)
+                    .cloned()
+                    .collect();
+                let mut out = FleetOutputs::default();
+                fleet.run_epoch(mine, &samples, T0 + e as i64 * 1000, &mut out);
+                seen.add(e, out);
+            }
+        }
+        if end {
+            for fleet in fleets.iter_mut() {
+                let mut out = FleetOutputs::default();
+                fleet.finish(T0 - 1, &mut out);
+                seen.add(usize::MAX, out);
+            }
+        }
+    }
+
+    fn new_fleets(n: usize) -> Vec<Fleet> {
+        (0..n)
+            .map(|_| Fleet::new(RulesConfig::default(), registry(), fences(false)))
+            .collect()
+    }
+
+    /// The event counters, without `vehicles`.
+    fn events(s: &FleetStats) -> [u64; 5] {
+        [s.accepted, s.late, s.duplicates, s.future, s.unregistered]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn a_restored_fleet_continues_as_the_uninterrupted_run(
+            steps in proptest::collection::vec(step(), 1..400),
+            swaps in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+            delays in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..40), 0..12),
+            dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            cuts in proptest::collection::vec(1usize..40, 1..8),
+            cut in any::<prop::sample::Index>(),
+            reordered in any::<bool>(),
+        ) {
+            let epochs = epochs(readings(&steps, &registry()), &swaps, &delays, &dups, &cuts);
+            let cut = cut.index(epochs.len() + 1);
+            let mut original = new_fleets(1);
+            run(&mut original, &epochs, 0..cut, &mut Seen::default());
+            let bytes = original[0].snapshot().expect("snapshot");
+
+            let mut restored = vec![Fleet::restore(
+                RulesConfig::default(),
+                registry(),
+                fences(reordered),
+                &[&bytes],
+                |_| true,
+            )
+            .expect("restore")];
+            prop_assert_eq!(restored[0].clock(), original[0].clock());
+            if !reordered {
+                // Nothing is lost or changed on the way: the restored fleet saves the same bytes.
+                prop_assert!(restored[0].snapshot().expect("snapshot") == bytes);
+            }
+
+            let (mut expected, mut got) = (Seen::default(), Seen::default());
+            run(&mut original, &epochs, cut..epochs.len(), &mut expected);
+            run(&mut restored, &epochs, cut..epochs.len(), &mut got);
+            prop_assert_eq!(&got, &expected);
+            prop_assert_eq!(restored[0].stats, original[0].stats);
+        }
+
+        #[test]
+        fn a_checkpoint_of_n_workers_restores_onto_m_workers(
+            steps in proptest::collection::vec(step(), 1..300),
+            delays in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..40), 0..8),
+            dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+            cuts in proptest::collection::vec(1usize..40, 1..8),
+            cut in any::<prop::sample::Index>(),
+            before in 1usize..4,
+            after in 1usize..4,
+        ) {
+            let epochs = epochs(readings(&steps, &registry()), &[], &delays, &dups, &cuts);
+            let cut = cut.index(epochs.len() + 1);
+            // The reference: one worker, never interrupted.
+            let mut single = new_fleets(1);
+            let mut single_before = Seen::default();
+            run(&mut single, &epochs, 0..cut, &mut single_before);
+            let at_cut = single[0].stats;
+            let mut expected = Seen::default();
+            run(&mut single, &epochs, cut..epochs.len(), &mut expected);
+
+            // `before` workers up to the cut: the same outputs, vehicle by vehicle.
+            let mut workers = new_fleets(before);
+            let mut seen_before = Seen::default();
+            run(&mut workers, &epochs, 0..cut, &mut seen_before);
+            prop_assert_eq!(&seen_before.by_vehicle, &single_before.by_vehicle);
+            let parts: Vec<Vec<u8>> = workers.iter().map(|f| f.snapshot().expect("snapshot")).collect();
+            let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+
+            // `after` workers from the parts, each keeping the vehicles routed to it.
+            let mut restored: Vec<Fleet> = (0..after as u64)
+                .map(|j| {
+                    Fleet::restore(
+                        RulesConfig::default(),
+                        registry(),
+                        fences(j % 2 == 1),
+                        &parts,
+                        |id| id_key(id) % after as u64 == j,
+                    )
+                    .expect("restore")
+                })
+                .collect();
+            let vehicles: u64 = restored.iter().map(|f| f.stats.vehicles).sum();
+            prop_assert_eq!(vehicles, at_cut.vehicles);
+            let restored_events: Vec<[u64; 5]> = restored.iter().map(|f| events(&f.stats)).collect();
+            let mut got = Seen::default();
+            run(&mut restored, &epochs, cut..epochs.len(), &mut got);
+            prop_assert_eq!(&got.by_vehicle, &expected.by_vehicle);
+            // Every worker rejects the future readings it is sent: together, each one once.
+            let mut rejects = got.rejects.clone();
+            let mut want = expected.rejects.clone();
+            want.sort();
+            rejects.sort();
+            let short = |v: &[String]| v.iter().map(|r| r.chars().take(120).collect::<String>()).collect::<Vec<_>>();
+            prop_assert_eq!(short(&rejects), short(&want));
+
+            // Counters: what the restored workers counted after the cut, plus the checkpoint's
+            // counters once, is what the uninterrupted worker counted.
+            let mut sum = events(&at_cut);
+            for (f, at_restore) in restored.iter().zip(&restored_events) {
+                for (k, (now, then)) in events(&f.stats).iter().zip(at_restore).enumerate() {
+                    sum[k] += now - then;
+                }
+                prop_assert_eq!(*at_restore, events(&at_cut));
+            }
+            prop_assert_eq!(sum, events(&single[0].stats));
+            let vehicles: u64 = restored.iter().map(|f| f.stats.vehicles).sum();
+            prop_assert_eq!(vehicles, single[0].stats.vehicles);
+        }
     }
 }

@@ -255,6 +255,29 @@ impl VehicleState {
         }
     }
 
+    /// Appends the fence indices the state refers to (the profile's permitted fences, the
+    /// risk fences of visits, entries and dwell incidents), with repeats.
+    pub(crate) fn fence_refs(&self, out: &mut Vec<FenceIdx>) {
+        out.extend(&self.profile.permitted);
+        self.kinds.risk_zone_enter.fence_refs(out);
+        self.kinds.risk_zone_dwell.fence_refs(out);
+    }
+
+    /// Renumbers the fence indices the state refers to, for a restore onto a fence index
+    /// other than the one the state was saved with. A reference `map` drops (a fence that is
+    /// gone) is forgotten: its visit ends and an open `risk_zone_dwell` incident of it gets no
+    /// `close`.
+    pub(crate) fn remap_fences(&mut self, map: impl Fn(FenceIdx) -> Option<FenceIdx>) {
+        self.profile.permitted = self
+            .profile
+            .permitted
+            .iter()
+            .filter_map(|&f| map(f))
+            .collect();
+        self.kinds.risk_zone_enter.remap_fences(&map);
+        self.kinds.risk_zone_dwell.remap_fences(&map);
+    }
+
     /// Whether emitted days wait to be emitted again after late data.
     pub fn has_revisions(&self) -> bool {
         self.baseline.has_revisions()

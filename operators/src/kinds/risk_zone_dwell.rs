@@ -36,6 +36,31 @@ impl RiskZoneDwell {
         self.open.iter().any(|(f, _)| *f == fence) || self.held.contains(&fence)
     }
 
+    /// Appends the fences the state refers to.
+    pub(crate) fn fence_refs(&self, out: &mut Vec<FenceIdx>) {
+        out.extend(self.open.iter().map(|(f, _)| *f));
+        out.extend(&self.held);
+    }
+
+    /// Renumbers the fences the state refers to (a restore onto another fence index); what
+    /// `map` drops is forgotten: an open incident of a fence that is gone gets no `close`.
+    pub(crate) fn remap_fences(&mut self, map: &impl Fn(FenceIdx) -> Option<FenceIdx>) {
+        let mut open: Vec<(FenceIdx, i64)> = Vec::with_capacity(self.open.len());
+        for &(f, since) in &self.open {
+            if let Some(f) = map(f).filter(|f| open.iter().all(|(o, _)| o != f)) {
+                open.push((f, since));
+            }
+        }
+        self.open = open;
+        let mut held: Vec<FenceIdx> = Vec::with_capacity(self.held.len());
+        for &f in &self.held {
+            if let Some(f) = map(f).filter(|f| !held.contains(f)) {
+                held.push(f);
+            }
+        }
+        self.held = held;
+    }
+
     /// A fix was accepted: held visits are decided now (they left, or their timer runs again).
     pub fn on_step(&mut self) {
         self.held.clear();

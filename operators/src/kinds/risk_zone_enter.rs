@@ -69,6 +69,43 @@ struct LateInside {
 const LATE_CONFIRM_MS: i64 = 15 * 60_000;
 
 impl RiskZoneEnter {
+    /// Appends the fences the state refers to.
+    pub(crate) fn fence_refs(&self, out: &mut Vec<FenceIdx>) {
+        out.extend(self.visits.iter().map(|v| v.fence));
+        out.extend(self.entries.iter().map(|(f, _)| *f));
+        if let Some(late) = &self.late_inside {
+            out.extend(&late.fences);
+        }
+    }
+
+    /// Renumbers the fences the state refers to (a restore onto another fence index); what
+    /// `map` drops is forgotten: a visit of a fence that is gone ends without a trace.
+    pub(crate) fn remap_fences(&mut self, map: &impl Fn(FenceIdx) -> Option<FenceIdx>) {
+        let mut seen = Vec::with_capacity(self.visits.len());
+        self.visits.retain_mut(|v| match map(v.fence) {
+            // Two old fences may now be one (a retired id that came back): one visit each.
+            Some(f) if !seen.contains(&f) => {
+                seen.push(f);
+                v.fence = f;
+                true
+            }
+            _ => false,
+        });
+        self.entries = self
+            .entries
+            .iter()
+            .filter_map(|&(f, t)| Some((map(f)?, t)))
+            .collect();
+        if let Some(late) = self.late_inside.as_mut() {
+            late.fences = late.fences.iter().filter_map(|&f| map(f)).collect();
+            late.fences.sort_unstable();
+            late.fences.dedup();
+            if late.fences.is_empty() {
+                self.late_inside = None;
+            }
+        }
+    }
+
     /// Handles a late (or back-filled) valid fix. A visit seen only in late data raises
     /// `risk_zone_enter` marked `backfill` when two consecutive late fixes are inside the
     /// fence (one fix could be drift) and no visit of that fence is known near that time.
