@@ -14,6 +14,7 @@ use schemas::{Alert, AlertKind, Phase, Severity};
 
 use crate::ctx::evidence;
 use crate::registry::Registry;
+use crate::snapshot::{Kind, Reader, SnapshotError, Writer};
 
 /// Where a claimed VIN comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +228,63 @@ impl VinIndex {
                 }
             }
         }
+    }
+}
+
+impl VinIndex {
+    /// The index as bytes ([`crate::snapshot`] describes the format): every VIN with its
+    /// claimants in claim order, VINs sorted. The registry is not in it.
+    pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut vins: Vec<(&String, &Vec<Claimant>)> = self.claims.iter().collect();
+        vins.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut w = Writer::new(Kind::VinIndex, 128 * vins.len());
+        w.write(&(vins.len() as u64))?;
+        for entry in vins {
+            w.write(&entry)?;
+        }
+        Ok(w.finish())
+    }
+
+    /// An index from the snapshots of one or more workers' indexes, keeping the VINs for
+    /// which `keep(vin)` holds (the dataflow routes a claim to worker
+    /// `id_key(vin) % workers`, [`crate::dataflow::id_key`]). A VIN in several parts (not
+    /// expected: each worker owns its VINs) gets the claimants of the first part first, then
+    /// those of later parts that are not already there, so its first claimant stays its
+    /// owner.
+    pub fn restore(
+        parts: &[&[u8]],
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<VinIndex, SnapshotError> {
+        let mut index = VinIndex::default();
+        for (part, bytes) in parts.iter().enumerate() {
+            let mut reader = Reader::open(Kind::VinIndex, part, bytes)?;
+            let count: u64 = reader.read(|| "the number of VINs".to_owned())?;
+            for i in 0..count {
+                let (vin, claimants): (String, Vec<Claimant>) =
+                    reader.read(|| format!("VIN {} of {count}", i + 1))?;
+                if !keep(&vin) {
+                    continue;
+                }
+                let held = index.claims.entry(vin).or_default();
+                for c in claimants {
+                    if held.iter().all(|h| h.vehicle_id != c.vehicle_id) {
+                        held.push(c);
+                    }
+                }
+            }
+            reader.finish()?;
+        }
+        Ok(index)
+    }
+
+    /// VINs held.
+    pub fn len(&self) -> usize {
+        self.claims.len()
+    }
+
+    /// Whether no VIN is held.
+    pub fn is_empty(&self) -> bool {
+        self.claims.is_empty()
     }
 }
 
