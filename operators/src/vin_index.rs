@@ -397,4 +397,170 @@ mod tests {
         assert_eq!(out[0].event_time_ms, 100);
         assert_eq!(out[0].evidence["other_vehicle_id"], "H");
     }
+
+    /// An index with several VINs: owners, duplicates already alerted, a vehicle moved to
+    /// another loan.
+    fn busy(reg: &Registry) -> VinIndex {
+        let mut idx = VinIndex::default();
+        let claims = [
+            ("B", "LB", "VINB", ClaimSource::Registered),
+            ("A", "LA", "VINB", ClaimSource::Reported),
+            ("E", "LE", "VINZ", ClaimSource::Reported),
+            ("F", "LF", "VINZ", ClaimSource::Reported),
+            ("G", "LG", "VINQ", ClaimSource::Reported),
+            ("A", "LA", "VINA", ClaimSource::Registered),
+        ];
+        for (i, (v, l, vin, source)) in claims.into_iter().enumerate() {
+            let mut c = claim(v, l, vin, i as i64, source);
+            c.position = Some((31.0 + i as f64, f64::NAN));
+            idx.claim(&c, reg, 0);
+        }
+        for n in 0..40 {
+            idx.claim(
+                &claim(
+                    &format!("V{n}"),
+                    "LV",
+                    &format!("VIN{n:03}"),
+                    100,
+                    ClaimSource::Reported,
+                ),
+                reg,
+                0,
+            );
+        }
+        idx
+    }
+
+    /// What the index answers next: the alerts of further claims and of a reload.
+    fn answers(idx: &mut VinIndex) -> Vec<String> {
+        let reg = registry("A,LA,DA,VINA,obd,,\nB,LB,DB,VINB,obd,,\nH,LH,DH,VINQ,obd,,\n");
+        let mut out: Vec<Alert> = [
+            claim("C", "LC", "VINB", 50, ClaimSource::Reported),
+            claim("A", "LA", "VINB", 51, ClaimSource::Reported),
+            claim("E2", "LE2", "VINZ", 52, ClaimSource::Reported),
+            claim("V7", "LW", "VIN007", 53, ClaimSource::Reported),
+        ]
+        .iter()
+        .filter_map(|c| idx.claim(c, &reg, 9))
+        .collect();
+        idx.registry_changed(&reg, 60, 9, &mut out);
+        out.iter().map(|a| format!("{a:?}")).collect()
+    }
+
+    #[test]
+    fn a_restored_index_answers_as_the_original() {
+        let reg = registry("A,LA,DA,VINA,obd,,\nB,LB,DB,VINB,obd,,\n");
+        let original = busy(&reg);
+        let bytes = original.snapshot().expect("snapshot");
+        let mut restored = VinIndex::restore(&[&bytes], |_| true).expect("restore");
+        assert_eq!(restored.len(), original.len());
+        assert!(restored.snapshot().expect("snapshot") == bytes);
+        let mut original = original;
+        let expected = answers(&mut original);
+        assert!(expected.len() >= 3, "{expected:#?}");
+        assert_eq!(answers(&mut restored), expected);
+    }
+
+    #[test]
+    fn parts_split_by_vin_merge_back() {
+        let reg = registry("A,LA,DA,VINA,obd,,\nB,LB,DB,VINB,obd,,\n");
+        let whole = busy(&reg).snapshot().expect("snapshot");
+        // Three workers' shares of the VINs, then merged onto two.
+        let owner = |vin: &str, n: u64| crate::dataflow::id_key(vin) % n;
+        let shares: Vec<Vec<u8>> = (0..3)
+            .map(|j| {
+                VinIndex::restore(&[&whole], |vin| owner(vin, 3) == j)
+                    .expect("restore")
+                    .snapshot()
+                    .expect("snapshot")
+            })
+            .collect();
+        let shares: Vec<&[u8]> = shares.iter().map(Vec::as_slice).collect();
+        let two: Vec<VinIndex> = (0..2)
+            .map(|j| VinIndex::restore(&shares, |vin| owner(vin, 2) == j).expect("restore"))
+            .collect();
+        assert_eq!(two.iter().map(VinIndex::len).sum::<usize>(), 44);
+        for (j, idx) in two.iter().enumerate() {
+            assert!(!idx.is_empty());
+            assert!(idx.claims.keys().all(|vin| owner(vin, 2) == j as u64));
+        }
+        let parts: Vec<Vec<u8>> = two
+            .iter()
+            .map(|i| i.snapshot().expect("snapshot"))
+            .collect();
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let merged = VinIndex::restore(&parts, |_| true).expect("restore");
+        assert!(merged.snapshot().expect("snapshot") == whole);
+    }
+
+    #[test]
+    fn a_vin_in_two_parts_keeps_its_first_claimant_first() {
+        let empty = registry("");
+        let mut first = VinIndex::default();
+        first.claim(
+            &claim("E", "LE", "VINZ", 1, ClaimSource::Reported),
+            &empty,
+            0,
+        );
+        let mut second = VinIndex::default();
+        second.claim(
+            &claim("F", "LF", "VINZ", 2, ClaimSource::Reported),
+            &empty,
+            0,
+        );
+        second.claim(
+            &claim("E", "LE", "VINZ", 3, ClaimSource::Reported),
+            &empty,
+            0,
+        );
+        let (a, b) = (
+            first.snapshot().expect("snapshot"),
+            second.snapshot().expect("snapshot"),
+        );
+        let mut merged = VinIndex::restore(&[&a, &b], |_| true).expect("restore");
+        let holders: Vec<&str> = merged.claims["VINZ"]
+            .iter()
+            .map(|c| c.vehicle_id.as_str())
+            .collect();
+        assert_eq!(holders, ["E", "F"]);
+        // E owns it: a new claimant under another loan meets E.
+        let g = merged
+            .claim(
+                &claim("G", "LG", "VINZ", 4, ClaimSource::Reported),
+                &empty,
+                0,
+            )
+            .expect("duplicate");
+        assert_eq!(g.evidence["other_vehicle_id"], "E");
+    }
+
+    #[test]
+    fn damaged_or_foreign_bytes_are_errors() {
+        let reg = registry("A,LA,DA,VINA,obd,,\nB,LB,DB,VINB,obd,,\n");
+        let bytes = busy(&reg).snapshot().expect("snapshot");
+        for cut in 0..bytes.len() {
+            assert!(
+                VinIndex::restore(&[&bytes[..cut]], |_| true).is_err(),
+                "cut {cut}"
+            );
+        }
+        for byte in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[byte] ^= 0x10;
+            assert!(VinIndex::restore(&[&bad], |_| true).is_err(), "byte {byte}");
+        }
+        let mut old = bytes.clone();
+        old[8] = old[8].wrapping_add(1);
+        let e = VinIndex::restore(&[&bytes, &old], |_| true).expect_err("another version");
+        assert!(
+            matches!(e, crate::snapshot::SnapshotError::Version { part: 1, .. }),
+            "{e}"
+        );
+        assert!(VinIndex::restore(&[b"LWFLEET\0"], |_| true).is_err());
+        assert!(
+            VinIndex::restore(&[], |_| true)
+                .expect("no parts")
+                .is_empty()
+        );
+    }
 }
