@@ -56,18 +56,72 @@ pub fn id_key(id: &str) -> u64 {
     xxh3_64(id.as_bytes())
 }
 
+/// Checkpoint epochs: the multiples of `every_epochs` after `after_epoch`. An operator takes
+/// its checkpoint at epoch `b` once it has processed every epoch before `b` and none after:
+/// the state then covers exactly the input of epochs `< b`. When an operator's progress jumps
+/// over several checkpoint epochs at once, it takes only the last: a checkpoint some operator
+/// skipped never completes, and the next one does.
+#[derive(Clone, Copy, Debug)]
+pub struct Barrier {
+    every_epochs: u64,
+    done: u64,
+}
+
+impl Barrier {
+    /// Checkpoints every `every_epochs` epochs, the first one after `after_epoch` (the epoch a
+    /// restored state and its replayed input are processed at).
+    pub fn new(every_epochs: u64, after_epoch: u64) -> Self {
+        let every_epochs = every_epochs.max(1);
+        Self {
+            every_epochs,
+            done: after_epoch - after_epoch % every_epochs,
+        }
+    }
+
+    /// Called with the first epoch not yet processed (before processing it, or a frontier):
+    /// the checkpoint epoch to take now, if one was crossed.
+    pub fn crossed(&mut self, next: u64) -> Option<u64> {
+        let boundary = next - next % self.every_epochs;
+        (boundary > self.done).then(|| {
+            self.done = boundary;
+            boundary
+        })
+    }
+}
+
+/// What the keyed operators do at checkpoint epochs: hand their state to the caller, who
+/// stores it (operators do no I/O).
+pub struct Checkpoints {
+    /// When.
+    pub barrier: Barrier,
+    /// Takes a worker's fleet state at a checkpoint epoch.
+    pub fleet: Box<dyn FnMut(u64, &Fleet)>,
+    /// Takes a worker's share of the VIN index at a checkpoint epoch.
+    pub vins: Box<dyn FnMut(u64, &VinIndex)>,
+}
+
+/// The lowest time of two frontiers, if any.
+fn low_of(a: &[u64], b: &[u64]) -> Option<u64> {
+    a.iter().chain(b).min().copied()
+}
+
 /// Runs the per-vehicle rules.
 pub trait RunFleet<'scope> {
     /// Exchanges records by vehicle and runs `fleet` over them, one epoch at a time, with the
     /// pipeline clock driven by `samples` (broadcast to every worker here). `wall_clock` gives
     /// wall-clock milliseconds; `stats` receives the fleet's counters after every epoch.
+    /// `vins` is this worker's share of the VIN index (empty, or restored); `checkpoints`, if
+    /// any, receives both states at checkpoint epochs.
+    #[allow(clippy::too_many_arguments)]
     fn run_fleet(
         self,
         samples: StreamVec<'scope, u64, EpochSample>,
         fleet: Fleet,
+        vins: VinIndex,
         wall_clock: fn() -> i64,
         stats: Rc<RefCell<FleetStats>>,
         reference: ReferenceSlot,
+        checkpoints: Option<Checkpoints>,
     ) -> StreamVec<'scope, u64, Output>;
 }
 
@@ -76,10 +130,16 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
         self,
         samples: StreamVec<'scope, u64, EpochSample>,
         mut fleet: Fleet,
+        vins: VinIndex,
         wall_clock: fn() -> i64,
         stats: Rc<RefCell<FleetStats>>,
         reference: ReferenceSlot,
+        checkpoints: Option<Checkpoints>,
     ) -> StreamVec<'scope, u64, Output> {
+        let (mut fleet_checkpoints, vin_checkpoints) = match checkpoints {
+            Some(c) => (Some((c.barrier, c.fleet)), Some((c.barrier, c.vins))),
+            None => (None, None),
+        };
         let by_vehicle = Exchange::new(|r: &Record| id_key(&r.vehicle_id));
         let worker = self.scope().index() as u64;
         let mut view = ReferenceView::new(reference.clone());
@@ -115,6 +175,11 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         if !complete(next) {
                             break;
                         }
+                        if let Some((barrier, save)) = fleet_checkpoints.as_mut()
+                            && let Some(epoch) = barrier.crossed(next)
+                        {
+                            save(epoch, &fleet);
+                        }
                         let batch = records.remove(&next).unwrap_or_default();
                         let samples = epoch_samples.remove(&next).unwrap_or_default();
                         let mut out = FleetOutputs::default();
@@ -144,12 +209,15 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                             output.session(&cap).give_iterator(outputs(out));
                         }
                     } else if let Some(cap) = held.as_mut() {
-                        let low = frontier
-                            .frontier()
-                            .iter()
-                            .chain(sample_frontier.frontier().iter())
-                            .min()
-                            .copied();
+                        let low = low_of(&frontier.frontier(), &sample_frontier.frontier());
+                        // Every epoch before `low` is processed unless one is still held.
+                        let first_held = records.keys().chain(epoch_samples.keys()).min();
+                        if let (Some((barrier, save)), Some(low)) = (fleet_checkpoints.as_mut(), low)
+                            && first_held.is_none_or(|h| *h >= low)
+                            && let Some(epoch) = barrier.crossed(low)
+                        {
+                            save(epoch, &fleet);
+                        }
                         if let Some(low) = low.filter(|l| l > cap.time()) {
                             cap.downgrade(&low);
                         }
@@ -164,7 +232,13 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
         });
         let vin_inputs = parts.pop().expect("two parts").flat_map(Result::err);
         let outputs = parts.pop().expect("two parts").flat_map(Result::ok);
-        outputs.concat(index_vins(vin_inputs, reference, wall_clock))
+        outputs.concat(index_vins(
+            vin_inputs,
+            vins,
+            reference,
+            wall_clock,
+            vin_checkpoints,
+        ))
     }
 }
 
@@ -172,15 +246,16 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
 /// vehicle) order so the result does not depend on the number of workers.
 fn index_vins<'scope>(
     inputs: StreamVec<'scope, u64, VinInput>,
+    mut index: VinIndex,
     reference: ReferenceSlot,
     wall_clock: fn() -> i64,
+    mut checkpoints: Option<(Barrier, Box<dyn FnMut(u64, &VinIndex)>)>,
 ) -> StreamVec<'scope, u64, Output> {
     let by_vin = Exchange::new(|v: &VinInput| match v {
         VinInput::Claim(c) => id_key(&c.vin),
         VinInput::Reloaded { worker, .. } => *worker,
     });
     inputs.unary_frontier(by_vin, "VinIndex", move |_capability, _info| {
-        let mut index = VinIndex::default();
         let mut view = ReferenceView::new(reference);
         let mut pending: BTreeMap<u64, (Capability<u64>, Vec<VinInput>)> = BTreeMap::new();
         move |(input, frontier), output| {
@@ -197,6 +272,11 @@ fn index_vins<'scope>(
             while let Some(entry) = pending.first_entry() {
                 if frontier.less_equal(entry.key()) {
                     break;
+                }
+                if let Some((barrier, save)) = checkpoints.as_mut()
+                    && let Some(epoch) = barrier.crossed(*entry.key())
+                {
+                    save(epoch, &index);
                 }
                 let (cap, batch) = entry.remove();
                 let now = wall_clock();
@@ -223,6 +303,13 @@ fn index_vins<'scope>(
                 output
                     .session(&cap)
                     .give_iterator(alerts.into_iter().map(Output::Alert));
+            }
+            let low = frontier.frontier().iter().min().copied();
+            if let (Some((barrier, save)), Some(low)) = (checkpoints.as_mut(), low)
+                && pending.keys().next().is_none_or(|held| *held >= low)
+                && let Some(epoch) = barrier.crossed(low)
+            {
+                save(epoch, &index);
             }
         }
     })
