@@ -332,3 +332,26 @@ fn outputs(out: FleetOutputs) -> impl Iterator<Item = Emitted> {
         .map(Emitted::Out)
         .chain(claims)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Barrier;
+
+    #[test]
+    fn a_barrier_takes_each_checkpoint_epoch_once_and_the_last_of_a_jump() {
+        // Restored state and replayed input are processed at epoch 25: no checkpoint up to it.
+        let mut barrier = Barrier::new(10, 25);
+        assert_eq!(barrier.crossed(25), None);
+        assert_eq!(barrier.crossed(29), None);
+        assert_eq!(barrier.crossed(30), Some(30));
+        assert_eq!(barrier.crossed(30), None);
+        assert_eq!(barrier.crossed(39), None);
+        // Progress jumps over 40 and 50: only 50 is taken.
+        assert_eq!(barrier.crossed(57), Some(50));
+        assert_eq!(barrier.crossed(60), Some(60));
+        // A fresh start at a checkpoint epoch does not take it.
+        let mut barrier = Barrier::new(10, 40);
+        assert_eq!(barrier.crossed(40), None);
+        assert_eq!(barrier.crossed(50), Some(50));
+    }
+}
