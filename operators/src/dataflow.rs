@@ -89,15 +89,18 @@ impl Barrier {
     }
 }
 
+/// Takes an operator's state at a checkpoint epoch.
+pub type SaveState<S> = Box<dyn FnMut(u64, &S)>;
+
 /// What the keyed operators do at checkpoint epochs: hand their state to the caller, who
 /// stores it (operators do no I/O).
 pub struct Checkpoints {
     /// When.
     pub barrier: Barrier,
     /// Takes a worker's fleet state at a checkpoint epoch.
-    pub fleet: Box<dyn FnMut(u64, &Fleet)>,
+    pub fleet: SaveState<Fleet>,
     /// Takes a worker's share of the VIN index at a checkpoint epoch.
-    pub vins: Box<dyn FnMut(u64, &VinIndex)>,
+    pub vins: SaveState<VinIndex>,
 }
 
 /// The lowest time of two frontiers, if any.
@@ -249,7 +252,7 @@ fn index_vins<'scope>(
     mut index: VinIndex,
     reference: ReferenceSlot,
     wall_clock: fn() -> i64,
-    mut checkpoints: Option<(Barrier, Box<dyn FnMut(u64, &VinIndex)>)>,
+    mut checkpoints: Option<(Barrier, SaveState<VinIndex>)>,
 ) -> StreamVec<'scope, u64, Output> {
     let by_vin = Exchange::new(|v: &VinInput| match v {
         VinInput::Claim(c) => id_key(&c.vin),
