@@ -608,6 +608,9 @@ pub struct Deduplicated {
     pub duplicated_keys: usize,
     /// Top-level fields in which two copies of an (id, phase) differ.
     pub differing_fields: BTreeSet<String>,
+    /// Each (id, phase) given more than once: `kind phase event_time`, and the `detected_at`
+    /// of every copy.
+    pub reemits: Vec<(String, Vec<String>)>,
 }
 
 /// De-duplicates `alerts`; fails when two copies of an (id, phase) differ in anything but
@@ -615,11 +618,16 @@ pub struct Deduplicated {
 pub fn deduplicate(alerts: &[Value]) -> Result<Deduplicated> {
     let mut first: BTreeMap<(String, String), &Value> = BTreeMap::new();
     let mut copies: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut detected: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut differing_fields = BTreeSet::new();
     let mut conflicts = Vec::new();
     for alert in alerts {
         let key = alert_key(alert);
         *copies.entry(key.clone()).or_default() += 1;
+        detected
+            .entry(key.clone())
+            .or_default()
+            .push(alert["detected_at"].as_str().unwrap_or_default().to_owned());
         let Some(earlier) = first.get(&key) else {
             first.insert(key, alert);
             continue;
@@ -649,7 +657,19 @@ pub fn deduplicate(alerts: &[Value]) -> Result<Deduplicated> {
         conflicts.len(),
         conflicts[0]
     );
+    let reemits = copies
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(key, _)| {
+            let a = first[key];
+            (
+                format!("{} {} {}", a["kind"], a["phase"], a["event_time"]),
+                detected.remove(key).unwrap_or_default(),
+            )
+        })
+        .collect();
     Ok(Deduplicated {
+        reemits,
         alerts: first
             .into_iter()
             .map(|(k, v)| (k, without_emission_fields(v)))
@@ -673,6 +693,8 @@ pub struct KafkaCheck {
     pub duplicated_keys: usize,
     /// Fields in which re-emits differed from their first copy.
     pub differing_fields: BTreeSet<String>,
+    /// See [`Deduplicated::reemits`].
+    pub reemits: Vec<(String, Vec<String>)>,
 }
 
 /// The alerts topic `names.kafka_topic` (read from `names.kafka`) holds every alert replay
@@ -726,6 +748,7 @@ pub fn kafka_alerts_match_replay(names: &Names, replay_alerts: &[Value]) -> Resu
         duplicates: got.duplicates,
         duplicated_keys: got.duplicated_keys,
         differing_fields: got.differing_fields,
+        reemits: got.reemits,
     })
 }
 
