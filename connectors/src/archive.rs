@@ -8,8 +8,21 @@
 //! single create-only `put`, so a file becomes visible only when complete.
 //!
 //! Object keys:
-//! `<dataset>/date=YYYY-MM-DD/hour=HH/part-<process>-<worker>-<run>-<seq>.parquet`, and
-//! `features_daily/date=YYYY-MM-DD/part-<process>-<worker>-<run>-<seq>.parquet`.
+//! `<dataset>/date=YYYY-MM-DD/hour=HH/part-<process>-<worker>-<run>-e<epoch>-<seq>.parquet`,
+//! and `features_daily/date=YYYY-MM-DD/part-<process>-<worker>-<run>-e<epoch>-<seq>.parquet`:
+//! `process` and `worker` are the timely indices, `run` a token unique to the writer's open
+//! (base 36 of its open time in ms), `epoch` the ingest epoch (decimal, from
+//! [`ArchiveWriter::set_epoch`]) at which the file's partition received its first row, and
+//! `seq` the writer's file number (6+ digits). Everything in a file was pushed at that epoch
+//! or later, and before the next [`ArchiveWriter::roll_all`]. Files written by older versions
+//! have no `e<epoch>` token (`part-<process>-<worker>-<run>-<seq>.parquet`).
+//!
+//! # Checkpoints
+//!
+//! At a checkpoint epoch `B` the sink calls [`ArchiveWriter::roll_all`] (no partition stays
+//! open across `B`) and waits, off the worker thread, for its mark to be
+//! [published](UploadProgress::published). A restart from `B` first removes the files of
+//! epochs `>= B` with [`discard_from_epoch`], as their rows are replayed.
 
 mod rows;
 #[cfg(test)]
@@ -18,6 +31,7 @@ mod upload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use arrow_schema::ArrowError;
 use arrow_select::take::take_record_batch;
@@ -37,7 +51,11 @@ use parquet::schema::types::ColumnPath;
 use schemas::{Alert, DailyFeatures, Record, Reject};
 
 use rows::{AlertColumns, Columns, Dataset, FeaturesColumns, RejectColumns, TelemetryColumns};
-use upload::{Upload, Uploader};
+use upload::{Backoff, Upload, Uploader};
+pub use upload::{UploadProgress, degraded};
+
+/// How long [`ArchiveWriter::finish`] keeps retrying failing uploads.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// When the estimated bytes buffered over all partitions of a writer exceed this many times
 /// `max_file_bytes`, the largest partition is rolled early. This bounds a writer's memory when
@@ -171,7 +189,8 @@ pub enum ArchiveError {
         /// The cause.
         source: ParquetError,
     },
-    /// Files could not be published after every retry (each one was logged).
+    /// Files could not be published (each one was logged): still failing when the shutdown
+    /// bound passed, or their key already existed.
     #[error(
         "{failed} archive file(s) not published; first {path} after {attempts} attempts: {source}"
     )]
@@ -185,10 +204,18 @@ pub enum ArchiveError {
         /// Its last error.
         source: object_store::Error,
     },
+    /// Files of the epochs being discarded could not be listed or deleted.
+    #[error("cannot discard archive files at {root}: {source}")]
+    Discard {
+        /// The configured root.
+        root: String,
+        /// The cause.
+        source: object_store::Error,
+    },
 }
 
 /// Opens the store for `root`: a local directory or an `s3://bucket/prefix` URL.
-fn open_store(root: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
+pub(crate) fn open_store(root: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
     let dir = match root.split_once("://") {
         None => root,
         Some(("file", path)) => path,
@@ -211,11 +238,21 @@ fn open_store(root: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, Archiv
 /// Opens `s3://bucket/prefix` (`rest` = `bucket/prefix`) with credentials from the
 /// environment; the prefix becomes the root of every key.
 fn open_s3(root: &str, rest: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
+    open_s3_with(AmazonS3Builder::from_env(), root, rest, s3)
+}
+
+/// [`open_s3`] from `builder` (tests pass credentials in it: they cannot set the environment).
+fn open_s3_with(
+    builder: AmazonS3Builder,
+    root: &str,
+    rest: &str,
+    s3: &S3Options,
+) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(ArchiveError::UnsupportedRoot(root.into()));
     }
-    let mut builder = AmazonS3Builder::from_env()
+    let mut builder = builder
         .with_bucket_name(bucket)
         .with_virtual_hosted_style_request(!s3.path_style);
     if let Some(endpoint) = &s3.endpoint {
@@ -229,11 +266,13 @@ fn open_s3(root: &str, rest: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore
         .or_else(|| std::env::var("AWS_REGION").ok())
         .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
         .unwrap_or_else(|| "us-east-1".into());
-    // Bounded per-request retries: a bad endpoint or credentials fail the start-up probe in
-    // seconds, and the uploader retries whole files on top.
+    // Few per-request retries within 10 s (the default is 10 over 3 min): a bad endpoint or
+    // credentials fail the start-up probe in seconds, and one attempt of the uploader during
+    // an outage ends within about a request timeout (30 s, connect 5 s), so it retries whole
+    // files on its own backoff and notices a store that is back.
     let retry = RetryConfig {
-        max_retries: 3,
-        retry_timeout: std::time::Duration::from_secs(15),
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(10),
         ..RetryConfig::default()
     };
     let store = builder
@@ -283,6 +322,76 @@ pub fn check_store(config: &ArchiveConfig) -> Result<(), ArchiveError> {
     open_store(&config.root, &config.s3).map(drop)
 }
 
+/// The ingest epoch in an archive file's key (`...-e<epoch>-<seq>.parquet`, see the module
+/// docs); `None` for keys of another form, among them files written before epochs were named.
+fn file_epoch(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?;
+    let tokens = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    // process, worker, run, e<epoch>, seq
+    let tokens: Vec<&str> = tokens.split('-').collect();
+    let [_, _, _, epoch, _] = tokens[..] else {
+        return None;
+    };
+    let digits = epoch.strip_prefix('e')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Deletes every archive file of an ingest epoch `>= epoch`, in all four datasets and from
+/// every process, worker and run, and returns their keys (sorted). Files without an epoch in
+/// their name (written by older versions) and other objects are never touched.
+///
+/// For a restart from the checkpoint of epoch `epoch`: those files hold rows that the restart
+/// replays. Call it before any [`ArchiveWriter`] of the restarted service is open (it would
+/// delete the new files of the replayed epochs too), once for the archive: in a cluster, in
+/// one process before the others start writing (calls from several processes are harmless if
+/// no writer is open yet: a key already deleted is skipped).
+pub fn discard_from_epoch(config: &ArchiveConfig, epoch: u64) -> Result<Vec<String>, ArchiveError> {
+    let store = open_store(&config.root, &config.s3)?;
+    discard_in(store.as_ref(), epoch).map_err(|source| ArchiveError::Discard {
+        root: config.root.clone(),
+        source,
+    })
+}
+
+/// [`discard_from_epoch`] on an open store.
+fn discard_in(store: &dyn ObjectStore, epoch: u64) -> Result<Vec<String>, object_store::Error> {
+    use futures::TryStreamExt;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| object_store::Error::Generic {
+            store: "archive",
+            source: Box::new(e),
+        })?;
+    runtime.block_on(async {
+        let mut doomed = Vec::new();
+        for dataset in Dataset::ALL {
+            let prefix = Path::from(dataset.dir());
+            let listed: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+            doomed.extend(
+                listed
+                    .into_iter()
+                    .map(|meta| meta.location)
+                    .filter(|key| file_epoch(key.as_ref()).is_some_and(|e| e >= epoch)),
+            );
+        }
+        doomed.sort();
+        let mut deleted = Vec::with_capacity(doomed.len());
+        for key in doomed {
+            match store.delete(&key).await {
+                Ok(()) => deleted.push(key.to_string()),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    })
+}
+
 /// The last run time handed out in this process: run tokens strictly increase, so two writers
 /// opened in the same millisecond (same worker, e.g. a test or a re-opened sink) still differ.
 static LAST_RUN_MS: AtomicI64 = AtomicI64::new(0);
@@ -319,6 +428,8 @@ struct Buffer<C> {
     bytes: u64,
     /// Writer clock when the first row arrived.
     opened_ms: i64,
+    /// Ingest epoch when the first row arrived, in the file name.
+    epoch: u64,
 }
 
 /// The open partitions of one dataset.
@@ -358,8 +469,8 @@ impl<C: Columns> Partitions<C> {
         }
     }
 
-    /// The partition `key`, opened (stamped `clock_ms`) if needed.
-    fn get_or_open(&mut self, key: i64, clock_ms: i64) -> &mut Buffer<C> {
+    /// The partition `key`, opened (stamped `clock_ms` and `epoch`) if needed.
+    fn get_or_open(&mut self, key: i64, clock_ms: i64, epoch: u64) -> &mut Buffer<C> {
         if self.open.get(self.last).is_none_or(|b| b.key != key) {
             self.last = match self.open.iter().position(|b| b.key == key) {
                 Some(index) => index,
@@ -369,6 +480,7 @@ impl<C: Columns> Partitions<C> {
                         columns: C::with_capacity(0),
                         bytes: 0,
                         opened_ms: clock_ms,
+                        epoch,
                     });
                     self.open.len() - 1
                 }
@@ -418,7 +530,8 @@ impl<C: Columns> Rollable for Partitions<C> {
             return (0, Ok(()));
         };
         let buffer = self.open.swap_remove(index);
-        (buffer.bytes, out.write(key, buffer.columns, &self.props))
+        let written = out.write(key, buffer.epoch, buffer.columns, &self.props);
+        (buffer.bytes, written)
     }
 
     fn buffered_rows(&self) -> usize {
@@ -440,6 +553,8 @@ struct Output {
     run: String,
     /// Next file number of this writer.
     seq: u64,
+    /// Files handed to the uploader (`seq` also counts files that failed to encode).
+    queued: u64,
     /// Rows per row group (and per encoded batch).
     row_group_rows: usize,
     /// Where finished files go.
@@ -447,20 +562,23 @@ struct Output {
 }
 
 impl Output {
-    /// Sorts, encodes and queues the rows of partition `key` as the writer's next file.
+    /// Sorts, encodes and queues the rows of partition `key`, opened at `epoch`, as the
+    /// writer's next file.
     fn write<C: Columns>(
         &mut self,
         key: i64,
+        epoch: u64,
         columns: C,
         props: &WriterProperties,
     ) -> Result<(), ArchiveError> {
         let path = Path::from(format!(
-            "{}/{}/part-{}-{}-{}-{:06}.parquet",
+            "{}/{}/part-{}-{}-{}-e{}-{:06}.parquet",
             C::DATASET.dir(),
             C::DATASET.partition_dirs(key),
             self.process,
             self.worker,
             self.run,
+            epoch,
             self.seq,
         ));
         self.seq += 1;
@@ -491,7 +609,9 @@ impl Output {
             bytes,
             dataset: C::DATASET,
             rows: rows as u64,
-        })
+        })?;
+        self.queued += 1;
+        Ok(())
     }
 }
 
@@ -516,11 +636,16 @@ impl Output {
 ///   the calling thread and queues the file for the uploader thread. At most 64 MiB of encoded
 ///   files wait in the queue (one larger file may wait alone); a full queue blocks the caller
 ///   (back-pressure).
-/// - The uploader publishes each file with one create-only `put` (never overwriting),
-///   retrying failures with backoff; files it gives up on are logged and reported by
-///   [`finish`](Self::finish).
+/// - The uploader publishes each file with one create-only `put` (never overwriting), in
+///   queue order. While the writer runs a failed put is retried with exponential backoff
+///   (200 ms doubling to 5 s) until it succeeds: during an outage of the store the queue
+///   fills, then the worker blocks on it, and nothing is lost; [`degraded`] and
+///   [`UploadProgress::degraded`] say so meanwhile. [`finish`](Self::finish) retries for a
+///   bounded time, then logs and reports the files it gives up on.
+/// - [`roll_all`](Self::roll_all) writes every open partition and returns a mark;
+///   [`progress`](Self::progress) tells when the files up to a mark are published.
 /// - Dropping the writer without `finish` loses its buffered rows (logged as an error);
-///   queued files are still published.
+///   queued files are still published if their first attempt succeeds.
 pub struct ArchiveWriter {
     /// Size that rolls a partition.
     max_file_bytes: u64,
@@ -540,22 +665,24 @@ pub struct ArchiveWriter {
     rejects: Partitions<RejectColumns>,
     /// Open `features_daily` partitions.
     features: Partitions<FeaturesColumns>,
+    /// Ingest epoch of the rows being pushed, see [`set_epoch`](Self::set_epoch).
+    epoch: u64,
     /// First error of a roll triggered by a push, returned by the next `roll_due`/`finish`.
     deferred: Option<ArchiveError>,
     /// File naming and the uploader.
     out: Output,
 }
 
-/// Appends `row` to its partition in `parts`; returns the row's size estimate, its partition
-/// key and whether that partition is now full.
+/// Appends `row` to its partition in `parts` (opened at `clock_ms` and `epoch` if new);
+/// returns the row's size estimate, its partition key and whether that partition is now full.
 fn buffer<C: Columns>(
     parts: &mut Partitions<C>,
     row: &C::Row,
-    clock_ms: i64,
+    (clock_ms, epoch): (i64, u64),
     max_file_bytes: u64,
 ) -> (u64, i64, bool) {
     let key = C::partition_ms(row).div_euclid(C::DATASET.span_ms());
-    let buffer = parts.get_or_open(key, clock_ms);
+    let buffer = parts.get_or_open(key, clock_ms, epoch);
     let estimate = buffer.columns.push(row);
     buffer.bytes += estimate;
     (estimate, key, buffer.bytes >= max_file_bytes)
@@ -578,11 +705,30 @@ impl ArchiveWriter {
             .map_err(|e| ArchiveError::Config(format!("zstd_level: {e}")))?;
         let compression = Compression::ZSTD(level);
         let store = open_store(&config.root, &config.s3)?;
+        Self::open_on(
+            store,
+            config,
+            compression,
+            (process, worker),
+            Backoff::DEFAULT,
+        )
+    }
+
+    /// Opens a writer on `store` (already opened from `config.root`) with `backoff` between
+    /// upload attempts.
+    fn open_on(
+        store: Arc<dyn ObjectStore>,
+        config: &ArchiveConfig,
+        compression: Compression,
+        (process, worker): (usize, usize),
+        backoff: Backoff,
+    ) -> Result<Self, ArchiveError> {
         let now_ms = schemas::time::now_ms();
         let uploader = Uploader::spawn(
             store,
             config.multipart_part_bytes.max(5 << 20),
             format!("archive-upload-{process}-{worker}"),
+            backoff,
         )?;
         let rows = config.row_group_rows;
         Ok(Self {
@@ -596,16 +742,26 @@ impl ArchiveWriter {
             alerts: Partitions::new(compression, rows),
             rejects: Partitions::new(compression, rows),
             features: Partitions::new(compression, rows),
+            epoch: 0,
             deferred: None,
             out: Output {
                 process,
                 worker,
                 run: run_token(now_ms),
                 seq: 0,
+                queued: 0,
                 row_group_rows: rows,
                 uploader,
             },
         })
+    }
+
+    /// Sets the ingest epoch of the rows pushed from now on (the sink calls it before pushing
+    /// an epoch's rows). A partition opened by a later push carries it in its file name, so
+    /// [`discard_from_epoch`] can remove what a restart replays. Epochs are expected not to
+    /// decrease; the writer starts at 0.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
     }
 
     /// Buffers one accepted telemetry record (taken by value: its fields are appended to the
@@ -614,7 +770,7 @@ impl ArchiveWriter {
         let pushed = buffer(
             &mut self.telemetry,
             &record,
-            self.clock_ms,
+            (self.clock_ms, self.epoch),
             self.max_file_bytes,
         );
         self.after_push(pushed, |w, key| w.telemetry.roll(&mut w.out, key));
@@ -622,7 +778,12 @@ impl ArchiveWriter {
 
     /// Buffers one alert (its evidence is rendered as JSON text).
     pub fn push_alert(&mut self, alert: &Alert) {
-        let pushed = buffer(&mut self.alerts, alert, self.clock_ms, self.max_file_bytes);
+        let pushed = buffer(
+            &mut self.alerts,
+            alert,
+            (self.clock_ms, self.epoch),
+            self.max_file_bytes,
+        );
         self.after_push(pushed, |w, key| w.alerts.roll(&mut w.out, key));
     }
 
@@ -631,7 +792,7 @@ impl ArchiveWriter {
         let pushed = buffer(
             &mut self.rejects,
             &reject,
-            self.clock_ms,
+            (self.clock_ms, self.epoch),
             self.max_file_bytes,
         );
         self.after_push(pushed, |w, key| w.rejects.roll(&mut w.out, key));
@@ -642,7 +803,7 @@ impl ArchiveWriter {
         let pushed = buffer(
             &mut self.features,
             features,
-            self.clock_ms,
+            (self.clock_ms, self.epoch),
             self.max_file_bytes,
         );
         self.after_push(pushed, |w, key| w.features.roll(&mut w.out, key));
@@ -738,14 +899,42 @@ impl ArchiveWriter {
         self.deferred.take().map_or(Ok(()), Err)
     }
 
+    /// Writes every open partition as a file (a checkpoint's share of the archive) and
+    /// returns the mark of everything queued so far: the number of files this writer has
+    /// handed to its uploader. [`UploadProgress::published`] of the mark says when they are
+    /// all in the store. Never waits for uploads (only, like every roll, while the upload
+    /// queue is full).
+    ///
+    /// Fails with the first encoding error of this call or of an earlier roll triggered by a
+    /// push: rows were lost, so a checkpoint must not complete.
+    pub fn roll_all(&mut self) -> Result<u64, ArchiveError> {
+        self.roll_matching(|_, _, _| true);
+        match self.deferred.take() {
+            Some(error) => Err(error),
+            None => Ok(self.out.queued),
+        }
+    }
+
+    /// A handle on this writer's uploads, for waiting on the marks of
+    /// [`roll_all`](Self::roll_all) off the worker thread. Cheap to clone, `Send + Sync`.
+    pub fn progress(&self) -> UploadProgress {
+        self.out.uploader.progress()
+    }
+
+    /// [`finish_within`](Self::finish_within) [`DEFAULT_SHUTDOWN_TIMEOUT`].
+    pub fn finish(self) -> Result<ArchiveStats, ArchiveError> {
+        self.finish_within(DEFAULT_SHUTDOWN_TIMEOUT)
+    }
+
     /// Writes every open partition, waits until the uploader has published (or given up on)
-    /// every file, and returns what was published.
+    /// every file, and returns what was published. Failing uploads are retried for `timeout`
+    /// from this call; then the file still failing, and every file after it, is given up on.
     ///
     /// Fails with the first encoding error, or with [`ArchiveError::Upload`] when any file
     /// could not be published (each failure is also logged).
-    pub fn finish(mut self) -> Result<ArchiveStats, ArchiveError> {
+    pub fn finish_within(mut self, timeout: Duration) -> Result<ArchiveStats, ArchiveError> {
         self.roll_matching(|_, _, _| true);
-        let report = self.out.uploader.finish()?;
+        let report = self.out.uploader.finish(timeout)?;
         if let Some(error) = self.deferred.take() {
             return Err(error);
         }

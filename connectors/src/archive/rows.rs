@@ -40,6 +40,14 @@ pub(super) enum Dataset {
 }
 
 impl Dataset {
+    /// Every dataset, in the writer's order.
+    pub(super) const ALL: [Dataset; 4] = [
+        Dataset::Telemetry,
+        Dataset::Alerts,
+        Dataset::Rejects,
+        Dataset::FeaturesDaily,
+    ];
+
     /// The directory name of the dataset.
     pub(super) fn dir(self) -> &'static str {
         match self {

@@ -15,6 +15,7 @@ use schemas::{AlertKind, Gnss, Phase, Reading, Severity};
 use serde_json::{Map, Value};
 
 use super::*;
+use object_store::PutPayload;
 
 /// 2026-11-28T08:00:00Z.
 const BASE_MS: i64 = 1_795_852_800_000;
@@ -164,6 +165,7 @@ fn partition_of(root: &FsPath, path: &FsPath) -> (String, String, String) {
         parts[3].starts_with("part-") && parts[3].ends_with(".parquet"),
         "{rel}"
     );
+    assert!(file_epoch(&rel).is_some(), "{rel}");
     let date = parts[1].strip_prefix("date=").unwrap().to_owned();
     let hour = parts[2].strip_prefix("hour=").unwrap().to_owned();
     (parts[0].to_owned(), date, hour)
@@ -388,14 +390,16 @@ fn upload_failures_are_retried_then_reported() {
     let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 0).unwrap();
     writer.push_telemetry(record("V", BASE_MS));
     writer.push_alert(&alert("V", BASE_MS));
-    match writer.finish() {
+    match writer.finish_within(Duration::from_millis(1500)) {
         Err(ArchiveError::Upload {
             failed,
             path,
             attempts,
             ..
         }) => {
-            assert_eq!((failed, attempts), (1, 4));
+            // 200, 400, 800 ms between attempts, then the bound.
+            assert_eq!(failed, 1);
+            assert!((3..=5).contains(&attempts), "{attempts}");
             assert!(
                 path.starts_with("alerts/date=2026-11-28/hour=08/"),
                 "{path}"
@@ -473,6 +477,7 @@ fn features_go_to_daily_partitions_sorted_by_vehicle_date_revision() {
         assert_eq!(parts.len(), 3, "no hour level: {rel}");
         assert_eq!(parts[0], "features_daily");
         assert!(parts[2].starts_with("part-0-2-") && parts[2].ends_with(".parquet"));
+        assert_eq!(file_epoch(rel), Some(0));
         let date = parts[1].strip_prefix("date=").unwrap();
         dates.push(date.to_owned());
         let batches = read_file(path, &schemas::arrow::FEATURES_DAILY, 500);
@@ -562,4 +567,294 @@ fn a_malformed_feature_date_files_the_row_under_its_first_reading() {
         files(&dir.path().join("features_daily/date=2026-11-29")).len(),
         1
     );
+}
+
+/// A writer on `config`'s local root retrying uploads within milliseconds.
+fn fast_writer(config: &ArchiveConfig) -> ArchiveWriter {
+    let store = open_store(&config.root, &config.s3).unwrap();
+    ArchiveWriter::open_on(
+        store,
+        config,
+        Compression::ZSTD(ZstdLevel::try_new(3).unwrap()),
+        (0, 0),
+        upload::Backoff {
+            first: Duration::from_millis(2),
+            max: Duration::from_millis(20),
+        },
+    )
+    .unwrap()
+}
+
+/// (dataset, epoch) of every file under `dir`, sorted.
+fn epochs(dir: &FsPath) -> Vec<(String, Option<u64>)> {
+    let mut out: Vec<_> = files(dir)
+        .iter()
+        .map(|p| {
+            let rel = p.strip_prefix(dir).unwrap().to_str().unwrap();
+            (rel.split('/').next().unwrap().to_owned(), file_epoch(rel))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn file_epochs_parse_from_names_of_this_format_only() {
+    let dir = "telemetry/date=2026-11-28/hour=08";
+    assert_eq!(
+        file_epoch(&format!("{dir}/part-0-3-mifx2kqo-e42-000007.parquet")),
+        Some(42)
+    );
+    assert_eq!(file_epoch("part-10-0-e-e0-1234567.parquet"), Some(0));
+    // Before epochs were named: the run token may well start with an e.
+    assert_eq!(
+        file_epoch(&format!("{dir}/part-0-3-mifx2kqo-000007.parquet")),
+        None
+    );
+    assert_eq!(
+        file_epoch(&format!("{dir}/part-0-3-e5-000007.parquet")),
+        None
+    );
+    for other in [
+        "part-0-3-r-e42-000007.parquet#1",
+        "part-0-3-r-e-000007.parquet",
+        "part-0-3-r-e4x-000007.parquet",
+        "part-0-3-r-x42-000007.parquet",
+        "part-0-3-r-e42-7-1.parquet",
+        "notes-0-3-r-e42-000007.parquet",
+        "part-0-3-r-e99999999999999999999-1.parquet",
+    ] {
+        assert_eq!(file_epoch(other), None, "{other}");
+    }
+}
+
+#[test]
+fn files_carry_the_epoch_their_partition_opened_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 0).unwrap();
+    writer.set_epoch(5);
+    writer.push_telemetry(record("V", BASE_MS));
+    writer.set_epoch(7);
+    writer.push_telemetry(record("V", BASE_MS + 1));
+    writer.push_telemetry(record("V", BASE_MS + HOUR_MS));
+    writer.push_alert(&alert("V", BASE_MS));
+    assert_eq!(writer.roll_all().unwrap(), 3);
+    assert_eq!(writer.roll_all().unwrap(), 3, "nothing open");
+    writer.set_epoch(9);
+    writer.push_telemetry(record("V", BASE_MS + 2));
+    assert_eq!(writer.roll_all().unwrap(), 4);
+    writer.set_epoch(12);
+    writer.push_reject(reject(BASE_MS));
+    writer.push_features(&features("V", 0, 0));
+    let stats = writer.finish().unwrap();
+    assert_eq!((stats.files, stats.telemetry_rows), (6, 4));
+    let mut hour_08: Vec<_> = files(&dir.path().join("telemetry/date=2026-11-28/hour=08"))
+        .iter()
+        .map(|p| file_epoch(p.to_str().unwrap()))
+        .collect();
+    hour_08.sort();
+    assert_eq!(
+        hour_08,
+        [Some(5), Some(9)],
+        "the second row joined the open file"
+    );
+    assert_eq!(
+        epochs(dir.path()),
+        [
+            ("alerts".into(), Some(7)),
+            ("features_daily".into(), Some(12)),
+            ("rejects".into(), Some(12)),
+            ("telemetry".into(), Some(5)),
+            ("telemetry".into(), Some(7)),
+            ("telemetry".into(), Some(9)),
+        ]
+    );
+}
+
+#[test]
+fn roll_all_marks_are_published_only_once_the_store_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let mut writer = fast_writer(&config);
+    let progress = writer.progress();
+    writer.push_telemetry(record("V", BASE_MS));
+    let first = writer.roll_all().unwrap();
+    assert_eq!(first, 1);
+    assert!(progress.wait_published(first, Duration::from_secs(20)));
+
+    // The store fails for `alerts` (a plain file where its directory must go).
+    std::fs::write(dir.path().join("alerts"), b"").unwrap();
+    writer.push_alert(&alert("V", BASE_MS));
+    writer.push_telemetry(record("V", BASE_MS + 1));
+    let second = writer.roll_all().unwrap();
+    assert_eq!(second, 3);
+    let start = std::time::Instant::now();
+    while progress.failed_attempts() < 10 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no retries");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(progress.published(first) && !progress.published(second));
+    assert!(progress.degraded() && degraded());
+    // The worker is not held up meanwhile.
+    writer.push_telemetry(record("V", BASE_MS + 2));
+    assert_eq!(writer.roll_all().unwrap(), 4);
+
+    std::fs::remove_file(dir.path().join("alerts")).unwrap();
+    assert!(progress.wait_published(4, Duration::from_secs(20)));
+    assert!(!progress.degraded() && !progress.failed());
+    let stats = writer.finish().unwrap();
+    assert_eq!(
+        (stats.files, stats.alert_rows, stats.telemetry_rows),
+        (4, 1, 3)
+    );
+}
+
+/// Writes files of epochs 1 to 4 in every dataset through a writer on `store`, and an older
+/// file without an epoch, plus an object that is no archive file.
+fn write_epochs(store: Arc<dyn ObjectStore>, config: &ArchiveConfig) {
+    let mut writer = ArchiveWriter::open_on(
+        Arc::clone(&store),
+        config,
+        Compression::ZSTD(ZstdLevel::try_new(3).unwrap()),
+        (1, 2),
+        upload::Backoff::DEFAULT,
+    )
+    .unwrap();
+    for epoch in 1..=4 {
+        writer.set_epoch(epoch);
+        let ms = BASE_MS + epoch as i64 * HOUR_MS;
+        writer.push_telemetry(record("V", ms));
+        writer.push_alert(&alert("V", ms));
+        writer.push_reject(reject(ms));
+        writer.push_features(&features("V", epoch as i64, 0));
+        writer.roll_all().unwrap();
+    }
+    assert_eq!(writer.finish().unwrap().files, 16);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for key in [
+        "telemetry/date=2026-11-28/hour=08/part-0-0-mifx2kqo-000000.parquet",
+        "alerts/README",
+    ] {
+        runtime
+            .block_on(store.put(&Path::from(key), PutPayload::from_static(b"x")))
+            .unwrap();
+    }
+}
+
+/// Every key in `store`, sorted.
+fn keys(store: &dyn ObjectStore) -> Vec<String> {
+    use futures::TryStreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut keys: Vec<String> = runtime
+        .block_on(store.list(None).try_collect::<Vec<_>>())
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Checks `discard` (from epoch 3) on a store holding [`write_epochs`].
+fn check_discard(
+    store: &dyn ObjectStore,
+    discard: impl Fn(u64) -> Result<Vec<String>, ArchiveError>,
+) {
+    let before = keys(store);
+    assert_eq!(before.len(), 18, "{before:?}");
+    let deleted = discard(3).unwrap();
+    assert_eq!(deleted.len(), 8, "{deleted:?}");
+    assert!(deleted.is_sorted());
+    assert!(
+        deleted
+            .iter()
+            .all(|k| file_epoch(k).is_some_and(|e| e >= 3) && k.contains("/part-1-2-")),
+        "{deleted:?}"
+    );
+    for dataset in ["telemetry/", "alerts/", "rejects/", "features_daily/"] {
+        assert_eq!(deleted.iter().filter(|k| k.starts_with(dataset)).count(), 2);
+    }
+    let after = keys(store);
+    assert_eq!(after.len(), 10, "{after:?}");
+    assert!(after.iter().all(|k| !deleted.contains(k)));
+    assert!(
+        after
+            .iter()
+            .any(|k| k.ends_with("-mifx2kqo-000000.parquet"))
+    );
+    assert!(after.iter().any(|k| k == "alerts/README"));
+    assert_eq!(
+        after.iter().filter(|k| file_epoch(k).is_some()).count(),
+        8,
+        "epochs 1 and 2 stay"
+    );
+    assert!(discard(3).unwrap().is_empty(), "nothing left to discard");
+    assert_eq!(discard(0).unwrap().len(), 8);
+    assert_eq!(keys(store).len(), 2, "only what has no epoch stays");
+}
+
+#[test]
+fn discard_from_epoch_removes_the_files_a_restart_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let empty = config(empty.path());
+    let config = config(dir.path());
+    let store = open_store(&config.root, &config.s3).unwrap();
+    write_epochs(Arc::clone(&store), &config);
+    check_discard(store.as_ref(), |epoch| discard_from_epoch(&config, epoch));
+    // A root that has no datasets yet.
+    assert!(discard_from_epoch(&empty, 0).unwrap().is_empty());
+}
+
+/// The S3 server `scripts/services start` runs on loopback (moto, bucket `lienwatch`).
+const S3_ENDPOINT: &str = "http://127.0.0.1:9000";
+
+/// A fresh prefix of the `lienwatch` bucket on the loopback S3 server, opened with the
+/// test credentials moto accepts.
+fn s3_store(label: &str) -> (ArchiveConfig, Arc<dyn ObjectStore>) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let rest = format!(
+        "lienwatch/tests/connectors-{label}-{}-{nanos}",
+        std::process::id()
+    );
+    let config = ArchiveConfig {
+        root: format!("s3://{rest}"),
+        s3: S3Options {
+            endpoint: Some(S3_ENDPOINT.into()),
+            region: Some("us-east-1".into()),
+            path_style: true,
+        },
+        row_group_rows: 500,
+        ..Default::default()
+    };
+    let builder = AmazonS3Builder::new()
+        .with_access_key_id("test")
+        .with_secret_access_key("testtest");
+    let store = open_s3_with(builder, &config.root, &rest, &config.s3).unwrap_or_else(|e| {
+        panic!(
+            "no S3 server at {S3_ENDPOINT} ({e}): run `scripts/services start` (scripts/test does)"
+        )
+    });
+    (config, store)
+}
+
+#[test]
+fn discard_from_epoch_on_s3() {
+    let (config, store) = s3_store("discard");
+    write_epochs(Arc::clone(&store), &config);
+    check_discard(store.as_ref(), |epoch| {
+        discard_in(store.as_ref(), epoch).map_err(|source| ArchiveError::Discard {
+            root: config.root.clone(),
+            source,
+        })
+    });
 }

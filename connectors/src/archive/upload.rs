@@ -1,17 +1,25 @@
 //! The uploader thread: takes finished Parquet files from the worker through a queue bounded
 //! in bytes and puts each into the object store as one object, so the worker never waits on
-//! storage I/O (a slow fsync, a slow S3) unless [`QUEUE_BYTES`] of files are already waiting
-//! (back-pressure).
+//! storage I/O (a slow fsync, a slow S3, an outage) unless [`QUEUE_BYTES`] of files are
+//! already waiting (back-pressure).
+//!
+//! While the writer runs a failed put is retried with exponential backoff until it succeeds:
+//! an outage of the store stalls the queue (and, once it is full, the worker) but loses
+//! nothing. Only at shutdown ([`Uploader::finish`]) is there a bound, after which the files
+//! still failing are reported. Files are published one at a time in queue order, so "the
+//! first `n` files are published" is a counter ([`UploadProgress`]).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
 use tokio::runtime::Runtime;
+use tokio::sync::Notify;
 
 use super::rows::Dataset;
 use super::{ArchiveError, ArchiveStats};
@@ -22,11 +30,41 @@ use super::{ArchiveError, ArchiveStats};
 /// a count of files would make the worker wait on every fsync.
 pub(super) const QUEUE_BYTES: u64 = 64 << 20;
 
-/// Attempts per file before it is reported as failed.
-const MAX_ATTEMPTS: u32 = 4;
+/// A failing file is logged at its first failed attempt and then at every this many attempts.
+const LOG_EVERY: u32 = 10;
 
-/// Wait before the first retry; doubled after each failed attempt.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Waits between the attempts of a failing put: `first`, doubled after each failure, at most
+/// `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Backoff {
+    /// Wait before the second attempt.
+    pub(super) first: Duration,
+    /// Longest wait.
+    pub(super) max: Duration,
+}
+
+impl Backoff {
+    /// 200 ms doubling up to 5 s: an outage of a minute costs about 15 attempts per stalled
+    /// file, and a store that is back is tried again within 5 s.
+    pub(super) const DEFAULT: Backoff = Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+}
+
+/// Uploaders of this process whose current file is failing.
+static FAILING: Mutex<usize> = Mutex::new(0);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether some archive upload of this process is failing right now (being retried, not yet
+/// followed by a success): cheap, for a health check. Also exported as the gauge
+/// `lienwatch_archive_degraded` (1 or 0).
+pub fn degraded() -> bool {
+    *lock(&FAILING) > 0
+}
 
 /// One complete Parquet file to publish.
 pub(super) struct Upload {
@@ -40,11 +78,11 @@ pub(super) struct Upload {
     pub(super) rows: u64,
 }
 
-/// A file that could not be published after every retry.
+/// A file that could not be published.
 pub(super) struct Failure {
     /// Object key.
     pub(super) path: String,
-    /// Attempts made.
+    /// Attempts made (0: not tried, as the store was already failing past the shutdown bound).
     pub(super) attempts: u32,
     /// The last error.
     pub(super) error: object_store::Error,
@@ -69,7 +107,7 @@ struct Queued {
 impl Queued {
     /// Waits until `size` more bytes fit (or nothing is queued), then counts them.
     fn reserve(&self, size: u64) {
-        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bytes = lock(&self.bytes);
         while *bytes > 0 && *bytes + size > QUEUE_BYTES {
             bytes = self
                 .published
@@ -81,44 +119,256 @@ impl Queued {
 
     /// Releases `size` bytes after their file was published (or given up on).
     fn release(&self, size: u64) {
-        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bytes = lock(&self.bytes);
         *bytes = bytes.saturating_sub(size);
         self.published.notify_all();
     }
 }
 
-/// Handle to the uploader thread. Dropping it closes the queue and waits for queued files.
+/// The uploader's progress through its queue, shared with [`UploadProgress`] handles.
+struct Progress {
+    /// Files taken from the queue and done with (published or given up on), in queue order.
+    done: AtomicU64,
+    /// Queue index of the first file given up on; `u64::MAX` if none.
+    first_failed: AtomicU64,
+    /// Failed put attempts so far.
+    failed_attempts: AtomicU64,
+    /// Whether the current file is failing (counted in [`FAILING`]).
+    failing: AtomicBool,
+    /// With `changed`: blocking waits for `done`.
+    lock: Mutex<()>,
+    changed: Condvar,
+    /// Async waits for `done`.
+    notify: Notify,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            done: AtomicU64::new(0),
+            first_failed: AtomicU64::new(u64::MAX),
+            failed_attempts: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            changed: Condvar::new(),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl Progress {
+    /// Records that the next file in queue order is done with (`published` or given up on),
+    /// and wakes the waiters.
+    fn file_done(&self, published: bool) {
+        let _guard = lock(&self.lock);
+        let index = self.done.load(Ordering::Acquire);
+        if !published {
+            self.first_failed.fetch_min(index, Ordering::AcqRel);
+        }
+        self.done.store(index + 1, Ordering::Release);
+        self.changed.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    /// Enters or leaves the failing state (process count and gauge included).
+    fn set_failing(&self, failing: bool) {
+        if self.failing.swap(failing, Ordering::AcqRel) == failing {
+            return;
+        }
+        let mut count = lock(&FAILING);
+        if failing {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        metrics::gauge!("lienwatch_archive_degraded").set(if *count > 0 { 1.0 } else { 0.0 });
+    }
+}
+
+/// A cheap, cloneable handle on a writer's uploads (`Send + Sync`): which of the files queued
+/// so far are published. Obtained from [`ArchiveWriter::progress`](super::ArchiveWriter::progress);
+/// the marks come from [`ArchiveWriter::roll_all`](super::ArchiveWriter::roll_all) (the
+/// number of files the writer had queued). It stays valid after the writer is finished or
+/// dropped.
+#[derive(Clone)]
+pub struct UploadProgress(Arc<Progress>);
+
+impl std::fmt::Debug for UploadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadProgress")
+            .field("done", &self.done())
+            .field("failed", &self.failed())
+            .field("degraded", &self.degraded())
+            .finish()
+    }
+}
+
+impl UploadProgress {
+    /// Whether every file queued before `mark` is published (so `published(0)` is always
+    /// true). False for good once one of them was given up on (see [`failed`](Self::failed)).
+    pub fn published(&self, mark: u64) -> bool {
+        self.0.done.load(Ordering::Acquire) >= mark
+            && self.0.first_failed.load(Ordering::Acquire) >= mark
+    }
+
+    /// Files the uploader is done with (published or given up on), in queue order.
+    pub fn done(&self) -> u64 {
+        self.0.done.load(Ordering::Acquire)
+    }
+
+    /// Whether a file was given up on: while the writer runs only a file whose key already
+    /// existed on its first attempt (never overwritten); at shutdown also files still failing
+    /// at the bound. Its rows are not archived and no later mark is ever published.
+    pub fn failed(&self) -> bool {
+        self.0.first_failed.load(Ordering::Acquire) != u64::MAX
+    }
+
+    /// Whether this writer's current upload is failing (retried, not yet followed by a
+    /// success).
+    pub fn degraded(&self) -> bool {
+        self.0.failing.load(Ordering::Acquire)
+    }
+
+    /// Failed put attempts so far (each one retried, or the last before giving up).
+    pub fn failed_attempts(&self) -> u64 {
+        self.0.failed_attempts.load(Ordering::Acquire)
+    }
+
+    /// Blocks until [`published(mark)`](Self::published), for at most `timeout`; returns
+    /// whether it is. Returns false early once a file before the mark was given up on.
+    /// Never call it on a timely worker thread: the worker drives the uploads.
+    pub fn wait_published(&self, mark: u64, timeout: Duration) -> bool {
+        let progress = &self.0;
+        let deadline = Instant::now() + timeout;
+        let mut guard = lock(&progress.lock);
+        loop {
+            if self.published(mark) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || progress.first_failed.load(Ordering::Acquire) < mark {
+                return false;
+            }
+            guard = progress
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits until [`published(mark)`](Self::published) and returns true, or returns false
+    /// once a file before the mark was given up on. Wrap it in a timeout: if the store never
+    /// comes back, neither does this.
+    pub async fn until_published(&self, mark: u64) -> bool {
+        loop {
+            let changed = self.0.notify.notified();
+            if self.published(mark) {
+                return true;
+            }
+            if self.0.first_failed.load(Ordering::Acquire) < mark {
+                return false;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// When the uploader stops retrying: never, until the writer finishes.
+#[derive(Default)]
+struct Deadline {
+    at: Mutex<Option<Instant>>,
+    set: Condvar,
+}
+
+impl Deadline {
+    /// Sets the deadline (an earlier one stays) and wakes a paused retry.
+    fn set(&self, at: Instant) {
+        let mut current = lock(&self.at);
+        *current = Some(current.map_or(at, |c| c.min(at)));
+        self.set.notify_all();
+    }
+
+    /// Whether the deadline is set and has passed.
+    fn passed(&self) -> bool {
+        lock(&self.at).is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Sleeps `wait`, or until the deadline if that comes first; a deadline set meanwhile
+    /// ends the sleep (so the file gets one more attempt at once).
+    fn pause(&self, wait: Duration) {
+        let guard = lock(&self.at);
+        match *guard {
+            None => {
+                let _woken = self
+                    .set
+                    .wait_timeout_while(guard, wait, |at| at.is_none())
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            Some(at) => {
+                drop(guard);
+                thread::sleep(wait.min(at.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+}
+
+/// Handle to the uploader thread. Dropping it closes the queue and waits for queued files,
+/// without retrying failures.
 pub(super) struct Uploader {
     /// The queue; `None` once closed.
     tx: Option<Sender<Upload>>,
     /// Bytes in the queue.
     queued: Arc<Queued>,
+    /// What the thread has done.
+    progress: Arc<Progress>,
+    /// When the thread stops retrying.
+    deadline: Arc<Deadline>,
     /// The thread; `None` once joined.
     thread: Option<JoinHandle<Report>>,
 }
 
 impl Uploader {
     /// Starts the uploader thread `name` with its own current-thread tokio runtime.
-    /// Files above `part_bytes` go up as multipart uploads in parts of that size.
+    /// Files above `part_bytes` go up as multipart uploads in parts of that size; failed puts
+    /// are retried after `backoff`.
     pub(super) fn spawn(
         store: Arc<dyn ObjectStore>,
         part_bytes: usize,
         name: String,
+        backoff: Backoff,
     ) -> Result<Self, ArchiveError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ArchiveError::Thread)?;
+        {
+            // The gauge shows from the start.
+            let failing = lock(&FAILING);
+            metrics::gauge!("lienwatch_archive_degraded").set(if *failing > 0 { 1.0 } else { 0.0 });
+        }
         let (tx, rx) = channel();
         let queued = Arc::new(Queued::default());
-        let released = Arc::clone(&queued);
+        let progress = Arc::new(Progress::default());
+        let deadline = Arc::new(Deadline::default());
+        let context = Context {
+            runtime,
+            store,
+            part_bytes,
+            backoff,
+            queued: Arc::clone(&queued),
+            progress: Arc::clone(&progress),
+            deadline: Arc::clone(&deadline),
+        };
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || run(&runtime, store.as_ref(), part_bytes, &rx, &released))
+            .spawn(move || context.run(&rx))
             .map_err(ArchiveError::Thread)?;
         Ok(Self {
             tx: Some(tx),
             queued,
+            progress,
+            deadline,
             thread: Some(thread),
         })
     }
@@ -130,9 +380,16 @@ impl Uploader {
         tx.send(upload).map_err(|_| ArchiveError::UploaderGone)
     }
 
+    /// A handle on the uploads' progress.
+    pub(super) fn progress(&self) -> UploadProgress {
+        UploadProgress(Arc::clone(&self.progress))
+    }
+
     /// Closes the queue, waits until every queued file is published or failed, and returns
-    /// what happened.
-    pub(super) fn finish(&mut self) -> Result<Report, ArchiveError> {
+    /// what happened. Failing puts are retried for `timeout` from now; after that a file
+    /// still failing is given up on, and so are the files after it without an attempt.
+    pub(super) fn finish(&mut self, timeout: Duration) -> Result<Report, ArchiveError> {
+        self.deadline.set(Instant::now() + timeout);
         self.tx = None;
         let thread = self.thread.take().ok_or(ArchiveError::UploaderGone)?;
         thread.join().map_err(|_| ArchiveError::UploaderGone)
@@ -141,6 +398,7 @@ impl Uploader {
 
 impl Drop for Uploader {
     fn drop(&mut self) {
+        self.deadline.set(Instant::now());
         self.tx = None;
         if let Some(thread) = self.thread.take() {
             // Queued files are still published; a panic was already reported by the thread.
@@ -149,54 +407,161 @@ impl Drop for Uploader {
     }
 }
 
-/// The uploader thread's loop: publishes queued files until the queue is closed.
-fn run(
-    runtime: &Runtime,
-    store: &dyn ObjectStore,
+/// What the uploader thread works with.
+struct Context {
+    runtime: Runtime,
+    store: Arc<dyn ObjectStore>,
     part_bytes: usize,
-    rx: &Receiver<Upload>,
-    queued: &Queued,
-) -> Report {
-    let mut report = Report::default();
-    for upload in rx {
-        let size = upload.bytes.len() as u64;
-        let published = put_with_retries(runtime, store, part_bytes, &upload);
-        queued.release(size);
-        match published {
-            Ok(()) => {
-                tracing::debug!(path = %upload.path, bytes = size, rows = upload.rows, "Archive file published.");
-                metrics::counter!("lienwatch_archive_files_total", "dataset" => upload.dataset.dir())
-                    .increment(1);
-                metrics::counter!("lienwatch_archive_bytes_total", "dataset" => upload.dataset.dir())
-                    .increment(size);
-                metrics::counter!("lienwatch_archive_rows_total", "dataset" => upload.dataset.dir())
-                    .increment(upload.rows);
-                let stats = &mut report.stats;
-                stats.files += 1;
-                stats.bytes += size;
-                match upload.dataset {
-                    Dataset::Telemetry => stats.telemetry_rows += upload.rows,
-                    Dataset::Alerts => stats.alert_rows += upload.rows,
-                    Dataset::Rejects => stats.reject_rows += upload.rows,
-                    Dataset::FeaturesDaily => stats.features_rows += upload.rows,
+    backoff: Backoff,
+    queued: Arc<Queued>,
+    progress: Arc<Progress>,
+    deadline: Arc<Deadline>,
+}
+
+impl Context {
+    /// The uploader thread's loop: publishes queued files until the queue is closed.
+    fn run(&self, rx: &Receiver<Upload>) -> Report {
+        let mut report = Report::default();
+        // A file failed past the shutdown deadline: the files after it are not tried.
+        let mut abandoned = false;
+        for upload in rx {
+            let size = upload.bytes.len() as u64;
+            let published = if abandoned {
+                Err((
+                    0,
+                    object_store::Error::Generic {
+                        store: "archive",
+                        source: "not attempted: the store was failing at the shutdown bound".into(),
+                    },
+                ))
+            } else {
+                self.put_with_retries(&upload)
+            };
+            self.queued.release(size);
+            match published {
+                Ok(()) => {
+                    self.progress.set_failing(false);
+                    self.progress.file_done(true);
+                    tracing::debug!(path = %upload.path, bytes = size, rows = upload.rows, "Archive file published.");
+                    metrics::counter!("lienwatch_archive_files_total", "dataset" => upload.dataset.dir())
+                        .increment(1);
+                    metrics::counter!("lienwatch_archive_bytes_total", "dataset" => upload.dataset.dir())
+                        .increment(size);
+                    metrics::counter!("lienwatch_archive_rows_total", "dataset" => upload.dataset.dir())
+                        .increment(upload.rows);
+                    let stats = &mut report.stats;
+                    stats.files += 1;
+                    stats.bytes += size;
+                    match upload.dataset {
+                        Dataset::Telemetry => stats.telemetry_rows += upload.rows,
+                        Dataset::Alerts => stats.alert_rows += upload.rows,
+                        Dataset::Rejects => stats.reject_rows += upload.rows,
+                        Dataset::FeaturesDaily => stats.features_rows += upload.rows,
+                    }
+                }
+                Err((attempts, error)) => {
+                    abandoned |= self.deadline.passed();
+                    self.progress.file_done(false);
+                    tracing::error!(
+                        path = %upload.path, rows = upload.rows, attempts, %error,
+                        "Archive file could not be published; its rows are not archived."
+                    );
+                    metrics::counter!("lienwatch_archive_failed_files_total", "dataset" => upload.dataset.dir())
+                        .increment(1);
+                    report.failures.push(Failure {
+                        path: upload.path.to_string(),
+                        attempts,
+                        error,
+                    });
                 }
             }
-            Err((attempts, error)) => {
-                tracing::error!(
-                    path = %upload.path, rows = upload.rows, attempts, %error,
-                    "Archive file could not be published; its rows are not archived."
-                );
-                metrics::counter!("lienwatch_archive_failed_files_total", "dataset" => upload.dataset.dir())
-                    .increment(1);
-                report.failures.push(Failure {
-                    path: upload.path.to_string(),
-                    attempts,
-                    error,
-                });
-            }
+        }
+        self.progress.set_failing(false);
+        report
+    }
+
+    /// One attempt at publishing `upload`: a create-only put, or a multipart upload for a
+    /// file above `part_bytes`.
+    fn attempt(&self, upload: &Upload) -> Result<(), object_store::Error> {
+        let store = self.store.as_ref();
+        if upload.bytes.len() > self.part_bytes {
+            self.runtime
+                .block_on(put_multipart(store, self.part_bytes, upload))
+        } else {
+            let payload = PutPayload::from_bytes(upload.bytes.clone());
+            self.runtime
+                .block_on(store.put_opts(&upload.path, payload, PutMode::Create.into()))
+                .map(drop)
         }
     }
-    report
+
+    /// Publishes one file, retrying failures with exponential backoff until it succeeds or,
+    /// once the writer finishes, until the shutdown deadline.
+    ///
+    /// `PutMode::Create` never replaces an existing object. On `LocalFileSystem` (object_store
+    /// 0.14.2, `local.rs` `put_opts`) the payload is written and fsynced to a staging file
+    /// `<key>#<n>` next to the destination, published with a hard link (a rename for
+    /// `Overwrite`), and the staging file is removed, also on error: the `.parquet` name
+    /// appears only once complete. A crash can leave a `#<n>` staging file behind, which
+    /// `*.parquet` globs do not match. On S3 a single PUT is atomic as well.
+    ///
+    /// Files above `part_bytes` go up as a multipart upload, which S3 makes visible only on
+    /// completion; S3 has no create-only completion everywhere, so an existing object is
+    /// checked for first (keys carry a per-run token, so only a bug or a second writer could
+    /// collide).
+    ///
+    /// If a retry finds the object already there with our size, an earlier attempt published
+    /// it before failing (e.g. on the directory fsync, or a lost response), and that counts as
+    /// success; an existing object on the first attempt is an error, never overwritten, and
+    /// not retried.
+    ///
+    /// The first failure of a file is logged, then every [`LOG_EVERY`]th; every failed
+    /// attempt counts in `lienwatch_archive_upload_failures_total` and puts the uploader in
+    /// the failing state ([`degraded`]) until a file is published.
+    fn put_with_retries(&self, upload: &Upload) -> Result<(), (u32, object_store::Error)> {
+        let mut wait = self.backoff.first;
+        let mut attempt = 1;
+        loop {
+            let error = match self.attempt(upload) {
+                Ok(()) => {
+                    if attempt > 1 {
+                        tracing::info!(path = %upload.path, attempts = attempt, "Archive file published after failed attempts.");
+                    }
+                    return Ok(());
+                }
+                Err(error @ object_store::Error::AlreadyExists { .. }) if attempt == 1 => {
+                    return Err((attempt, error));
+                }
+                Err(error @ object_store::Error::AlreadyExists { .. }) => {
+                    match self.runtime.block_on(self.store.head(&upload.path)) {
+                        Ok(meta) if meta.size == upload.bytes.len() as u64 => {
+                            tracing::info!(path = %upload.path, attempts = attempt, "Archive file found published by an earlier attempt.");
+                            return Ok(());
+                        }
+                        Ok(_) => return Err((attempt, error)),
+                        // Not known whether it is ours: ask again on the next attempt.
+                        Err(head_error) => head_error,
+                    }
+                }
+                Err(error) => error,
+            };
+            metrics::counter!("lienwatch_archive_upload_failures_total").increment(1);
+            self.progress.failed_attempts.fetch_add(1, Ordering::AcqRel);
+            self.progress.set_failing(true);
+            if self.deadline.passed() {
+                return Err((attempt, error));
+            }
+            if attempt == 1 || attempt.is_multiple_of(LOG_EVERY) {
+                tracing::warn!(
+                    path = %upload.path, attempt, retry_in_ms = wait.as_millis() as u64, %error,
+                    "Archive upload failed; retrying until it succeeds (logged every {LOG_EVERY} attempts)."
+                );
+            }
+            self.deadline.pause(wait);
+            wait = (wait * 2).min(self.backoff.max);
+            attempt += 1;
+        }
+    }
 }
 
 /// Uploads `upload` in parts of `part_bytes`, unless the key already exists.
@@ -221,69 +586,120 @@ async fn put_multipart(
     writer.finish().await.map(drop)
 }
 
-/// Publishes one file with a single create-only `put`, retrying with exponential backoff.
-///
-/// `PutMode::Create` never replaces an existing object. On `LocalFileSystem` (object_store
-/// 0.14.2, `local.rs` `put_opts`) the payload is written and fsynced to a staging file
-/// `<key>#<n>` next to the destination, published with a hard link (a rename for
-/// `Overwrite`), and the staging file is removed, also on error: the `.parquet` name appears
-/// only once complete. A crash can leave a `#<n>` staging file behind, which `*.parquet` globs
-/// do not match. On S3 a single PUT is atomic as well.
-///
-/// Files above `part_bytes` go up as a multipart upload, which S3 makes visible only on
-/// completion; S3 has no create-only completion everywhere, so an existing object is checked
-/// for first (keys carry a per-run token, so only a bug or a second writer could collide).
-///
-/// If a retry finds the object already there with our size, an earlier attempt published it
-/// before failing (e.g. on the directory fsync), and that counts as success; an existing
-/// object on the first attempt is an error, never overwritten.
-fn put_with_retries(
-    runtime: &Runtime,
-    store: &dyn ObjectStore,
-    part_bytes: usize,
-    upload: &Upload,
-) -> Result<(), (u32, object_store::Error)> {
-    let mut backoff = FIRST_BACKOFF;
-    let mut attempt = 1;
-    loop {
-        let result = if upload.bytes.len() > part_bytes {
-            runtime.block_on(put_multipart(store, part_bytes, upload))
-        } else {
-            let payload = PutPayload::from_bytes(upload.bytes.clone());
-            runtime
-                .block_on(store.put_opts(&upload.path, payload, PutMode::Create.into()))
-                .map(drop)
-        };
-        let error = match result {
-            Ok(_) => return Ok(()),
-            Err(error @ object_store::Error::AlreadyExists { .. }) if attempt == 1 => {
-                return Err((attempt, error));
-            }
-            Err(error @ object_store::Error::AlreadyExists { .. }) => {
-                let ours = runtime
-                    .block_on(store.head(&upload.path))
-                    .is_ok_and(|meta| meta.size == upload.bytes.len() as u64);
-                if ours {
-                    return Ok(());
-                }
-                return Err((attempt, error));
-            }
-            Err(error) => error,
-        };
-        if attempt >= MAX_ATTEMPTS {
-            return Err((attempt, error));
-        }
-        tracing::warn!(path = %upload.path, attempt, %error, "Archive upload failed; retrying.");
-        thread::sleep(backoff);
-        backoff *= 2;
-        attempt += 1;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::local::LocalFileSystem;
     use object_store::memory::InMemory;
+
+    /// Retries within milliseconds, so tests see many attempts quickly.
+    const FAST: Backoff = Backoff {
+        first: Duration::from_millis(2),
+        max: Duration::from_millis(20),
+    };
+
+    /// Polls `done` every 2 ms for up to 20 s.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out: {what}"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// An uploader on a local directory whose `alerts` dataset cannot be written: a plain
+    /// file stands where its directory must go, until the test removes it.
+    fn blocked_store() -> (tempfile::TempDir, Uploader) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("alerts"), b"").unwrap();
+        let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let uploader =
+            Uploader::spawn(Arc::new(store), 5 << 20, "test-blocked".into(), FAST).unwrap();
+        (dir, uploader)
+    }
+
+    #[test]
+    fn keeps_retrying_until_the_store_is_back_and_marks_follow_queue_order() {
+        let (dir, mut uploader) = blocked_store();
+        let progress = uploader.progress();
+        assert!(progress.published(0));
+        uploader.send(upload("telemetry/a.parquet", b"a")).unwrap();
+        uploader.send(upload("alerts/b.parquet", b"bb")).unwrap();
+        uploader
+            .send(upload("telemetry/c.parquet", b"ccc"))
+            .unwrap();
+        // Far more attempts than a bounded retry would make, and still going.
+        eventually("failed attempts", || progress.failed_attempts() >= 12);
+        assert!(progress.published(1), "the file before the failing one");
+        assert!(!progress.published(2) && !progress.published(3));
+        assert_eq!(progress.done(), 1);
+        assert!(progress.degraded() && degraded());
+        assert!(!progress.failed());
+        assert!(!progress.wait_published(3, Duration::from_millis(30)));
+
+        // The store comes back: the stalled file and the one queued behind it go up.
+        let waiter = {
+            let progress = progress.clone();
+            thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(progress.until_published(3))
+            })
+        };
+        std::fs::remove_file(dir.path().join("alerts")).unwrap();
+        assert!(progress.wait_published(3, Duration::from_secs(20)));
+        assert!(waiter.join().unwrap(), "the async wait sees it too");
+        assert!(!progress.degraded());
+        let report = uploader.finish(Duration::from_secs(5)).unwrap();
+        assert!(report.failures.is_empty());
+        assert_eq!((report.stats.files, report.stats.bytes), (3, 6));
+        assert_eq!(
+            std::fs::read(dir.path().join("alerts/b.parquet")).unwrap(),
+            b"bb"
+        );
+    }
+
+    #[test]
+    fn finish_gives_up_at_its_bound_and_skips_the_rest() {
+        let (_dir, mut uploader) = blocked_store();
+        let progress = uploader.progress();
+        uploader.send(upload("alerts/a.parquet", b"a")).unwrap();
+        uploader.send(upload("alerts/b.parquet", b"b")).unwrap();
+        eventually("failed attempts", || progress.failed_attempts() >= 3);
+        let start = Instant::now();
+        let report = uploader.finish(Duration::from_millis(200)).unwrap();
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(150), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(report.stats.files, 0);
+        assert_eq!(report.failures.len(), 2);
+        assert!(report.failures[0].attempts > 3);
+        assert_eq!(report.failures[1].attempts, 0, "not tried after the bound");
+        assert!(progress.failed() && !progress.published(1));
+        assert!(!progress.wait_published(2, Duration::from_secs(1)));
+        assert!(!progress.degraded(), "nothing is being retried any more");
+    }
+
+    #[test]
+    fn a_key_that_exists_on_the_first_attempt_is_given_up_at_once() {
+        let store = Arc::new(InMemory::new());
+        let mut uploader =
+            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, "test-exists".into(), FAST).unwrap();
+        let progress = uploader.progress();
+        uploader.send(upload("alerts/a.parquet", b"a")).unwrap();
+        uploader.send(upload("alerts/a.parquet", b"a")).unwrap();
+        uploader.send(upload("alerts/c.parquet", b"c")).unwrap();
+        assert!(!progress.wait_published(3, Duration::from_secs(10)));
+        eventually("all done", || progress.done() == 3);
+        assert!(progress.published(1) && !progress.published(2) && progress.failed());
+        assert_eq!(progress.failed_attempts(), 0, "not retried");
+        let report = uploader.finish(Duration::from_secs(1)).unwrap();
+        assert_eq!(report.stats.files, 2);
+    }
 
     fn upload(key: &str, body: &'static [u8]) -> Upload {
         Upload {
@@ -298,12 +714,12 @@ mod tests {
     fn publishes_and_counts_and_never_overwrites() {
         let store = Arc::new(InMemory::new());
         let mut uploader =
-            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, "test-upload".into()).unwrap();
+            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, "test-upload".into(), FAST).unwrap();
         uploader.send(upload("alerts/a.parquet", b"first")).unwrap();
         uploader
             .send(upload("alerts/a.parquet", b"second"))
             .unwrap();
-        let report = uploader.finish().unwrap();
+        let report = uploader.finish(Duration::from_secs(5)).unwrap();
         assert_eq!(report.stats.files, 1);
         assert_eq!(report.stats.bytes, 5);
         assert_eq!(report.stats.alert_rows, 3);
@@ -336,10 +752,10 @@ mod tests {
             rows: 9,
         };
         let mut uploader =
-            Uploader::spawn(Arc::clone(&store) as _, part, "test-multipart".into()).unwrap();
+            Uploader::spawn(Arc::clone(&store) as _, part, "test-multipart".into(), FAST).unwrap();
         uploader.send(big("telemetry/big.parquet")).unwrap();
         uploader.send(big("telemetry/big.parquet")).unwrap();
-        let report = uploader.finish().unwrap();
+        let report = uploader.finish(Duration::from_secs(5)).unwrap();
         assert_eq!(report.stats.files, 1);
         assert_eq!(report.stats.telemetry_rows, 9);
         assert_eq!(report.failures.len(), 1);
