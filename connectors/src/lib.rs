@@ -20,12 +20,13 @@
 //!   topics, with retries.
 
 pub mod archive;
+pub mod checkpoints;
 pub mod journal;
 pub mod jsonl;
 pub mod kafka;
 pub mod mqtt;
 
-pub use archive::{ArchiveConfig, ArchiveError, ArchiveStats, ArchiveWriter};
+pub use archive::{ArchiveConfig, ArchiveError, ArchiveStats, ArchiveWriter, UploadProgress};
 pub use journal::{Journal, JournalConfig, JournalError, JournalReader, JournalRecord};
 pub use jsonl::{JsonlError, JsonlWriter, LineBatch, LineSource};
 pub use kafka::{KafkaError, KafkaProducer, KafkaSettings};

@@ -21,9 +21,13 @@
 //! property of the one receipt order, not of when each worker got to run, so a busy worker
 //! cannot make its devices' readings look late next to another worker's.
 //!
-//! An ack means "in this process's memory": a clean shutdown processes every acknowledged
-//! message, a crash loses them (durability before the ack is a later step). After a reconnect
-//! the broker redelivers what was not acknowledged; the dataflow drops the duplicates.
+//! Without a journal an ack means "in this process's memory": a clean shutdown processes every
+//! acknowledged message, a crash loses them. With a journal ([`Durable`]) every message is
+//! appended to it before it goes to its worker, and acknowledged only once a group fsync has
+//! made it durable (every `fsync_interval`): a crash then loses nothing acknowledged, and at
+//! start the journal's tail from the last checkpoint goes to the workers before the session
+//! connects. After a reconnect the broker redelivers what was not acknowledged; the dataflow
+//! drops the duplicates.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -39,6 +43,29 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::journal::{Journal, JournalRecord};
+
+/// How long the session is read after DISCONNECT, waiting for the broker to close it.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Pending journal bytes that start an fsync at once rather than at the next interval.
+const SYNC_AT_PENDING_BYTES: u64 = 4 << 20;
+
+/// What makes the source durable: the journal, and what to do with it.
+pub struct Durable {
+    /// Every received message is appended here before it goes to its worker.
+    pub journal: Journal,
+    /// At start, the journal's records of this epoch or later go to the workers first (the
+    /// input since the checkpoint the state was restored from); `None` = nothing to replay.
+    pub replay_from_epoch: Option<u64>,
+    /// Group commit interval.
+    pub fsync_interval: Duration,
+    /// While the journal is larger, no message is taken from the broker.
+    pub max_bytes: u64,
+    /// The newest complete checkpoint epoch: segments wholly before it are deleted.
+    pub committed: Arc<AtomicU64>,
+}
 
 /// MQTT protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +242,10 @@ struct Shared {
     open: Notify,
     /// Whether the session is up (for health checks).
     connected: Arc<AtomicBool>,
+    /// Whether the journal is over its bound, so intake waits (for health checks).
+    journal_full: Arc<AtomicBool>,
+    /// Messages replayed from the journal at start.
+    replayed: Arc<AtomicU64>,
 }
 
 enum AckToken {
@@ -282,16 +313,18 @@ impl WorkerInlet {
 pub struct MqttSource {
     shared: Arc<Shared>,
     poll: JoinHandle<()>,
+    start_epoch: u64,
 }
 
 impl MqttSource {
     /// Starts the source on `runtime` for `workers` workers, with ingest epochs of
-    /// `epoch_ms`; returns it and one inlet per worker.
+    /// `epoch_ms` (journaled if `durable`); returns it and one inlet per worker.
     pub fn start(
         settings: &MqttSettings,
         workers: usize,
         epoch_ms: u64,
         runtime: &tokio::runtime::Handle,
+        durable: Option<Durable>,
     ) -> Result<(Self, Vec<WorkerInlet>), MqttError> {
         if workers == 0 || settings.topics.is_empty() {
             return Err(MqttError::Settings(
@@ -305,7 +338,12 @@ impl MqttSource {
             )));
         }
         let (client, events) = connect(settings)?;
-        let epochs = EpochClock::new(epoch_ms);
+        // Epochs never go back, not even across restarts: the journal's come before ours.
+        let floor = durable
+            .as_ref()
+            .and_then(|d| d.journal.last_epoch())
+            .map_or(0, |e| e + 1);
+        let epochs = EpochClock::new(epoch_ms, floor);
         let shared = Arc::new(Shared {
             last_heard_ms: std::sync::atomic::AtomicI64::new(schemas::time::now_ms()),
             sealed: AtomicU64::new(epochs.now()),
@@ -314,7 +352,10 @@ impl MqttSource {
             stop: Notify::new(),
             open: Notify::new(),
             connected: Arc::default(),
+            journal_full: Arc::default(),
+            replayed: Arc::default(),
         });
+        let start_epoch = shared.sealed.load(Ordering::Acquire);
         let mut senders = Vec::with_capacity(workers);
         let mut inlets = Vec::with_capacity(workers);
         for index in 0..workers {
@@ -351,10 +392,34 @@ impl MqttSource {
                 qos,
                 senders,
                 epochs,
+                durable,
             },
             Arc::clone(&shared),
         ));
-        Ok((Self { shared, poll }, inlets))
+        Ok((
+            Self {
+                shared,
+                poll,
+                start_epoch,
+            },
+            inlets,
+        ))
+    }
+
+    /// The first epoch of this run: the journal's replayed messages carry it, later messages
+    /// carry it or a later one.
+    pub fn start_epoch(&self) -> u64 {
+        self.start_epoch
+    }
+
+    /// A flag that is true while the journal is over its bound and intake waits.
+    pub fn journal_full(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.shared.journal_full)
+    }
+
+    /// Messages replayed from the journal at start (so far).
+    pub fn replayed(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.replayed)
     }
 
     /// A function that connects the session: call it once every worker can take messages
@@ -390,20 +455,23 @@ struct EpochClock {
     epoch_ms: u64,
     origin_ms: u64,
     origin: std::time::Instant,
+    /// No epoch is before this one.
+    floor: u64,
 }
 
 impl EpochClock {
-    fn new(epoch_ms: u64) -> Self {
+    fn new(epoch_ms: u64, floor: u64) -> Self {
         Self {
             epoch_ms: epoch_ms.max(1),
             origin_ms: schemas::time::now_ms().max(0) as u64,
             origin: std::time::Instant::now(),
+            floor,
         }
     }
 
     fn now(&self) -> u64 {
         let elapsed = self.origin.elapsed().as_millis() as u64;
-        (self.origin_ms + elapsed) / self.epoch_ms
+        ((self.origin_ms + elapsed) / self.epoch_ms).max(self.floor)
     }
 }
 
@@ -413,6 +481,7 @@ struct Intake {
     qos: QoS,
     senders: Vec<mpsc::Sender<Message>>,
     epochs: EpochClock,
+    durable: Option<Durable>,
 }
 
 /// The filters to subscribe to, with the shared-subscription prefix.
@@ -648,7 +717,14 @@ async fn drive(
                 if matches!(incoming, Incoming::ConnAck { .. }) {
                     backoff = backoff_min;
                 }
-                if tx.send(Ok(incoming)).await.is_err() || end {
+                if end {
+                    // The intake keeps the client (and so the connection's request channel)
+                    // until it hears the session is closed: only then.
+                    drain_until_closed(&mut events).await;
+                    let _ = tx.send(Ok(incoming)).await;
+                    return;
+                }
+                if tx.send(Ok(incoming)).await.is_err() {
                     return;
                 }
             }
@@ -660,6 +736,148 @@ async fn drive(
                 backoff = (backoff * 2).min(backoff_max);
             }
         }
+    }
+}
+
+/// The journal side of the poll task: appends, group commits, acks waiting for them.
+struct JournalIntake {
+    durable: Durable,
+    /// Acks of journaled messages, by seq, waiting for their fsync.
+    awaiting: VecDeque<(u64, AckToken)>,
+    /// The durable watermark: every record before this seq is on disk.
+    watermark: tokio::sync::watch::Receiver<u64>,
+    /// The last checkpoint epoch the journal was pruned to.
+    pruned: u64,
+    /// Set after a journal error: nothing more is taken or acknowledged.
+    failed: bool,
+}
+
+impl JournalIntake {
+    fn new(durable: Durable) -> Self {
+        let watermark = durable.journal.durable();
+        Self {
+            durable,
+            awaiting: VecDeque::new(),
+            watermark,
+            pruned: 0,
+            failed: false,
+        }
+    }
+
+    /// Appends a received message; false after a journal error (logged).
+    fn append(&mut self, message: &Message) -> bool {
+        let record = JournalRecord {
+            seq: message.seq,
+            epoch: message.epoch,
+            received_at_ms: message.received_at_ms,
+            device_id: message.device_id.clone(),
+            payload: message.payload.clone(),
+        };
+        let appended = self.durable.journal.append(&record).and_then(|()| {
+            if self.durable.journal.pending_bytes() >= SYNC_AT_PENDING_BYTES {
+                self.durable.journal.sync()
+            } else {
+                Ok(())
+            }
+        });
+        self.check(appended)
+    }
+
+    /// Starts an fsync of what was appended, if anything; prunes to the last checkpoint.
+    fn tick(&mut self) {
+        if self.failed {
+            return;
+        }
+        if self.durable.journal.pending_bytes() > 0 {
+            let synced = self.durable.journal.sync();
+            self.check(synced);
+        }
+        let committed = self.durable.committed.load(Ordering::Acquire);
+        if committed > self.pruned {
+            self.pruned = committed;
+            match self.durable.journal.prune_before(committed) {
+                Ok(freed) if freed > 0 => {
+                    tracing::debug!(freed, epoch = committed, "journal pruned");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "journal segments not deleted"),
+            }
+        }
+    }
+
+    fn check(&mut self, result: Result<(), crate::journal::JournalError>) -> bool {
+        if let Err(error) = result {
+            if !self.failed {
+                tracing::error!(%error, "the journal failed: no more messages are taken or acknowledged");
+            }
+            self.failed = true;
+        }
+        !self.failed
+    }
+
+    /// Moves the acks the durable watermark now covers to `acks`, in receipt order.
+    fn release(&mut self, acks: &mut VecDeque<AckToken>) {
+        let durable = *self.watermark.borrow_and_update();
+        while self.awaiting.front().is_some_and(|(seq, _)| *seq < durable) {
+            if let Some((_, token)) = self.awaiting.pop_front() {
+                acks.push_back(token);
+            }
+        }
+    }
+
+    /// Whether intake must wait: the journal failed or is over its bound.
+    fn full(&self) -> bool {
+        self.failed || self.durable.journal.bytes() > self.durable.max_bytes
+    }
+}
+
+/// Sends the journal's records from `from_epoch` on to their workers, all at `epoch` (the
+/// run's first): the input since the restored checkpoint, before anything new. Returns how
+/// many went.
+async fn replay_journal(
+    journal: &Journal,
+    from_epoch: u64,
+    epoch: u64,
+    senders: &[mpsc::Sender<Message>],
+    shared: &Shared,
+) -> Result<u64, String> {
+    let records = journal
+        .read_from_epoch(from_epoch)
+        .map_err(|e| e.to_string())?;
+    let mut sent = 0u64;
+    for record in records {
+        let record = record.map_err(|e| e.to_string())?;
+        let worker = worker_of(record.device_id.as_deref(), senders.len());
+        let message = Message {
+            seq: record.seq,
+            epoch,
+            device_id: record.device_id,
+            received_at_ms: record.received_at_ms,
+            payload: record.payload,
+        };
+        if senders[worker].send(message).await.is_err() {
+            return Err("a worker's channel closed".into());
+        }
+        if let Some(wake) = shared.wakers[worker].get() {
+            wake();
+        }
+        sent += 1;
+        shared.replayed.store(sent, Ordering::Release);
+    }
+    Ok(sent)
+}
+
+/// After our DISCONNECT went out: reads (and drops) what the broker still sends until it
+/// closes the connection, bounded by [`CLOSE_DRAIN`]. Closing a socket with unread data makes
+/// the kernel reset the connection, and a broker that sees the reset may discard the last
+/// acks it had not read yet; dropped publishes stay unacknowledged and come again.
+async fn drain_until_closed(events: &mut Events) {
+    let drained = tokio::time::timeout(CLOSE_DRAIN, async {
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!("the broker did not close the connection after DISCONNECT");
     }
 }
 
@@ -678,29 +896,63 @@ async fn poll_loop(
         qos,
         senders,
         epochs,
+        durable,
     } = intake;
+    let mut journal = durable.map(JournalIntake::new);
+    let mut seq = journal.as_ref().map_or(0, |j| j.durable.journal.next_seq());
+    if let Some(j) = journal.as_ref()
+        && let Some(from) = j.durable.replay_from_epoch
+    {
+        // No epoch is sealed meanwhile: every replayed message belongs to the first epoch.
+        let epoch = shared.sealed.load(Ordering::Acquire);
+        let started = std::time::Instant::now();
+        match replay_journal(&j.durable.journal, from, epoch, &senders, &shared).await {
+            Ok(replayed) => tracing::info!(
+                replayed,
+                from_epoch = from,
+                seconds = started.elapsed().as_secs_f64(),
+                "journal replayed"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "journal replay failed; stopping intake");
+                shared.stopping.store(true, Ordering::Release);
+            }
+        }
+        metrics::counter!("lienwatch_journal_replayed_total")
+            .increment(shared.replayed.load(Ordering::Acquire));
+    }
     let mut senders = Some(senders);
     // Seals epochs while no message comes, so the workers' frontiers keep moving.
     let mut ticker = tokio::time::interval(Duration::from_millis(epochs.epoch_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0u64;
+    let mut syncs = tokio::time::interval(
+        journal
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |j| j.durable.fsync_interval),
+    );
+    syncs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures_in_a_row = 0u32;
     let mut disconnect_sent = false;
     // Acks the client's request queue had no room for, in receipt order.
     let mut unsent_acks: VecDeque<AckToken> = VecDeque::new();
     let connected = metrics::gauge!("lienwatch_mqtt_connected");
     let received = metrics::counter!("lienwatch_messages_received_total");
+    let journal_full = metrics::gauge!("lienwatch_journal_full");
     let set_connected = |up: bool| {
         connected.set(if up { 1.0 } else { 0.0 });
         shared.connected.store(up, Ordering::Release);
     };
     loop {
+        if let Some(j) = journal.as_mut() {
+            j.release(&mut unsent_acks);
+        }
         while let Some(token) = unsent_acks.front() {
             if session.try_ack(token).is_err() {
                 break;
             }
             unsent_acks.pop_front();
         }
+        let awaiting_fsync = journal.as_ref().is_some_and(|j| !j.awaiting.is_empty());
         if shared.stopping.load(Ordering::Acquire) {
             if senders.take().is_some() {
                 tracing::info!(received = seq, "MQTT intake stopped");
@@ -714,7 +966,13 @@ async fn poll_loop(
                 tracing::info!(received = seq, "MQTT intake stopped while disconnected");
                 return;
             }
-            if !disconnect_sent && unsent_acks.is_empty() {
+            if awaiting_fsync && let Some(j) = journal.as_mut() {
+                j.tick();
+            }
+            let fsync_pending = journal
+                .as_ref()
+                .is_some_and(|j| !j.awaiting.is_empty() && !j.failed);
+            if !disconnect_sent && unsent_acks.is_empty() && !fsync_pending {
                 if let Err(e) = session.disconnect() {
                     tracing::warn!(error = %e, "MQTT disconnect could not be queued");
                     return;
@@ -722,13 +980,38 @@ async fn poll_loop(
                 disconnect_sent = true;
             }
         }
-        // Channel receives are cancel-safe; the event loop itself is never cancelled.
+        let full = journal.as_ref().is_some_and(JournalIntake::full);
+        if shared.journal_full.swap(full, Ordering::AcqRel) != full {
+            journal_full.set(if full { 1.0 } else { 0.0 });
+            if full {
+                tracing::warn!(
+                    "the journal is over its bound (no checkpoint completes?); intake waits"
+                );
+            } else {
+                tracing::info!("the journal is below its bound again; intake resumes");
+            }
+        }
+        let durable_changed = async {
+            match journal.as_mut() {
+                Some(j) if !j.failed => j.watermark.changed().await.is_ok(),
+                _ => std::future::pending().await,
+            }
+        };
+        // Channel receives, ticks and watch changes are cancel-safe; the event loop itself is
+        // never cancelled.
         let event = tokio::select! {
-            event = events.recv() => match event {
+            event = events.recv(), if !full => match event {
                 Some(event) => event,
                 None => return,
             },
             () = shared.stop.notified() => continue,
+            _ = durable_changed => continue,
+            _ = syncs.tick() => {
+                if let Some(j) = journal.as_mut() {
+                    j.tick();
+                }
+                continue;
+            }
             _ = ticker.tick() => {
                 // No send is in progress here: every message received so far is in a
                 // channel, and later ones get this epoch or a later one.
@@ -745,6 +1028,9 @@ async fn poll_loop(
             Ok(Incoming::ConnAck { session_present }) => {
                 // Acks queued for the old connection are void: the broker redelivers.
                 unsent_acks.clear();
+                if let Some(j) = journal.as_mut() {
+                    j.awaiting.clear();
+                }
                 failures_in_a_row = 0;
                 tracing::info!(session_present, "MQTT connected; subscribing");
                 if let Err(e) = session.subscribe(&filters, qos) {
@@ -773,6 +1059,13 @@ async fn poll_loop(
                     received_at_ms,
                     payload: msg.payload,
                 };
+                if let Some(j) = journal.as_mut()
+                    && !j.append(&message)
+                {
+                    // Not journaled: not acknowledged, not processed; the broker keeps it.
+                    shared.stopping.store(true, Ordering::Release);
+                    continue;
+                }
                 seq += 1;
                 if tx[worker].send(message).await.is_err() {
                     tracing::error!(worker, "a worker's MQTT channel closed; stopping intake");
@@ -783,7 +1076,10 @@ async fn poll_loop(
                     wake();
                 }
                 if msg.qos1 {
-                    unsent_acks.push_back(msg.token);
+                    match journal.as_mut() {
+                        Some(j) => j.awaiting.push_back((seq - 1, msg.token)),
+                        None => unsent_acks.push_back(msg.token),
+                    }
                 }
             }
             Ok(Incoming::Subscribed { granted }) => {
@@ -1004,7 +1300,7 @@ mod tests {
             ..MqttSettings::default()
         };
         assert!(matches!(
-            MqttSource::start(&bad_url, 1, 100, runtime.handle()),
+            MqttSource::start(&bad_url, 1, 100, runtime.handle(), None),
             Err(MqttError::Settings(_))
         ));
         let bad_qos = MqttSettings {
@@ -1012,7 +1308,7 @@ mod tests {
             ..MqttSettings::default()
         };
         assert!(matches!(
-            MqttSource::start(&bad_qos, 1, 100, runtime.handle()),
+            MqttSource::start(&bad_qos, 1, 100, runtime.handle(), None),
             Err(MqttError::Settings(_))
         ));
     }
