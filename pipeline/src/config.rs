@@ -37,6 +37,8 @@ pub struct Config {
     pub kafka: KafkaSettings,
     /// `run`: the metrics and health endpoint.
     pub http: HttpConfig,
+    /// `run`: the journal before acks, checkpoints and recovery.
+    pub durability: DurabilityConfig,
 }
 
 /// `[pipeline]`.
@@ -219,6 +221,43 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[durability]`: what `run` does so that no message the broker handed over is lost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// Journal every received message to local disk before acknowledging it, checkpoint the
+    /// per-vehicle state to the archive's object store, and recover from both at start.
+    pub enabled: bool,
+    /// The journal's directory (each process of a cluster uses `p<process>` below it).
+    pub journal_dir: PathBuf,
+    /// Group commit: appended messages are fsynced (and then acknowledged) at this interval.
+    pub fsync_interval_ms: u64,
+    /// Size of one journal segment file.
+    pub journal_segment_bytes: u64,
+    /// Back-pressure bound: while the journal holds more than this (a checkpoint cannot
+    /// complete, e.g. Kafka or the object store is down), no more messages are taken from MQTT.
+    pub journal_max_bytes: u64,
+    /// Checkpoint interval (state, archive files, Kafka confirmations; under
+    /// `<archive.url>/_checkpoints`). Archive files are closed at every checkpoint.
+    pub checkpoint_interval_s: u64,
+    /// Complete checkpoints kept in the object store (older ones are deleted).
+    pub checkpoints_kept: usize,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            journal_dir: PathBuf::from("lienwatch-data/journal"),
+            fsync_interval_ms: 10,
+            journal_segment_bytes: 64 << 20,
+            journal_max_bytes: 4 << 30,
+            checkpoint_interval_s: 30,
+            checkpoints_kept: 2,
+        }
+    }
+}
+
 /// `[decode]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -375,6 +414,22 @@ impl Config {
             self.rules.offline.wireless_after_s > 0,
         )?;
         positive("pipeline.epoch_ms", self.pipeline.epoch_ms > 0)?;
+        positive(
+            "durability.fsync_interval_ms",
+            self.durability.fsync_interval_ms > 0,
+        )?;
+        positive(
+            "durability.checkpoint_interval_s",
+            self.durability.checkpoint_interval_s > 0,
+        )?;
+        positive(
+            "durability.journal_segment_bytes",
+            self.durability.journal_segment_bytes > 0,
+        )?;
+        positive(
+            "durability.checkpoints_kept",
+            self.durability.checkpoints_kept > 0,
+        )?;
         if !self.pipeline.hosts.is_empty() && self.pipeline.process >= self.pipeline.hosts.len() {
             return Err(ConfigError::Value {
                 key: "pipeline.process",

@@ -17,7 +17,8 @@ use timely::dataflow::{Scope, StreamVec};
 
 use anyhow::Context;
 use connectors::{ArchiveStats, ArchiveWriter, JsonlWriter, KafkaProducer};
-use operators::dataflow::{Output, RunFleet, id_key};
+use operators::dataflow::{Barrier, Output, RunFleet, id_key};
+use operators::vin_index::VinIndex;
 use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
 use operators::reference::{ReferenceSlot, ReferenceView};
 use operators::registry::Registry;
@@ -26,6 +27,7 @@ use schemas::{
     Alert, DailyFeatures, DecodeLimits, DeviceClass, Reading, Record, Reject, decode_payload,
 };
 
+use crate::checkpoint::{Checkpointer, Restored};
 use crate::config::Config;
 
 /// One in this many archived records has its ingest latency recorded: enough for the
@@ -255,8 +257,10 @@ pub(crate) fn run_worker(
     output_sinks: OutputSinks,
     source: impl Source,
     events: &impl WorkerEvents,
+    durability: Option<WorkerDurability<'_>>,
 ) -> Result<WorkerReport, String> {
     let index = worker.index();
+    let peers = worker.peers();
     let process = config.pipeline.process;
     let error: ErrorSlot = Rc::default();
     let report = Rc::new(RefCell::new(WorkerReport::default()));
@@ -270,11 +274,34 @@ pub(crate) fn run_worker(
         None
     };
     let view = ReferenceView::new(reference.clone());
-    let fleet = Fleet::new(
-        config.rules.clone(),
+    let (registry, fences) = (
         Arc::clone(&view.get().registry),
         Arc::clone(&view.get().fences),
     );
+    let (fleet, vins) = match durability.as_ref().and_then(|d| d.restored) {
+        Some(restored) => {
+            let (mut fleet, vins) = restored
+                .worker_state(index, peers, config, registry, fences)
+                .map_err(|e| format!("{e:#}"))?;
+            // Counters are per run (the summary, the Prometheus counters); vehicles are state.
+            fleet.stats = FleetStats {
+                vehicles: fleet.stats.vehicles,
+                ..FleetStats::default()
+            };
+            (fleet, vins)
+        }
+        None => (
+            Fleet::new(config.rules.clone(), registry, fences),
+            VinIndex::default(),
+        ),
+    };
+    let keyed_checkpoints = durability
+        .as_ref()
+        .map(|d| d.checkpointer.hooks(index, d.resume_epoch));
+    let sink_checkpoints = durability.as_ref().map(|d| SinkCheckpoints {
+        barrier: d.checkpointer.barrier(d.resume_epoch),
+        checkpointer: Arc::clone(d.checkpointer),
+    });
     let setup = SourceSetup {
         reference: view,
         limits: DecodeLimits {
@@ -291,9 +318,11 @@ pub(crate) fn run_worker(
             .run_fleet(
                 samples,
                 fleet,
+                vins,
                 now_ms,
                 Rc::clone(&fleet_stats),
                 reference.clone(),
+                keyed_checkpoints,
             )
             .concat(rejects.map(Output::Reject));
         sinks(
@@ -303,6 +332,7 @@ pub(crate) fn run_worker(
             Rc::clone(&fleet_stats),
             Rc::clone(&report),
             Rc::clone(&error),
+            sink_checkpoints,
         );
     });
     events.built();
@@ -322,9 +352,31 @@ pub(crate) fn run_worker(
     Ok(report)
 }
 
+/// A worker's part in checkpoints and recovery (`run` with `[durability]`).
+pub(crate) struct WorkerDurability<'a> {
+    /// Collects and commits checkpoints.
+    pub(crate) checkpointer: &'a Arc<Checkpointer>,
+    /// The checkpoint restored at start, if any.
+    pub(crate) restored: Option<&'a Restored>,
+    /// The epoch the restored state and the replayed journal are processed at: the first
+    /// checkpoint is after it.
+    pub(crate) resume_epoch: u64,
+}
+
+/// What the sink does at a checkpoint epoch: close every archive file and tell the
+/// checkpointer what to wait for.
+struct SinkCheckpoints {
+    barrier: Barrier,
+    checkpointer: Arc<Checkpointer>,
+}
+
 /// Writes the fleet's outputs: alerts and daily features to `output_sinks` and the archive,
 /// accepted readings and rejects to the archive; counts alerts by kind, features rows and
 /// rejects by reason, in `report` and as metrics.
+///
+/// Outputs are handled one epoch at a time in epoch order, so that at a checkpoint epoch
+/// every archive file holds rows of earlier epochs only, and is named with the epoch it was
+/// opened at (recovery deletes the files of epochs it replays).
 fn sinks<'scope>(
     outputs: StreamVec<'scope, u64, Output>,
     mut archive: Option<ArchiveWriter>,
@@ -332,7 +384,13 @@ fn sinks<'scope>(
     fleet_stats: Rc<RefCell<FleetStats>>,
     report: Rc<RefCell<WorkerReport>>,
     error: ErrorSlot,
+    checkpoints: Option<SinkCheckpoints>,
 ) {
+    let (mut barrier, checkpointer) = match checkpoints {
+        Some(c) => (Some(c.barrier), Some(c.checkpointer)),
+        None => (None, None),
+    };
+    let mut pending: BTreeMap<u64, Vec<Output>> = BTreeMap::new();
     let mut alerts = Vec::new();
     let mut features = Vec::new();
     let mut watermark = None;
@@ -340,9 +398,52 @@ fn sinks<'scope>(
     let mut fleet_metrics = FleetMetrics::default();
     let latency = metrics::histogram!("lienwatch_ingest_latency_seconds");
     outputs.sink(Pipeline, "Sinks", move |(input, frontier)| {
+        input.for_each(|cap, data| {
+            if let Some(t) = cap.least() {
+                pending.entry(*t).or_default().append(data);
+            }
+        });
+        let low = frontier.frontier().iter().min().copied();
         let mut report = report.borrow_mut();
-        input.for_each(|_cap, data| {
-            for item in data.drain(..) {
+        // Sends what was gathered to the other sinks; at a checkpoint epoch also closes every
+        // archive file and hands the checkpointer what to wait for.
+        let settle = |at_checkpoint: Option<u64>,
+                          archive: &mut Option<ArchiveWriter>,
+                          alerts: &mut Vec<Alert>,
+                          features: &mut Vec<DailyFeatures>| {
+            if let Err(e) = output_sinks.send(alerts, features) {
+                error.borrow_mut().get_or_insert(e);
+            }
+            alerts.clear();
+            features.clear();
+            let (Some(epoch), Some(checkpointer)) = (at_checkpoint, checkpointer.as_ref()) else {
+                return;
+            };
+            let progress = match archive.as_mut() {
+                Some(a) => match a.roll_all() {
+                    Ok(mark) => Some((a.progress(), mark)),
+                    Err(e) => {
+                        error.borrow_mut().get_or_insert(e.to_string());
+                        return;
+                    }
+                },
+                None => None,
+            };
+            checkpointer.sink_part(epoch, progress);
+        };
+        while let Some(entry) = pending.first_entry() {
+            if low.is_some_and(|l| *entry.key() >= l) {
+                break;
+            }
+            let (epoch, items) = entry.remove_entry();
+            let crossed = barrier.as_mut().and_then(|b| b.crossed(epoch));
+            if crossed.is_some() {
+                settle(crossed, &mut archive, &mut alerts, &mut features);
+            }
+            if let Some(a) = archive.as_mut() {
+                a.set_epoch(epoch);
+            }
+            for item in items {
                 match item {
                     Output::Alert(alert) => {
                         *report
@@ -388,13 +489,16 @@ fn sinks<'scope>(
                     Output::Watermark(w) => watermark = Some(w),
                 }
             }
-        });
-        fleet_metrics.publish(*fleet_stats.borrow());
-        if let Err(e) = output_sinks.send(&alerts, &features) {
-            error.borrow_mut().get_or_insert(e);
         }
-        alerts.clear();
-        features.clear();
+        // Every epoch before `low` is handled: a checkpoint epoch up to it is reached.
+        let crossed = match (low, barrier.as_mut()) {
+            (Some(low), Some(b)) if pending.keys().next().is_none_or(|t| *t >= low) => {
+                b.crossed(low)
+            }
+            _ => None,
+        };
+        settle(crossed, &mut archive, &mut alerts, &mut features);
+        fleet_metrics.publish(*fleet_stats.borrow());
         if let Some(a) = archive.as_mut() {
             let rolled = a
                 .roll_due(now_ms())
@@ -403,7 +507,7 @@ fn sinks<'scope>(
                 error.borrow_mut().get_or_insert(e.to_string());
             }
         }
-        if frontier.is_empty()
+        if low.is_none()
             && let Some(a) = archive.take()
         {
             match a.finish() {

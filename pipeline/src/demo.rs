@@ -77,6 +77,9 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<crate::replay::Summary> {
     config.mqtt.protocol_version = 4;
     config.mqtt.client_id = "lienwatch-demo".into();
     config.mqtt.clean_start = true;
+    // Each demo is a fresh simulation over the same dates: state or a journal kept from an
+    // earlier demo would make its readings duplicates.
+    config.durability.enabled = false;
     config.validate()?;
 
     let published = messages.len() as u64;

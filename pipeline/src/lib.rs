@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod config;
+mod checkpoint;
 mod dataflow;
 pub mod demo;
 pub mod publish;

@@ -47,6 +47,9 @@ const LINES_PER_ACTIVATION: usize = 4096;
 pub struct Summary {
     /// Non-blank input lines (messages; a batch array is one message).
     pub messages: u64,
+    /// `run`: of `messages`, those replayed from the journal at start (received by an
+    /// earlier run after its last checkpoint).
+    pub replayed: u64,
     /// Readings decoded (batch elements count one each).
     pub readings: u64,
     /// Readings accepted and archived.
@@ -124,6 +127,9 @@ impl Summary {
             self.unregistered,
             self.vehicles
         );
+        if self.replayed > 0 {
+            s += &format!("replayed {} (from the journal)\n", self.replayed);
+        }
         s += &format!("rejects {}", self.rejects_total);
         for (reason, n) in &self.rejects {
             s += &format!("  {reason} {n}");
@@ -191,7 +197,7 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
             ),
             epoch_lines: config.pipeline.replay_epoch_lines,
         };
-        run_worker(worker, &config, &reference, sinks.clone(), source, &Quiet)
+        run_worker(worker, &config, &reference, sinks.clone(), source, &Quiet, None)
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
     let mut summary = Summary {

@@ -11,8 +11,10 @@
 //! drain their channels, the fleet flushes, the archive publishes its last files, the last
 //! acks go to the broker, Kafka confirms every alert and features row; then `serve` returns.
 //!
-//! Durability across a crash is not here yet: a message is acknowledged once it has entered
-//! the dataflow, so a crash loses what was in memory (see the README).
+//! With `[durability]` (the default) a message is acknowledged once it is in the journal on
+//! local disk, state is checkpointed to the archive's object store, and a start after a crash
+//! restores the newest complete checkpoint and replays the journal from it (see
+//! [`crate::checkpoint`]).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -31,14 +33,18 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use connectors::checkpoints::CheckpointStore;
+use connectors::journal::{Journal, JournalConfig};
+use connectors::mqtt::Durable;
 use connectors::{Inlet, KafkaProducer, Message, MqttSource, WorkerInlet};
 use operators::fleet::IDLE_DEVICE;
 use operators::reference::ReferenceSlot;
 
+use crate::checkpoint::{Checkpointer, Restored};
 use crate::config::Config;
 use crate::dataflow::{
-    AlertPrinter, EpochBatch, ErrorSlot, OutputSinks, Source, SourceSetup, Streams, WorkerEvents,
-    WorkerReport, run_worker,
+    AlertPrinter, EpochBatch, ErrorSlot, OutputSinks, Source, SourceSetup, Streams, WorkerDurability,
+    WorkerEvents, WorkerReport, run_worker,
 };
 use crate::replay::{Summary, load_reference, merge, open_jsonl};
 
@@ -92,19 +98,31 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
 /// What `/health` reports.
 struct Health {
     mqtt_connected: Arc<AtomicBool>,
+    journal_full: Arc<AtomicBool>,
     stopping: AtomicBool,
     kafka: Option<KafkaProducer>,
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl Health {
-    /// `(status code, body)`.
+    /// `(status code, body)`: 200 when everything works, 503 while any part is degraded
+    /// (the service keeps running and catches up by itself).
     fn report(&self) -> (u16, String) {
         let mqtt = self.mqtt_connected.load(Ordering::Acquire);
         let stopping = self.stopping.load(Ordering::Acquire);
         let in_flight = self.kafka.as_ref().map_or(0, KafkaProducer::in_flight);
+        let kafka_degraded = self.kafka.as_ref().is_some_and(KafkaProducer::degraded);
+        let archive_degraded = connectors::archive::degraded();
+        let journal_full = self.journal_full.load(Ordering::Acquire);
+        let checkpoint_overdue_s = self.checkpointer.as_ref().and_then(|c| c.overdue_s());
+        let healthy = mqtt
+            && !kafka_degraded
+            && !archive_degraded
+            && !journal_full
+            && checkpoint_overdue_s.is_none();
         let status = if stopping {
             "stopping"
-        } else if mqtt {
+        } else if healthy {
             "ok"
         } else {
             "degraded"
@@ -113,6 +131,10 @@ impl Health {
             "status": status,
             "mqtt_connected": mqtt,
             "kafka_in_flight": in_flight,
+            "kafka_degraded": kafka_degraded,
+            "archive_degraded": archive_degraded,
+            "journal_full": journal_full,
+            "checkpoint_overdue_s": checkpoint_overdue_s,
         });
         let code = if status == "ok" { 200 } else { 503 };
         (code, body.to_string())
@@ -245,18 +267,32 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
         // Each process is its own MQTT client within the shared group.
         mqtt_settings.client_id = format!("{}-{process}", mqtt_settings.client_id);
     }
+    let recovery = if config.durability.enabled {
+        Some(recover(config, &runtime, kafka.clone())?)
+    } else {
+        None
+    };
+    let (durable, recovery) = match recovery {
+        Some((durable, recovery)) => (Some(durable), Some(recovery)),
+        None => (None, None),
+    };
     let (mqtt, inlets) = MqttSource::start(
         &mqtt_settings,
         workers,
         config.pipeline.epoch_ms,
         runtime.handle(),
+        durable,
     )
     .with_context(|| format!("MQTT source at {}", mqtt_settings.url))?;
+    let resume_epoch = mqtt.start_epoch();
+    let replayed = mqtt.replayed();
     let open_mqtt = mqtt.opener();
     let health = Arc::new(Health {
         mqtt_connected: mqtt.connected(),
+        journal_full: mqtt.journal_full(),
         stopping: AtomicBool::new(false),
         kafka: kafka.clone(),
+        checkpointer: recovery.as_ref().map(|r| Arc::clone(&r.checkpointer)),
     });
     let http_addr = if config.http.enabled {
         let listener = runtime
@@ -350,6 +386,11 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
             .unwrap_or(i64::MAX),
             ingested: Arc::clone(&ingested),
         };
+        let durability = recovery.as_ref().map(|r| WorkerDurability {
+            checkpointer: &r.checkpointer,
+            restored: r.restored.as_ref(),
+            resume_epoch,
+        });
         run_worker(
             worker,
             &config_arc,
@@ -357,6 +398,7 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
             sinks.clone(),
             source,
             &*events,
+            durability,
         )
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
@@ -397,6 +439,7 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
             )));
         }
     }
+    summary.replayed = replayed.load(Ordering::Acquire);
     summary.elapsed_s = started.elapsed().as_secs_f64();
     summary.messages_per_s = summary.messages as f64 / summary.elapsed_s.max(1e-9);
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -404,6 +447,86 @@ pub fn serve(config: &Config, options: ServeOptions) -> anyhow::Result<Summary> 
         Some(e) => Err(e),
         None => Ok(summary),
     }
+}
+
+/// What the workers of a durable service share: the checkpointer and the restored state.
+struct Recovery {
+    checkpointer: Arc<Checkpointer>,
+    restored: Option<Restored>,
+}
+
+/// Opens the journal and the checkpoint store, restores the newest complete checkpoint and
+/// deletes the archive files its replay writes again; returns the MQTT source's journal
+/// settings and what the workers need.
+fn recover(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+    kafka: Option<KafkaProducer>,
+) -> anyhow::Result<(Durable, Recovery)> {
+    let settings = &config.durability;
+    let archive = config.archive.connector();
+    let store = CheckpointStore::open(&archive)
+        .with_context(|| format!("checkpoint store at {}", config.archive.url))?;
+    let restored = runtime
+        .block_on(crate::checkpoint::restore(&store, config))
+        .with_context(|| format!("restoring from {}/_checkpoints", config.archive.url))?;
+    let dir = settings
+        .journal_dir
+        .join(format!("p{}", config.pipeline.process));
+    let journal = Journal::open(JournalConfig {
+        dir: dir.clone(),
+        segment_bytes: settings.journal_segment_bytes,
+    })
+    .with_context(|| format!("journal at {}", dir.display()))?;
+    // Replay from the checkpoint; without one, the whole journal (it was never pruned).
+    let replay_from_epoch = match &restored {
+        Some(r) => Some(r.epoch),
+        None => journal
+            .read_from_epoch(0)
+            .context("reading the journal")?
+            .next()
+            .transpose()
+            .context("reading the journal")?
+            .map(|first| first.epoch),
+    };
+    if let Some(from) = replay_from_epoch {
+        if config.archive.enabled {
+            let deleted = connectors::archive::discard_from_epoch(&archive, from)
+                .with_context(|| format!("deleting archive files from epoch {from} on"))?;
+            tracing::info!(
+                files = deleted.len(),
+                from_epoch = from,
+                "archive files the journal replay writes again deleted"
+            );
+        }
+        tracing::info!(
+            checkpoint = restored.as_ref().map(|r| r.epoch),
+            from_epoch = from,
+            journal_bytes = journal.bytes(),
+            "recovering: restoring state and replaying the journal"
+        );
+    }
+    let committed = Arc::new(AtomicU64::new(restored.as_ref().map_or(0, |r| r.epoch)));
+    let checkpointer = Checkpointer::new(
+        config,
+        store,
+        runtime.handle().clone(),
+        kafka,
+        Arc::clone(&committed),
+    );
+    Ok((
+        Durable {
+            journal,
+            replay_from_epoch,
+            fsync_interval: Duration::from_millis(settings.fsync_interval_ms),
+            max_bytes: settings.journal_max_bytes,
+            committed,
+        },
+        Recovery {
+            checkpointer,
+            restored,
+        },
+    ))
 }
 
 /// Connects MQTT once every worker of this process has built its dataflow; stops the service
