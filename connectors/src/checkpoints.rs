@@ -61,6 +61,9 @@ pub struct Marker {
 #[derive(Clone)]
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
+    /// The root directory when the store is local: a deleted checkpoint's directory is removed
+    /// too (a local store keeps empty directories, which would list as checkpoints).
+    local_root: Option<std::path::PathBuf>,
 }
 
 fn epoch_dir(epoch: u64) -> String {
@@ -81,8 +84,14 @@ fn marker_key(epoch: u64, process: usize) -> Path {
 impl CheckpointStore {
     /// Opens the checkpoint area of the archive `config` (same store, same credentials).
     pub fn open(config: &ArchiveConfig) -> Result<Self, ArchiveError> {
+        let local_root = match config.root.split_once("://") {
+            None => Some(config.root.as_str()),
+            Some(("file", path)) => Some(path),
+            Some(_) => None,
+        };
         Ok(Self {
             store: open_store(&config.root, &config.s3)?,
+            local_root: local_root.map(std::path::PathBuf::from),
         })
     }
 
@@ -235,6 +244,10 @@ impl CheckpointStore {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(source) => return Err(Self::store_error(&object.location)(source)),
             }
+        }
+        if let Some(root) = &self.local_root {
+            // Only empty now; a failure leaves an empty directory, which is never complete.
+            let _ = std::fs::remove_dir(root.join(epoch_dir(epoch)));
         }
         Ok(())
     }

@@ -262,7 +262,8 @@ impl Checkpointer {
         }
     }
 
-    /// Deletes checkpoints older than the `kept` newest up to `epoch`.
+    /// Keeps the `kept` newest complete checkpoints up to `epoch` and deletes every older
+    /// one, complete or not.
     async fn delete_older(&self, epoch: u64) {
         let epochs = match self.store.epochs().await {
             Ok(epochs) => epochs,
@@ -271,10 +272,15 @@ impl Checkpointer {
                 return;
             }
         };
-        let upto: Vec<u64> = epochs.into_iter().filter(|e| *e <= epoch).collect();
-        let stale = upto.len().saturating_sub(self.kept);
-        for old in &upto[..stale] {
-            if let Err(error) = self.store.delete(*old, self.processes).await {
+        let mut complete = 0;
+        for old in epochs.into_iter().rev().filter(|e| *e <= epoch) {
+            if complete < self.kept {
+                if let Ok(Some(_)) = self.store.complete(old, self.processes).await {
+                    complete += 1;
+                }
+                continue;
+            }
+            if let Err(error) = self.store.delete(old, self.processes).await {
                 tracing::warn!(%error, epoch = old, "old checkpoint not deleted");
             }
         }
