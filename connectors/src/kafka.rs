@@ -838,14 +838,14 @@ mod tests {
 
     #[test]
     fn ledger_cost_per_message_is_small() {
-        // Send and confirm 200 000 messages with 1000 in flight, confirmations shuffled.
+        // Send and confirm 100 000 messages with 10 000 in flight, confirmations out of order.
         let ledger = InFlight::default();
         let start = Instant::now();
-        let n = 200_000u64;
+        let n = 100_000u64;
         let mut window = std::collections::VecDeque::new();
         for i in 0..n {
             window.push_back(ledger.admit(100, u64::MAX, u64::MAX).unwrap());
-            if window.len() == 1000 {
+            if window.len() == 10_000 {
                 // Out of order: every other from the back.
                 let id = if i % 2 == 0 {
                     window.pop_front()
@@ -861,8 +861,9 @@ mod tests {
         let per_message = start.elapsed() / n as u32;
         eprintln!("ledger: {per_message:?} per message sent and confirmed");
         assert!(ledger.confirmed(n));
-        // About 0.1-0.3 µs in a debug build; a send through librdkafka costs microseconds.
-        assert!(per_message < Duration::from_micros(5), "{per_message:?}");
+        // About 3 µs in a debug build, 0.2-0.3 µs optimized (with the lock and the clock);
+        // a scan of the pending messages would cost tens of µs here.
+        assert!(per_message < Duration::from_micros(25), "{per_message:?}");
     }
 
     #[test]
