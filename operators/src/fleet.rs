@@ -431,8 +431,8 @@ impl Fleet {
             fences,
             vehicles: self.vehicles.len() as u64,
         };
-        // About 2.5 KB per vehicle with a month of history (benches/README.md).
-        let mut w = Writer::new(Kind::Fleet, 256 + self.vehicles.len() * 2560);
+        // About 2.7 KB per vehicle with a month of history (`measure_snapshot_of_a_month`).
+        let mut w = Writer::new(Kind::Fleet, 256 + self.vehicles.len() * 2816);
         w.write(&header)?;
         for vehicle in &self.vehicles {
             w.write(vehicle)?;
@@ -515,7 +515,7 @@ impl Fleet {
                 let Ok(v) = u32::try_from(fleet.vehicles.len()) else {
                     return Err(SnapshotError::Corrupt {
                         kind: Kind::Fleet,
-                        part: reader.part(),
+                        part,
                         detail: "more than 2^32 vehicles".to_owned(),
                     });
                 };
@@ -1608,6 +1608,245 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
             "the scenario's state is written differently now: write a new GOLDEN (see \
              write_golden), and if the layout of the state changed, bump \
              snapshot::FORMAT_VERSION first"
+        );
+    }
+
+    /// Snapshot size and encode/decode time of a fleet with a month of history, in release:
+    ///
+    /// ```sh
+    /// cargo test --release -p operators --lib measure_snapshot -- --ignored --nocapture
+    /// LW_VEHICLES=20000 LW_DAYS=31 cargo test --release …   # other sizes
+    /// ```
+    ///
+    /// Every vehicle has one wired tracker reporting like the `history` bench's realistic day
+    /// (parked heartbeats every 5–10 min, a 30-min commute out and back with a fix every
+    /// 30 s, odometer, OBD with VIN, power; ~300 readings a day), the commutes of the
+    /// vehicles spread over an hour. Fed through the fleet in 1-minute epochs for `LW_DAYS`
+    /// days and up to 17:45 of the next, so the evening commute fills reorder buffers at the
+    /// snapshot.
+    ///
+    /// 2 cores shared with other builds, 10 000 vehicles, 31 days (97 M readings; 6 491
+    /// vehicles with buffered readings at the snapshot), two runs: 26.9 MB, 2 691 B per
+    /// vehicle (2 297 B with the buffers flushed); encode 51–57 ms (5–6 µs per vehicle,
+    /// ~500 MB/s); restore 74–90 ms (7–9 µs per vehicle); restore keeping one worker's share
+    /// of four 55–71 ms (every vehicle is decoded, the others dropped at once).
+    #[test]
+    #[ignore]
+    fn measure_snapshot_of_a_month() {
+        use std::time::Instant;
+        let env = |name: &str, default: i64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let (n, days) = (env("LW_VEHICLES", 10_000) as usize, env("LW_DAYS", 31));
+        // 2026-06-01T00:00+08:00.
+        const DAY0: i64 = 1_780_243_200_000;
+        const DAY: i64 = 86_400_000;
+        let mix = |mut x: u64| {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        };
+        let mut csv = String::from(
+            "vehicle_id,loan_id,device_id,vin,device_class,permitted_fences,timezone\n",
+        );
+        for i in 0..n {
+            csv.push_str(&format!(
+                "VH{i:08},LN{:010},86{:013},LSVAU2180{:08X},wired,,Asia/Shanghai\n",
+                2_026_000_000 + i,
+                7_731_000_000_000u64 + i as u64,
+                mix(i as u64) as u32
+            ));
+        }
+        let registry = Arc::new(Registry::from_csv_str(&csv, "generated").expect("registry"));
+        let mut fleet = Fleet::new(
+            RulesConfig::default(),
+            Arc::clone(&registry),
+            Arc::new(FenceIndex::empty()),
+        );
+        // One vehicle's readings of one day: (ms after midnight, northward step).
+        let schedule = |i: usize, day: i64| -> Vec<(i64, f64)> {
+            let shift = (i % 60) as i64 * 60_000;
+            let legs = [
+                ((7 * 60 + 15) * 60_000 + shift, 0.0027),
+                ((17 * 60) * 60_000 + shift, -0.0027),
+            ];
+            let mut out = Vec::with_capacity(320);
+            let mut k = 0u64;
+            let mut gap = || {
+                k += 1;
+                (300 + mix((i as u64) ^ (day as u64) << 40 ^ (k << 20)) % 301) as i64 * 1000
+            };
+            let mut t = 0;
+            for (depart, step) in legs {
+                while t < depart {
+                    out.push((t, 0.0));
+                    t += gap();
+                }
+                t = depart;
+                for _ in 0..60 {
+                    out.push((t, step));
+                    t += 30_000;
+                }
+            }
+            while t < DAY {
+                out.push((t, 0.0));
+                t += gap();
+            }
+            out
+        };
+        let mut lat: Vec<f64> = (0..n)
+            .map(|i| 31.13 + (mix(i as u64) % 200) as f64 * 0.001)
+            .collect();
+        let mut odometer: Vec<f64> = (0..n)
+            .map(|i| 20_000.0 + (mix(i as u64) % 80_000) as f64)
+            .collect();
+        let ids: Vec<(String, String, String, Option<String>)> = (0..n)
+            .map(|i| {
+                let v = registry.vehicle(&format!("VH{i:08}")).expect("registered");
+                let device = v.devices[0].clone();
+                (
+                    v.vehicle_id.clone(),
+                    v.loan_id.clone(),
+                    device,
+                    v.vin.clone(),
+                )
+            })
+            .collect();
+        let mut seq = vec![0u64; n];
+        let mut ingest = 0u64;
+        let started = Instant::now();
+        let mut readings = 0u64;
+        let mut out = FleetOutputs::default();
+        let last_minute = (17 * 60 + 45) as i64;
+        for day in 0..=days {
+            let plans: Vec<Vec<(i64, f64)>> = (0..n).map(|i| schedule(i, day)).collect();
+            let mut next = vec![0usize; n];
+            let minutes = if day == days { last_minute } else { 1440 };
+            for minute in 0..minutes {
+                let end = (minute + 1) * 60_000;
+                let mut records = Vec::new();
+                let mut top = TopTimes::default();
+                for i in 0..n {
+                    while let Some(&(t, step)) = plans[i].get(next[i]).filter(|(t, _)| *t < end) {
+                        next[i] += 1;
+                        seq[i] += 1;
+                        ingest += 1;
+                        lat[i] += step;
+                        odometer[i] += step.abs() * 113.0;
+                        let ts = DAY0 + day * DAY + t;
+                        let driving = step != 0.0;
+                        let h = mix(i as u64 ^ seq[i] << 24);
+                        let jitter = ((h % 7) as f64 - 3.0) * 0.000_01;
+                        let (vehicle_id, loan_id, device_id, vin) = &ids[i];
+                        top.offer(i as u64, ts);
+                        records.push(Record {
+                            vehicle_id: vehicle_id.clone(),
+                            loan_id: Some(loan_id.clone()),
+                            class: DeviceClass::Wired,
+                            registered: true,
+                            ingest_seq: ingest,
+                            reading: Box::new(Reading {
+                                device_id: device_id.clone(),
+                                ts_ms: ts,
+                                seq: Some(seq[i]),
+                                gnss: Some(Gnss {
+                                    lat: Some(lat[i] + jitter),
+                                    lon: Some(121.47 + jitter),
+                                    fix: true,
+                                    speed_kmh: Some(if driving { 36.0 } else { 0.0 }),
+                                    hdop: Some(0.9),
+                                    sats: Some(10),
+                                    ..Gnss::default()
+                                }),
+                                ignition: Some(driving),
+                                speed_kmh: Some(if driving { 30.0 + (h % 13) as f32 } else { 0.0 }),
+                                odometer_km: Some((odometer[i] * 10.0).round() / 10.0),
+                                obd: Some(Obd {
+                                    rpm: Some(if driving { 1_800.0 } else { 0.0 }),
+                                    vin: vin.clone(),
+                                    mil: Some(false),
+                                    dtc_count: Some(0),
+                                    dist_since_clear_km: Some(500.0),
+                                    ..Obd::default()
+                                }),
+                                power: Some(Power {
+                                    ext_v: Some(if driving { 13.9 } else { 12.6 }),
+                                    battery_pct: Some(97.0),
+                                }),
+                                content_hash: h,
+                                received_at_ms: ts + 400,
+                                ..Reading::default()
+                            }),
+                        });
+                    }
+                }
+                readings += records.len() as u64;
+                fleet.run_epoch(records, &[top.take()], 0, &mut out);
+                out = FleetOutputs::default();
+            }
+        }
+        let buffered = fleet.vehicles.iter().filter(|v| v.has_buffered()).count();
+        eprintln!(
+            "fed {n} vehicles {days} days + 17:45 ({readings} readings) in {:.1} s; {buffered} with buffered readings at the snapshot; {:?}",
+            started.elapsed().as_secs_f64(),
+            fleet.stats
+        );
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (mut enc, mut dec, mut quarter) = (Vec::new(), Vec::new(), Vec::new());
+        let mut bytes = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            bytes = fleet.snapshot().expect("snapshot");
+            enc.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let restored = Fleet::restore(
+                RulesConfig::default(),
+                Arc::clone(&registry),
+                Arc::new(FenceIndex::empty()),
+                &[&bytes],
+                |_| true,
+            )
+            .expect("restore");
+            dec.push(t.elapsed().as_secs_f64());
+            assert_eq!(restored.stats, fleet.stats);
+            drop(restored);
+            let t = Instant::now();
+            let share = Fleet::restore(
+                RulesConfig::default(),
+                Arc::clone(&registry),
+                Arc::new(FenceIndex::empty()),
+                &[&bytes],
+                |id| crate::dataflow::id_key(id) % 4 == 0,
+            )
+            .expect("restore");
+            quarter.push(t.elapsed().as_secs_f64());
+            drop(share);
+        }
+        let (enc, dec, quarter) = (median(enc), median(dec), median(quarter));
+        eprintln!(
+            "RESULT {n} vehicles, {days} days: snapshot {} bytes = {:.0} B per vehicle; encode {:.1} ms ({:.2} µs/vehicle, {:.0} MB/s); restore {:.1} ms ({:.2} µs/vehicle); restore keeping 1 of 4 workers' share {:.1} ms",
+            bytes.len(),
+            bytes.len() as f64 / n as f64,
+            enc * 1e3,
+            enc * 1e6 / n as f64,
+            bytes.len() as f64 / enc / 1e6,
+            dec * 1e3,
+            dec * 1e6 / n as f64,
+            quarter * 1e3
+        );
+        // The same fleet with the reorder buffers flushed (a quiet moment).
+        fleet.finish(0, &mut FleetOutputs::default());
+        let flushed = fleet.snapshot().expect("snapshot").len();
+        eprintln!(
+            "RESULT buffers flushed: {flushed} bytes = {:.0} B per vehicle",
+            flushed as f64 / n as f64
         );
     }
 }

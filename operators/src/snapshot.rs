@@ -241,11 +241,6 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Index of the part being read.
-    pub(crate) fn part(&self) -> usize {
-        self.part
-    }
-
     /// Decodes the next value; `at` names it in the error.
     pub(crate) fn read<T: Deserialize<'a>>(
         &mut self,
