@@ -872,10 +872,8 @@ async fn replay_journal(
 /// the kernel reset the connection, and a broker that sees the reset may discard the last
 /// acks it had not read yet; dropped publishes stay unacknowledged and come again.
 async fn drain_until_closed(events: &mut Events) {
-    let drained = tokio::time::timeout(CLOSE_DRAIN, async {
-        while events.poll().await.is_ok() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(CLOSE_DRAIN, async { while events.poll().await.is_ok() {} }).await;
     if drained.is_err() {
         tracing::debug!("the broker did not close the connection after DISCONNECT");
     }

@@ -25,8 +25,8 @@ use connectors::KafkaProducer;
 use connectors::archive::UploadProgress;
 use connectors::checkpoints::{CheckpointStore, Marker};
 use operators::dataflow::{Barrier, Checkpoints, id_key};
-use operators::fleet::Fleet;
 use operators::fences::FenceIndex;
+use operators::fleet::Fleet;
 use operators::registry::Registry;
 use operators::vin_index::VinIndex;
 use schemas::time::now_ms;
@@ -95,8 +95,8 @@ impl Checkpointer {
     /// Seconds since the last complete checkpoint (or the start), if that is more than three
     /// intervals: `/health` reports the service degraded then.
     pub(crate) fn overdue_s(&self) -> Option<u64> {
-        let age_ms = (now_ms().max(0) as u64)
-            .saturating_sub(self.last_complete_ms.load(Ordering::Acquire));
+        let age_ms =
+            (now_ms().max(0) as u64).saturating_sub(self.last_complete_ms.load(Ordering::Acquire));
         let interval_ms = self.every_epochs * self.epoch_ms;
         (age_ms > 3 * interval_ms).then_some(age_ms / 1000)
     }
@@ -114,11 +114,15 @@ impl Checkpointer {
             barrier: self.barrier(after_epoch),
             fleet: Box::new(move |epoch, fleet: &Fleet| match fleet.snapshot() {
                 Ok(bytes) => fleet_to.state_part(worker, epoch, "fleet", bytes),
-                Err(e) => tracing::error!(error = %e, epoch, "fleet state not serializable; checkpoint skipped"),
+                Err(e) => {
+                    tracing::error!(error = %e, epoch, "fleet state not serializable; checkpoint skipped")
+                }
             }),
             vins: Box::new(move |epoch, index: &VinIndex| match index.snapshot() {
                 Ok(bytes) => vins_to.state_part(worker, epoch, "vins", bytes),
-                Err(e) => tracing::error!(error = %e, epoch, "VIN index not serializable; checkpoint skipped"),
+                Err(e) => {
+                    tracing::error!(error = %e, epoch, "VIN index not serializable; checkpoint skipped")
+                }
             }),
         }
     }
@@ -323,9 +327,18 @@ impl Restored {
             &parts_of("fleet"),
             owns,
         )
-        .with_context(|| format!("restoring worker {worker}'s fleet from checkpoint {}", self.epoch))?;
-        let vins = VinIndex::restore(&parts_of("vins"), owns)
-            .with_context(|| format!("restoring worker {worker}'s VIN index from checkpoint {}", self.epoch))?;
+        .with_context(|| {
+            format!(
+                "restoring worker {worker}'s fleet from checkpoint {}",
+                self.epoch
+            )
+        })?;
+        let vins = VinIndex::restore(&parts_of("vins"), owns).with_context(|| {
+            format!(
+                "restoring worker {worker}'s VIN index from checkpoint {}",
+                self.epoch
+            )
+        })?;
         Ok((fleet, vins))
     }
 }
@@ -367,7 +380,11 @@ pub(crate) async fn restore(
     }
     Ok(Some(Restored {
         epoch,
-        peers: if same_shape { workers * processes } else { peers },
+        peers: if same_shape {
+            workers * processes
+        } else {
+            peers
+        },
         parts,
     }))
 }

@@ -18,10 +18,10 @@ use timely::dataflow::{Scope, StreamVec};
 use anyhow::Context;
 use connectors::{ArchiveStats, ArchiveWriter, JsonlWriter, KafkaProducer};
 use operators::dataflow::{Barrier, Output, RunFleet, id_key};
-use operators::vin_index::VinIndex;
 use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
 use operators::reference::{ReferenceSlot, ReferenceView};
 use operators::registry::Registry;
+use operators::vin_index::VinIndex;
 use schemas::time::now_ms;
 use schemas::{
     Alert, DailyFeatures, DecodeLimits, DeviceClass, Reading, Record, Reject, decode_payload,

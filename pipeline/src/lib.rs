@@ -13,9 +13,9 @@
 //! - [`security`]: what `lienwatch check` warns about; secrets blanked for printing.
 //! - [`cli`]: the commands (`replay`, `check`, `simulate`, `demo`).
 
+mod checkpoint;
 pub mod cli;
 pub mod config;
-mod checkpoint;
 mod dataflow;
 pub mod demo;
 pub mod publish;

@@ -197,7 +197,15 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
             ),
             epoch_lines: config.pipeline.replay_epoch_lines,
         };
-        run_worker(worker, &config, &reference, sinks.clone(), source, &Quiet, None)
+        run_worker(
+            worker,
+            &config,
+            &reference,
+            sinks.clone(),
+            source,
+            &Quiet,
+            None,
+        )
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
     let mut summary = Summary {

@@ -43,8 +43,8 @@ use operators::reference::ReferenceSlot;
 use crate::checkpoint::{Checkpointer, Restored};
 use crate::config::Config;
 use crate::dataflow::{
-    AlertPrinter, EpochBatch, ErrorSlot, OutputSinks, Source, SourceSetup, Streams, WorkerDurability,
-    WorkerEvents, WorkerReport, run_worker,
+    AlertPrinter, EpochBatch, ErrorSlot, OutputSinks, Source, SourceSetup, Streams,
+    WorkerDurability, WorkerEvents, WorkerReport, run_worker,
 };
 use crate::replay::{Summary, load_reference, merge, open_jsonl};
 
