@@ -1823,7 +1823,7 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
                 Arc::clone(&registry),
                 Arc::new(FenceIndex::empty()),
                 &[&bytes],
-                |id| crate::dataflow::id_key(id) % 4 == 0,
+                |id| crate::dataflow::id_key(id).is_multiple_of(4),
             )
             .expect("restore");
             quarter.push(t.elapsed().as_secs_f64());
