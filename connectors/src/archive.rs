@@ -41,7 +41,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{Certificate, ClientOptions, ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -109,6 +109,9 @@ pub struct S3Options {
     pub region: Option<String>,
     /// Path-style requests (`endpoint/bucket/key`), which most S3-compatible servers need.
     pub path_style: bool,
+    /// PEM CA bundle trusted for an `https://` endpoint, besides the system's roots (a
+    /// private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for S3Options {
@@ -117,6 +120,7 @@ impl Default for S3Options {
             endpoint: None,
             region: None,
             path_style: true,
+            ca_file: None,
         }
     }
 }
@@ -149,6 +153,14 @@ pub enum ArchiveError {
         "unsupported archive root {0:?}: expected a local directory, file://DIR or s3://BUCKET/PREFIX"
     )]
     UnsupportedRoot(String),
+    /// The S3 CA file could not be read or holds no certificate.
+    #[error("archive.s3_ca_file {path}: {message}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The local root directory could not be created.
     #[error("cannot create archive root {path}: {source}")]
     CreateRoot {
@@ -241,6 +253,22 @@ fn open_s3(root: &str, rest: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore
     open_s3_with(AmazonS3Builder::from_env(), root, rest, s3)
 }
 
+/// HTTP client options that trust the PEM CA bundle at `path` besides the system's roots.
+fn client_options_trusting(path: &std::path::Path) -> Result<ClientOptions, ArchiveError> {
+    let error = |message: String| ArchiveError::CaFile {
+        path: path.to_owned(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let certificates = Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(error("no PEM certificate in it".into()));
+    }
+    Ok(certificates
+        .into_iter()
+        .fold(ClientOptions::new(), ClientOptions::with_root_certificate))
+}
+
 /// [`open_s3`] from `builder` (tests pass credentials in it: they cannot set the environment).
 fn open_s3_with(
     builder: AmazonS3Builder,
@@ -259,6 +287,9 @@ fn open_s3_with(
         builder = builder
             .with_allow_http(endpoint.starts_with("http://"))
             .with_endpoint(endpoint);
+    }
+    if let Some(path) = &s3.ca_file {
+        builder = builder.with_client_options(client_options_trusting(path)?);
     }
     let region = s3
         .region

@@ -58,8 +58,12 @@ pub struct KafkaSettings {
     pub max_in_flight: u64,
     /// Payload and key bytes sent and not yet confirmed at which a send waits.
     pub max_in_flight_bytes: u64,
+    /// File whose first line is the SASL password (`sasl.password`), so it stays out of the
+    /// config; or set `LIENWATCH__KAFKA__PROPERTIES__SASL.PASSWORD` in the environment.
+    pub sasl_password_file: Option<std::path::PathBuf>,
     /// Further librdkafka properties, passed through (`security.protocol`, `sasl.*`,
-    /// `ssl.*`, `compression.type`, ...); they override the defaults set here.
+    /// `ssl.*` such as `ssl.ca.location`, `compression.type`, ...); they override the defaults
+    /// set here.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -77,6 +81,7 @@ impl Default for KafkaSettings {
             retry_backoff_max_ms: 30_000,
             max_in_flight: 100_000,
             max_in_flight_bytes: 64 << 20,
+            sasl_password_file: None,
             properties: BTreeMap::new(),
         }
     }
@@ -95,6 +100,14 @@ pub enum KafkaError {
         topic: String,
         /// What the broker said.
         message: String,
+    },
+    /// The SASL password file could not be read.
+    #[error("kafka.sasl_password_file {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
 }
 
@@ -394,7 +407,7 @@ impl KafkaProducer {
         settings: &KafkaSettings,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, KafkaError> {
-        let config = client_config(settings);
+        let config = client_config(settings)?;
         if settings.create_topics {
             create_topics(&config, settings).await?;
         }
@@ -605,7 +618,7 @@ async fn export_degraded(in_flight: Weak<InFlight>) {
 }
 
 /// The librdkafka configuration: no-loss defaults, then the pass-through properties.
-fn client_config(settings: &KafkaSettings) -> ClientConfig {
+fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, KafkaError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
@@ -617,7 +630,14 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
     for (k, v) in &settings.properties {
         config.set(k, v);
     }
-    config
+    if let Some(path) = &settings.sasl_password_file {
+        let text = std::fs::read_to_string(path).map_err(|source| KafkaError::PasswordFile {
+            path: path.clone(),
+            source,
+        })?;
+        config.set("sasl.password", text.lines().next().unwrap_or_default());
+    }
+    Ok(config)
 }
 
 /// Creates the alerts and features topics unless they exist (one topic when both names are

@@ -153,6 +153,9 @@ pub struct ArchiveSettings {
     pub s3_region: Option<String>,
     /// Path-style S3 requests (most S3-compatible servers need them).
     pub s3_path_style: bool,
+    /// PEM CA bundle trusted for an `https://` S3 endpoint (a private CA); relative to the
+    /// config file.
+    pub s3_ca_file: Option<PathBuf>,
     /// Files above this many bytes are uploaded in parts of this size (at least 5 MiB).
     pub multipart_part_bytes: usize,
     /// Roll a file at this many (uncompressed, estimated) bytes.
@@ -174,6 +177,7 @@ impl Default for ArchiveSettings {
             s3_endpoint: d.s3.endpoint,
             s3_region: d.s3.region,
             s3_path_style: d.s3.path_style,
+            s3_ca_file: d.s3.ca_file,
             multipart_part_bytes: d.multipart_part_bytes,
             max_file_bytes: d.max_file_bytes,
             max_file_age_s: d.max_file_age_s,
@@ -192,6 +196,7 @@ impl ArchiveSettings {
                 endpoint: self.s3_endpoint.clone(),
                 region: self.s3_region.clone(),
                 path_style: self.s3_path_style,
+                ca_file: self.s3_ca_file.clone(),
             },
             multipart_part_bytes: self.multipart_part_bytes,
             max_file_bytes: self.max_file_bytes,
@@ -369,6 +374,8 @@ impl Config {
                 &mut config.mqtt.ca_file,
                 &mut config.mqtt.client_cert_file,
                 &mut config.mqtt.client_key_file,
+                &mut config.archive.s3_ca_file,
+                &mut config.kafka.sasl_password_file,
             ]
             .into_iter()
             .flatten()

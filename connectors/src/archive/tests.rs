@@ -832,6 +832,7 @@ fn s3_store(label: &str) -> (ArchiveConfig, Arc<dyn ObjectStore>) {
             endpoint: Some(S3_ENDPOINT.into()),
             region: Some("us-east-1".into()),
             path_style: true,
+            ca_file: None,
         },
         row_group_rows: 500,
         ..Default::default()
