@@ -437,6 +437,16 @@ impl Config {
             "durability.checkpoints_kept",
             self.durability.checkpoints_kept > 0,
         )?;
+        if self.durability.journal_max_bytes < 2 * self.durability.journal_segment_bytes {
+            // Only whole closed segments are dropped: a smaller bound could never be met.
+            return Err(ConfigError::Value {
+                key: "durability.journal_max_bytes",
+                message: format!(
+                    "{} is less than twice durability.journal_segment_bytes ({})",
+                    self.durability.journal_max_bytes, self.durability.journal_segment_bytes
+                ),
+            });
+        }
         if !self.pipeline.hosts.is_empty() && self.pipeline.process >= self.pipeline.hosts.len() {
             return Err(ConfigError::Value {
                 key: "pipeline.process",
