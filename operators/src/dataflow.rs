@@ -215,7 +215,8 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         let low = low_of(&frontier.frontier(), &sample_frontier.frontier());
                         // Every epoch before `low` is processed unless one is still held.
                         let first_held = records.keys().chain(epoch_samples.keys()).min();
-                        if let (Some((barrier, save)), Some(low)) = (fleet_checkpoints.as_mut(), low)
+                        if let (Some((barrier, save)), Some(low)) =
+                            (fleet_checkpoints.as_mut(), low)
                             && first_held.is_none_or(|h| *h >= low)
                             && let Some(epoch) = barrier.crossed(low)
                         {
