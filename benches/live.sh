@@ -8,9 +8,10 @@
 # The broker is a Mosquitto of its own on 127.0.0.1:18830 with unbounded queues, so a slower
 # subscriber is measured rather than dropped from. Needs scripts/services (Kafka, S3).
 #
-# Usage: benches/live.sh [VEHICLES] [DAYS] [QOS] [PUBLISHERS]
+# Usage: [DURABLE=false] benches/live.sh [VEHICLES] [DAYS] [QOS] [PUBLISHERS]
 #        (defaults: 100 vehicles x 7 days, QoS 1, 1 publisher; with several publishers the file
-#        is split round-robin by line and the parts are published in parallel)
+#        is split round-robin by line and the parts are published in parallel; DURABLE=false
+#        turns the journal and checkpoints off, for comparison)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VEHICLES=${1:-100}
@@ -64,6 +65,9 @@ clean_start = true
 alerts_topic = "lienwatch.bench.$ID"
 [http]
 listen = "$HTTP"
+[durability]
+enabled = ${DURABLE:-true}
+journal_dir = "$PWD/$WORK/journal-$ID"
 CONF
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test RUST_LOG=warn \
     "$BIN" run --config "$WORK/run.toml" >"$WORK/run.out" 2>"$WORK/run.err" & RUN=$!
@@ -95,3 +99,4 @@ awk -v n="$N" -v pubs="$PUBLISHERS" -v s="$START" -v p="$PUBLISHED" -v b="$BARE_
     printf "lienwatch run    %6.2f s  %8.0f msg/s  (%.0f%% of the bare subscriber)\n", r - s, n / (r - s), 100 * (b - s) / (r - s)
 }'
 tail -6 "$WORK/run.out"
+rm -rf "$WORK/journal-$ID"

@@ -478,6 +478,7 @@ fn recover(
         segment_bytes: settings.journal_segment_bytes,
     })
     .with_context(|| format!("journal at {}", dir.display()))?;
+    claim_journal(&dir, config)?;
     // Replay from the checkpoint; without one, the whole journal (it was never pruned).
     let replay_from_epoch = match &restored {
         Some(r) => Some(r.epoch),
@@ -527,6 +528,46 @@ fn recover(
             restored,
         },
     ))
+}
+
+/// Whose journal a directory holds: replaying another deployment's journal into this one's
+/// archive would be silent corruption.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct JournalOwner {
+    archive_url: String,
+    mqtt_client_id: String,
+}
+
+/// Records the deployment in a new journal directory, or checks it is this one.
+fn claim_journal(dir: &std::path::Path, config: &Config) -> anyhow::Result<()> {
+    let path = dir.join("owner.json");
+    let mine = JournalOwner {
+        archive_url: config.archive.url.clone(),
+        mqtt_client_id: config.mqtt.client_id.clone(),
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let owner: JournalOwner = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            anyhow::ensure!(
+                owner == mine,
+                "the journal in {} belongs to archive {:?} and MQTT client {:?}, not to this \
+                 config's archive {:?} and client {:?}: point durability.journal_dir elsewhere, \
+                 or move the directory away if that deployment is gone",
+                dir.display(),
+                owner.archive_url,
+                owner.mqtt_client_id,
+                mine.archive_url,
+                mine.mqtt_client_id
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let json = serde_json::to_vec_pretty(&mine)?;
+            std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// Connects MQTT once every worker of this process has built its dataflow; stops the service
