@@ -105,8 +105,15 @@ pub fn warnings(config: &Config) -> Vec<String> {
         && !loopback(endpoint)
     {
         out.push(format!(
-            "the S3 endpoint {endpoint} is not encrypted: use https://"
+            "the S3 endpoint {endpoint} is not encrypted: use https:// (with archive.s3_ca_file for a private CA)"
         ));
+    }
+    if !config.durability.enabled {
+        out.push(
+            "durability.enabled = false: `lienwatch run` acknowledges messages before they are \
+             durable and keeps no checkpoints, so a crash loses what was in memory"
+                .to_owned(),
+        );
     }
     out
 }
@@ -172,5 +179,8 @@ mod tests {
             .properties
             .insert("security.protocol".into(), "SASL_SSL".into());
         assert!(warnings(&safe).is_empty(), "{:?}", warnings(&safe));
+        safe.durability.enabled = false;
+        let w = warnings(&safe).join("\n");
+        assert!(w.contains("durability.enabled = false"), "{w}");
     }
 }
