@@ -167,16 +167,21 @@ impl CheckpointStore {
         Ok(epochs)
     }
 
-    /// The markers written for `epoch`, by process.
-    pub async fn markers(&self, epoch: u64) -> Result<Vec<Marker>, CheckpointError> {
+    /// The objects of checkpoint `epoch`.
+    async fn objects(&self, epoch: u64) -> Result<Vec<object_store::ObjectMeta>, CheckpointError> {
         let dir = Path::from(epoch_dir(epoch));
         let listed = self
             .store
             .list_with_delimiter(Some(&dir))
             .await
             .map_err(Self::store_error(&dir))?;
+        Ok(listed.objects)
+    }
+
+    /// The markers written for `epoch`, by process.
+    pub async fn markers(&self, epoch: u64) -> Result<Vec<Marker>, CheckpointError> {
         let mut markers = Vec::new();
-        for object in listed.objects {
+        for object in self.objects(epoch).await? {
             if !object.location.as_ref().ends_with(".done") {
                 continue;
             }
@@ -233,13 +238,7 @@ impl CheckpointStore {
                 Err(source) => return Err(Self::store_error(&key)(source)),
             }
         }
-        let dir = Path::from(epoch_dir(epoch));
-        let listed = self
-            .store
-            .list_with_delimiter(Some(&dir))
-            .await
-            .map_err(Self::store_error(&dir))?;
-        for object in listed.objects {
+        for object in self.objects(epoch).await? {
             match self.store.delete(&object.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(source) => return Err(Self::store_error(&object.location)(source)),
