@@ -373,9 +373,12 @@ impl MqttSource {
             Duration::from_millis(settings.reconnect_min_ms.max(1)),
             Duration::from_millis(settings.reconnect_max_ms.max(settings.reconnect_min_ms)),
         );
-        // Room for the broker's whole QoS 1 window (it sends no more while our acks wait on a
-        // full worker channel), so the event loop keeps running (pings, acks) under
-        // back-pressure; with QoS 0 a full channel stops polling, which slows the broker.
+        // Room for the broker's whole QoS 1 window (a broker that keeps to it sends no more
+        // while our acks wait on a full worker channel), so the event loop keeps running
+        // (pings, acks) under back-pressure. When it fills anyway (QoS 0, a broker with no
+        // inflight limit, or intake waiting on a full journal) polling stops: the broker then
+        // ends the connection after 1.5 keep-alives and keeps the session, and what was not
+        // acknowledged comes again after the reconnect, dropped as duplicates.
         let (events_tx, events_rx) =
             mpsc::channel(usize::from(settings.receive_maximum).max(64) + 64);
         let gate = Arc::clone(&shared);

@@ -268,7 +268,9 @@ pub(crate) fn run_worker(
     let archive = if config.archive.enabled {
         Some(
             ArchiveWriter::open(&config.archive.connector(), process, index)
-                .map_err(|e| e.to_string())?,
+                // With its causes: "error sending request" alone hides e.g. an untrusted
+                // certificate.
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?,
         )
     } else {
         None

@@ -108,12 +108,14 @@ impl Health {
     /// `(status code, body)`: 200 when everything works, 503 while any part is degraded
     /// (the service keeps running and catches up by itself).
     fn report(&self) -> (u16, String) {
-        let mqtt = self.mqtt_connected.load(Ordering::Acquire);
+        let journal_full = self.journal_full.load(Ordering::Acquire);
+        // While intake waits on a full journal the session is not read: it may be dead
+        // without our knowing, so it is not reported as connected.
+        let mqtt = self.mqtt_connected.load(Ordering::Acquire) && !journal_full;
         let stopping = self.stopping.load(Ordering::Acquire);
         let in_flight = self.kafka.as_ref().map_or(0, KafkaProducer::in_flight);
         let kafka_degraded = self.kafka.as_ref().is_some_and(KafkaProducer::degraded);
         let archive_degraded = connectors::archive::degraded();
-        let journal_full = self.journal_full.load(Ordering::Acquire);
         let checkpoint_overdue_s = self.checkpointer.as_ref().and_then(|c| c.overdue_s());
         let healthy = mqtt
             && !kafka_degraded
