@@ -167,6 +167,16 @@ impl Checkpointer {
                 if this.superseded(epoch) {
                     return;
                 }
+                if let Some((progress, _)) = archive.as_ref().filter(|(p, _)| p.failed()) {
+                    // No later mark is ever published: no checkpoint completes, the journal
+                    // keeps everything, /health reports the overdue checkpoint.
+                    tracing::error!(
+                        epoch,
+                        attempts = progress.failed_attempts(),
+                        "an archive file was given up on; checkpoints cannot complete until a restart"
+                    );
+                    return;
+                }
                 let archived = archive.as_ref().is_none_or(|(p, mark)| p.published(*mark));
                 let delivered = kafka.as_ref().is_none_or(|(k, mark)| k.confirmed(*mark));
                 if archived && delivered {
