@@ -63,7 +63,8 @@ pub struct Durable {
     pub fsync_interval: Duration,
     /// While the journal is larger, no message is taken from the broker.
     pub max_bytes: u64,
-    /// The newest complete checkpoint epoch: segments wholly before it are deleted.
+    /// The newest complete checkpoint epoch: segments wholly before it are deleted. This
+    /// run's epochs come after it (and after the journal's), even if the clock went back.
     pub committed: Arc<AtomicU64>,
 }
 
@@ -339,10 +340,10 @@ impl MqttSource {
         }
         let (client, events) = connect(settings)?;
         // Epochs never go back, not even across restarts: the journal's come before ours.
-        let floor = durable
-            .as_ref()
-            .and_then(|d| d.journal.last_epoch())
-            .map_or(0, |e| e + 1);
+        let floor = durable.as_ref().map_or(0, |d| {
+            let journal = d.journal.last_epoch().map_or(0, |e| e + 1);
+            journal.max(d.committed.load(Ordering::Acquire) + 1)
+        });
         let epochs = EpochClock::new(epoch_ms, floor);
         let shared = Arc::new(Shared {
             last_heard_ms: std::sync::atomic::AtomicI64::new(schemas::time::now_ms()),
