@@ -131,6 +131,34 @@ pub struct JournalRecord {
     pub payload: Bytes,
 }
 
+/// A record to append, borrowed from wherever the message lives (no copy before the one into
+/// the journal's buffer).
+#[derive(Clone, Copy, Debug)]
+pub struct JournalEntry<'a> {
+    /// Receipt order.
+    pub seq: u64,
+    /// Ingest epoch of its receipt.
+    pub epoch: u64,
+    /// Wall-clock receipt time, epoch ms.
+    pub received_at_ms: i64,
+    /// The topic's device id, if any.
+    pub device_id: Option<&'a str>,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a JournalRecord> for JournalEntry<'a> {
+    fn from(r: &'a JournalRecord) -> Self {
+        Self {
+            seq: r.seq,
+            epoch: r.epoch,
+            received_at_ms: r.received_at_ms,
+            device_id: r.device_id.as_deref(),
+            payload: &r.payload,
+        }
+    }
+}
+
 /// What went wrong with the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -411,7 +439,8 @@ impl Journal {
     /// Buffers one record (not durable until a [`Journal::sync`] after it completes); closes
     /// the last segment first if the record would take it past `segment_bytes`. An encode into
     /// memory, no syscall. `record.seq` must be at least [`Journal::next_seq`].
-    pub fn append(&mut self, record: &JournalRecord) -> Result<(), JournalError> {
+    pub fn append<'a>(&mut self, record: impl Into<JournalEntry<'a>>) -> Result<(), JournalError> {
+        let record = record.into();
         self.check()?;
         if record.seq < self.next_seq {
             return Err(JournalError::SeqOrder {
@@ -419,7 +448,7 @@ impl Journal {
                 next: self.next_seq,
             });
         }
-        let device = record.device_id.as_deref().map(str::as_bytes);
+        let device = record.device_id.map(str::as_bytes);
         let device_len = device.map_or(0, <[u8]>::len);
         let body_len = FIXED_BYTES + device_len + record.payload.len();
         if body_len > u32::MAX as usize {
@@ -450,7 +479,7 @@ impl Journal {
             }
             None => buffer.extend_from_slice(&NO_DEVICE.to_le_bytes()),
         }
-        buffer.extend_from_slice(&record.payload);
+        buffer.extend_from_slice(record.payload);
         let checksum = xxh3_64_with_seed(&buffer[start + HEADER_BYTES..], body_len as u64);
         buffer[start + 4..start + HEADER_BYTES].copy_from_slice(&checksum.to_le_bytes());
 

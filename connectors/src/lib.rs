@@ -27,7 +27,9 @@ pub mod kafka;
 pub mod mqtt;
 
 pub use archive::{ArchiveConfig, ArchiveError, ArchiveStats, ArchiveWriter, UploadProgress};
-pub use journal::{Journal, JournalConfig, JournalError, JournalReader, JournalRecord};
+pub use journal::{
+    Journal, JournalConfig, JournalEntry, JournalError, JournalReader, JournalRecord,
+};
 pub use jsonl::{JsonlError, JsonlWriter, LineBatch, LineSource};
 pub use kafka::{KafkaError, KafkaProducer, KafkaSettings};
 pub use mqtt::{Inlet, Message, MqttError, MqttSettings, MqttSource, WorkerInlet};

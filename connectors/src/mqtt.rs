@@ -44,7 +44,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::journal::{Journal, JournalRecord};
+use crate::journal::{Journal, JournalEntry};
 
 /// How long the session is read after DISCONNECT, waiting for the broker to close it.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
@@ -770,14 +770,14 @@ impl JournalIntake {
 
     /// Appends a received message; false after a journal error (logged).
     fn append(&mut self, message: &Message) -> bool {
-        let record = JournalRecord {
+        let entry = JournalEntry {
             seq: message.seq,
             epoch: message.epoch,
             received_at_ms: message.received_at_ms,
-            device_id: message.device_id.clone(),
-            payload: message.payload.clone(),
+            device_id: message.device_id.as_deref(),
+            payload: &message.payload,
         };
-        let appended = self.durable.journal.append(&record).and_then(|()| {
+        let appended = self.durable.journal.append(entry).and_then(|()| {
             if self.durable.journal.pending_bytes() >= SYNC_AT_PENDING_BYTES {
                 self.durable.journal.sync()
             } else {
