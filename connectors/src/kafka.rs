@@ -857,10 +857,9 @@ mod tests {
     }
 
     #[test]
-    fn ledger_cost_per_message_is_small() {
+    fn ledger_confirms_every_mark_through_many_out_of_order_confirmations() {
         // Send and confirm 100 000 messages with 10 000 in flight, confirmations out of order.
         let ledger = InFlight::default();
-        let start = Instant::now();
         let n = 100_000u64;
         let mut window = std::collections::VecDeque::new();
         for i in 0..n {
@@ -875,15 +874,12 @@ mod tests {
                 ledger.confirm(id.unwrap());
             }
         }
+        let oldest = *window.front().unwrap();
+        assert!(ledger.confirmed(oldest) && !ledger.confirmed(oldest + 1));
         for id in window {
             ledger.confirm(id);
         }
-        let per_message = start.elapsed() / n as u32;
-        eprintln!("ledger: {per_message:?} per message sent and confirmed");
         assert!(ledger.confirmed(n));
-        // About 3 µs in a debug build, 0.2-0.3 µs optimized (with the lock and the clock);
-        // a scan of the pending messages would cost tens of µs here.
-        assert!(per_message < Duration::from_micros(25), "{per_message:?}");
     }
 
     #[test]
