@@ -9,6 +9,7 @@
 //! - [`VehicleFeed::compact_phase`]: four readings a day (one at 03:00, a 1.2-km drive at
 //!   09:00), enough to fill every ring of the baselines of a million vehicles in minutes.
 
+use operators::vehicle::{Env, Outputs, Profile, VehicleState};
 use schemas::{DeviceClass, Gnss, Obd, Power, Reading, Record};
 
 /// 2026-06-01T00:00:00+08:00, local midnight of day 0.
@@ -295,5 +296,49 @@ impl VehicleFeed {
             next(self, t + 120_000, Motion::Driving, 4.0 * dlat);
         }
         next(self, t + 150_000, Motion::Parked, 0.0);
+    }
+}
+
+impl VehicleFeed {
+    /// The registry facts of this vehicle: its loan and VIN.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            loan_id: Some(self.loan_id.clone()),
+            vin: Some(self.vin.clone()),
+            ..Profile::default()
+        }
+    }
+}
+
+/// A vehicle, its pipeline clock and the newest event time seen: fed records in order, the
+/// clock following event time (minus the reorder window) after each one.
+#[derive(Clone)]
+pub struct Fed {
+    /// The vehicle.
+    pub state: VehicleState,
+    clock: Option<i64>,
+    max_ts: i64,
+}
+
+impl Fed {
+    /// A vehicle nothing was fed yet.
+    pub fn new(state: VehicleState) -> Self {
+        Self {
+            state,
+            clock: None,
+            max_ts: i64::MIN,
+        }
+    }
+
+    /// Feeds `records` in order, advancing the clock after each one.
+    pub fn feed(&mut self, records: Vec<Record>, env: &Env<'_>, out: &mut Outputs) {
+        let window = env.rules.reorder_window_ms();
+        for record in records {
+            self.max_ts = self.max_ts.max(record.reading.ts_ms);
+            self.state.arrive(record, self.clock, env, out);
+            let clock = self.max_ts - window;
+            self.clock = Some(clock);
+            self.state.advance(clock, env, out);
+        }
     }
 }

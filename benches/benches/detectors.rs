@@ -43,7 +43,7 @@ use criterion::{
     BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
 };
 
-use benches::feed::{DAY_MS, DAY0_MS, MIN_MS, VehicleFeed};
+use benches::feed::{DAY_MS, DAY0_MS, Fed, MIN_MS, VehicleFeed};
 use operators::baseline::{Baseline, RowIdentity};
 use operators::config::RulesConfig;
 use operators::ctx::Ctx;
@@ -64,7 +64,7 @@ use operators::position::{Fix, PositionChain, Step};
 use operators::registry::{DEFAULT_TIMEZONE, Registry};
 use operators::vehicle::{Env, Outputs, Profile, VehicleState};
 use operators::vin_index::{ClaimSource, VinClaim, VinIndex};
-use schemas::{Alarm, Alert, DailyFeatures, DeviceClass, Reading, Record};
+use schemas::{Alarm, Alert, DailyFeatures, DeviceClass, Reading};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -970,27 +970,6 @@ fn features(c: &mut Criterion) {
     g.finish();
 }
 
-/// A vehicle, its pipeline clock and the newest event time seen (as in `history.rs`).
-#[derive(Clone)]
-struct Fed {
-    state: VehicleState,
-    clock: Option<i64>,
-    max_ts: i64,
-}
-
-impl Fed {
-    fn feed(&mut self, records: Vec<Record>, env: &Env<'_>, out: &mut Outputs) {
-        let window = env.rules.reorder_window_ms();
-        for record in records {
-            self.max_ts = self.max_ts.max(record.reading.ts_ms);
-            self.state.arrive(record, self.clock, env, out);
-            let clock = self.max_ts - window;
-            self.clock = Some(clock);
-            self.state.advance(clock, env, out);
-        }
-    }
-}
-
 /// Every kind switched off.
 fn all_off(mut r: RulesConfig) -> RulesConfig {
     r.power_cut.enabled = false;
@@ -1039,16 +1018,10 @@ fn vehicle(c: &mut Criterion) {
     for (name, scene) in [("all_kinds_on", &on), ("all_kinds_off", &off)] {
         let env = scene.env();
         let profile = Profile {
-            loan_id: Some(feed.loan_id.clone()),
-            vin: Some(feed.vin.clone()),
             permitted: scene.permitted.clone(),
-            ..Profile::default()
+            ..feed.profile()
         };
-        let mut fed = Fed {
-            state: VehicleState::new(feed.vehicle_id.clone(), profile),
-            clock: None,
-            max_ts: i64::MIN,
-        };
+        let mut fed = Fed::new(VehicleState::new(feed.vehicle_id.clone(), profile));
         let mut out = Outputs::default();
         fed.feed(history.clone(), &env, &mut out);
         assert!(out.alerts.is_empty(), "{name}: the history raised alerts");

@@ -22,55 +22,20 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
-use benches::feed::VehicleFeed;
+use benches::feed::{Fed, VehicleFeed};
 use operators::config::RulesConfig;
 use operators::days::{ActiveDays, NightLocations};
 use operators::fences::FenceIndex;
-use operators::vehicle::{Env, Outputs, Profile, VehicleState};
+use operators::vehicle::{Env, Outputs, VehicleState};
 use schemas::{DeviceClass, Record};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A vehicle, its pipeline clock and the newest event time seen.
-#[derive(Clone)]
-struct Fed {
-    state: VehicleState,
-    clock: Option<i64>,
-    max_ts: i64,
-}
-
-impl Fed {
-    fn new(feed: &VehicleFeed) -> Self {
-        let profile = Profile {
-            loan_id: Some(feed.loan_id.clone()),
-            vin: Some(feed.vin.clone()),
-            ..Profile::default()
-        };
-        Self {
-            state: VehicleState::new(feed.vehicle_id.clone(), profile),
-            clock: None,
-            max_ts: i64::MIN,
-        }
-    }
-
-    /// Feeds `records` in order, advancing the clock after each one.
-    fn feed(&mut self, records: Vec<Record>, env: &Env<'_>, out: &mut Outputs) {
-        let window = env.rules.reorder_window_ms();
-        for record in records {
-            self.max_ts = self.max_ts.max(record.reading.ts_ms);
-            self.state.arrive(record, self.clock, env, out);
-            let clock = self.max_ts - window;
-            self.clock = Some(clock);
-            self.state.advance(clock, env, out);
-        }
-    }
-}
-
 /// A vehicle after `days` days of history, and the readings of the day after.
 fn warmed(days: i64, env: &Env<'_>) -> (Fed, Vec<Record>) {
     let mut feed = VehicleFeed::new(7, DeviceClass::Wired);
-    let mut fed = Fed::new(&feed);
+    let mut fed = Fed::new(VehicleState::new(feed.vehicle_id.clone(), feed.profile()));
     let mut ingest_seq = 0;
     let (mut alerts, mut rows) = (0, 0);
     for day in 0..days {

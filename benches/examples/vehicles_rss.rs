@@ -39,7 +39,9 @@ use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use benches::feed::{COMPACT_PHASE_MIN, DAY_MS, DAY0_MS, MIN_MS, VehicleFeed, compact_readings};
+use benches::feed::{
+    COMPACT_PHASE_MIN, DAY_MS, DAY0_MS, Fed, MIN_MS, VehicleFeed, compact_readings,
+};
 use connectors::JsonlWriter;
 use operators::baseline::Baseline;
 use operators::config::RulesConfig;
@@ -245,7 +247,7 @@ fn grown_capacity(len: usize, size: usize) -> usize {
 /// Feeds a vehicle the compact days, one epoch per phase, as the fleet does.
 fn compact_state(days: i64, env: &Env<'_>) -> VehicleState {
     let mut feed = VehicleFeed::new(7, DeviceClass::Wireless);
-    let mut state = VehicleState::new(feed.vehicle_id.clone(), profile(&feed));
+    let mut state = VehicleState::new(feed.vehicle_id.clone(), feed.profile());
     let (mut ingest_seq, mut max_ts, mut clock) = (0, i64::MIN, None);
     for day in 0..days {
         for phase in 0..2 {
@@ -268,31 +270,15 @@ fn compact_state(days: i64, env: &Env<'_>) -> VehicleState {
 /// Feeds a vehicle the realistic days of the `history` bench, one epoch per reading.
 fn realistic_state(days: i64, env: &Env<'_>) -> VehicleState {
     let mut feed = VehicleFeed::new(7, DeviceClass::Wired);
-    let mut state = VehicleState::new(feed.vehicle_id.clone(), profile(&feed));
-    let (mut ingest_seq, mut max_ts) = (0, i64::MIN);
-    let mut clock = None;
+    let mut fed = Fed::new(VehicleState::new(feed.vehicle_id.clone(), feed.profile()));
+    let mut ingest_seq = 0;
     for day in 0..days {
         let mut records = Vec::new();
         feed.realistic_day(day, &mut ingest_seq, &mut records);
-        let mut out = Outputs::default();
-        for r in records {
-            max_ts = max_ts.max(r.reading.ts_ms);
-            state.arrive(r, clock, env, &mut out);
-            let c = max_ts - env.rules.reorder_window_ms();
-            clock = Some(c);
-            state.advance(c, env, &mut out);
-        }
+        fed.feed(records, env, &mut Outputs::default());
     }
-    state.flush(env, &mut Outputs::default());
-    state
-}
-
-fn profile(feed: &VehicleFeed) -> Profile {
-    Profile {
-        loan_id: Some(feed.loan_id.clone()),
-        vin: Some(feed.vin.clone()),
-        ..Profile::default()
-    }
+    fed.state.flush(env, &mut Outputs::default());
+    fed.state
 }
 
 fn calibration(days: i64) {
