@@ -16,6 +16,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::reading::{Alarm, AlarmSet, Gnss, Obd, Power, Reading};
 
+mod fast;
+
 /// Why a message was rejected. The snake_case names are the `reason` column of the
 /// `rejects` dataset and the label of the rejects counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -172,24 +174,33 @@ pub fn decode_payload(
         }
     };
     match text.trim_start().as_bytes().first() {
-        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
-            Ok(elements) if elements.is_empty() => out.push(Err(reject(
-                RejectReason::EmptyBatch,
-                "batch array has no elements".to_owned(),
-                payload,
-            ))),
-            Ok(elements) => {
-                for element in elements {
-                    out.push(decode_object(
-                        element.get(),
-                        topic_device_id,
-                        received_at_ms,
-                        limits,
-                    ));
-                }
+        Some(b'[') => {
+            let elements = match fast::array_elements(text) {
+                Some(elements) => elements,
+                None => match serde_json::from_str::<Vec<&RawValue>>(text) {
+                    Ok(elements) => elements.into_iter().map(RawValue::get).collect(),
+                    Err(e) => {
+                        out.push(Err(reject(json_reason(&e), e.to_string(), payload)));
+                        return;
+                    }
+                },
+            };
+            if elements.is_empty() {
+                out.push(Err(reject(
+                    RejectReason::EmptyBatch,
+                    "batch array has no elements".to_owned(),
+                    payload,
+                )));
             }
-            Err(e) => out.push(Err(reject(json_reason(&e), e.to_string(), payload))),
-        },
+            for element in elements {
+                out.push(decode_object(
+                    element,
+                    topic_device_id,
+                    received_at_ms,
+                    limits,
+                ));
+            }
+        }
         _ => out.push(decode_object(text, topic_device_id, received_at_ms, limits)),
     }
 }
@@ -231,9 +242,12 @@ fn decode_object(
         };
         return Err(fail(reject, reason, "expected a JSON object".to_owned()));
     }
-    let wire: WireMessage<'_> = match serde_json::from_str(text) {
-        Ok(w) => w,
-        Err(e) => return Err(fail(reject, json_reason(&e), e.to_string())),
+    let wire: WireMessage<'_> = match fast::wire_message(text) {
+        Some(w) => w,
+        None => match serde_json::from_str(text) {
+            Ok(w) => w,
+            Err(e) => return Err(fail(reject, json_reason(&e), e.to_string())),
+        },
     };
     let device_id = match (wire.device_id.as_deref(), topic_device_id) {
         (Some(p), Some(t)) if p != t => {
@@ -359,7 +373,8 @@ fn decode_object(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug))]
 struct WireMessage<'a> {
     #[serde(borrow, default)]
     device_id: Option<Cow<'a, str>>,
@@ -385,7 +400,8 @@ struct WireMessage<'a> {
     alarms: Option<Vec<Cow<'a, str>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug))]
 struct WireGnss {
     #[serde(default)]
     lat: Option<f64>,
@@ -405,7 +421,8 @@ struct WireGnss {
     sats: Option<u16>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug))]
 struct WireObd<'a> {
     #[serde(default)]
     rpm: Option<f64>,
@@ -423,7 +440,8 @@ struct WireObd<'a> {
     engine_hours: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug))]
 struct WirePower {
     #[serde(default)]
     ext_v: Option<f64>,
@@ -433,6 +451,7 @@ struct WirePower {
 
 /// `ts` as sent: integer epoch milliseconds or an RFC 3339 string. Anything else is kept as
 /// `Invalid` so it is rejected as `invalid_ts` rather than as a generic field error.
+#[cfg_attr(test, derive(Debug))]
 enum WireTs<'a> {
     Millis(i64),
     Text(Cow<'a, str>),
