@@ -219,19 +219,18 @@ fn decode_object(
     received_at_ms: i64,
     limits: &DecodeLimits,
 ) -> Result<Reading, Reject> {
-    let mut reject = Reject {
-        reason: String::new(),
-        detail: String::new(),
-        device_id: topic_device_id.map(str::to_owned),
+    // What is known of the message so far, for a reject; built only when one is needed.
+    let mut reject = Known {
+        device_id: topic_device_id,
         ts_ms: None,
-        received_at_ms,
-        raw: Vec::new(),
     };
-    let fail = |mut r: Reject, reason: RejectReason, detail: String| {
-        r.reason = reason.as_str().to_owned();
-        r.detail = detail;
-        r.raw = text.as_bytes()[..text.len().min(limits.max_reject_raw_bytes)].to_vec();
-        r
+    let fail = |known: Known<'_>, reason: RejectReason, detail: String| Reject {
+        reason: reason.as_str().to_owned(),
+        detail,
+        device_id: known.device_id.map(str::to_owned),
+        ts_ms: known.ts_ms,
+        received_at_ms,
+        raw: text.as_bytes()[..text.len().min(limits.max_reject_raw_bytes)].to_vec(),
     };
     let trimmed = text.trim_start();
     if !trimmed.starts_with('{') {
@@ -251,15 +250,15 @@ fn decode_object(
     };
     let device_id = match (wire.device_id.as_deref(), topic_device_id) {
         (Some(p), Some(t)) if p != t => {
-            reject.device_id = Some(p.to_owned());
+            reject.device_id = Some(p);
             return Err(fail(
                 reject,
                 RejectReason::DeviceIdMismatch,
                 format!("payload device_id {p:?} differs from topic device_id {t:?}"),
             ));
         }
-        (Some(p), _) if !p.trim().is_empty() => p.to_owned(),
-        (None, Some(t)) => t.to_owned(),
+        (Some(p), _) if !p.trim().is_empty() => p,
+        (None, Some(t)) => t,
         _ => {
             return Err(fail(
                 reject,
@@ -268,7 +267,7 @@ fn decode_object(
             ));
         }
     };
-    reject.device_id = Some(device_id.clone());
+    reject.device_id = Some(device_id);
     let ts_ms = match wire.ts {
         None => return Err(fail(reject, RejectReason::MissingTs, "no ts".to_owned())),
         Some(WireTs::Millis(ms)) if (0..=MAX_TS_MS).contains(&ms) => ms,
@@ -345,7 +344,7 @@ fn decode_object(
         })
         .collect();
     Ok(Reading {
-        device_id,
+        device_id: device_id.to_owned(),
         ts_ms,
         seq: wire.seq,
         backfill: wire.backfill.unwrap_or(false),
@@ -371,6 +370,13 @@ fn decode_object(
         content_hash: xxh3_64(text.as_bytes()),
         received_at_ms,
     })
+}
+
+/// The device id and event time read so far, for a [`Reject`].
+#[derive(Clone, Copy)]
+struct Known<'t> {
+    device_id: Option<&'t str>,
+    ts_ms: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
