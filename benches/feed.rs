@@ -303,8 +303,8 @@ impl VehicleFeed {
     /// The registry facts of this vehicle: its loan and VIN.
     pub fn profile(&self) -> Profile {
         Profile {
-            loan_id: Some(self.loan_id.clone()),
-            vin: Some(self.vin.clone()),
+            loan_id: Some(self.loan_id.as_str().into()),
+            vin: Some(self.vin.as_str().into()),
             ..Profile::default()
         }
     }

@@ -1018,7 +1018,7 @@ fn vehicle(c: &mut Criterion) {
     for (name, scene) in [("all_kinds_on", &on), ("all_kinds_off", &off)] {
         let env = scene.env();
         let profile = Profile {
-            permitted: scene.permitted.clone(),
+            permitted: scene.permitted.as_slice().into(),
             ..feed.profile()
         };
         let mut fed = Fed::new(VehicleState::new(feed.vehicle_id.clone(), profile));

@@ -50,15 +50,15 @@ use operators::dedup::Dedup;
 use operators::fences::FenceIndex;
 use operators::fleet::{EpochSample, Fleet, FleetOutputs, TopTimes};
 use operators::kinds::{
-    device_tamper::DeviceTamper, dtc_cleared::DtcCleared, geofence_exit::GeofenceExit,
-    gnss_jamming::GnssJamming, location_jump::LocationJump, low_battery::LowBattery,
-    odometer_mismatch::OdometerMismatch, odometer_rollback::OdometerRollback, offline::Offline,
-    power_cut::PowerCut, risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
+    device_tamper::DeviceTamper, dtc_cleared::DtcCleared, gnss_jamming::GnssJamming,
+    low_battery::LowBattery, odometer_mismatch::OdometerMismatch,
+    odometer_rollback::OdometerRollback, offline::Offline, power_cut::PowerCut,
+    risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
     stationary_long::StationaryLong, tow_suspected::TowSuspected, vin_mismatch::VinMismatch,
 };
 use operators::position::{Fix, PositionChain};
 use operators::registry::Registry;
-use operators::vehicle::{Env, Outputs, Profile, VehicleState};
+use operators::vehicle::{Env, Outputs, Profile, TypeSizes, VehicleState};
 use schemas::{DailyFeatures, DeviceClass, Record};
 
 #[global_allocator]
@@ -319,13 +319,9 @@ fn to_json(state: &VehicleState) -> Vec<u8> {
 }
 
 /// Sizes of the state's types. `DeviceState`, `DeviceKinds` and `VehicleKinds` are private to
-/// `operators::vehicle`; their sizes are the sums of their fields' (rounded to 8), checked
-/// against `size_of::<VehicleState>()`.
-struct Sizes {
-    device_kinds: usize,
-    device_state: usize,
-    vehicle_kinds: usize,
-}
+/// `operators::vehicle`, which reports their `size_of` ([`TypeSizes`]); the sum of the
+/// vehicle's fields is checked against `size_of::<VehicleState>()`.
+struct Sizes(TypeSizes);
 
 fn round8(n: usize) -> usize {
     n.div_ceil(8) * 8
@@ -333,85 +329,68 @@ fn round8(n: usize) -> usize {
 
 impl Sizes {
     fn new() -> Self {
-        let device_kinds = round8(
-            size_of::<PowerCut>()
-                + size_of::<DeviceTamper>()
-                + size_of::<Offline>()
-                + size_of::<GnssJamming>()
-                + size_of::<LowBattery>()
-                + size_of::<OdometerRollback>()
-                + size_of::<OdometerMismatch>()
-                + size_of::<DtcCleared>()
-                + size_of::<VinMismatch>(),
-        );
-        // device_id, class, dedup, buffer, newest, last_ts, last_fix, reports_ignition,
-        // reported_vin, last_speed, kinds.
-        let device_state = round8(
-            size_of::<String>()
-                + size_of::<DeviceClass>()
-                + size_of::<Dedup>()
-                + size_of::<Vec<Record>>()
-                + size_of::<[i64; 2]>()
-                + size_of::<Option<i64>>()
-                + size_of::<Option<(f64, f64)>>()
-                + size_of::<bool>()
-                + size_of::<Option<String>>()
-                + size_of::<Option<(i64, f32)>>()
-                + device_kinds,
-        );
-        let vehicle_kinds = round8(
-            size_of::<TowSuspected>()
-                + size_of::<LocationJump>()
-                + size_of::<GeofenceExit>()
-                + size_of::<RiskZoneEnter>()
-                + size_of::<RiskZoneDwell>()
-                + size_of::<StationaryLong>(),
-        );
-        Self {
-            device_kinds,
-            device_state,
-            vehicle_kinds,
-        }
+        Self(TypeSizes::new())
     }
 
     fn print(&self) {
+        let t = &self.0;
+        // vehicle_id, profile, devices, chain, kinds, baseline, claimed_registration,
+        // buffered.
         let vehicle_state = round8(
-            size_of::<String>()
+            size_of::<Box<str>>()
                 + size_of::<Profile>()
                 + size_of::<Vec<u8>>()
                 + size_of::<PositionChain>()
-                + self.vehicle_kinds
+                + t.vehicle_kinds
                 + size_of::<Baseline>()
                 + size_of::<bool>()
                 + size_of::<usize>(),
         );
         println!("\nTYPE SIZES (size_of, bytes)");
-        let rows: [(&str, usize); 23] = [
+        let rows: [(&str, usize); 28] = [
             ("VehicleState", size_of::<VehicleState>()),
             ("  (sum of its fields)", vehicle_state),
             ("  Profile", size_of::<Profile>()),
             ("  PositionChain", size_of::<PositionChain>()),
             ("    Fix", size_of::<Fix>()),
-            ("  VehicleKinds (sum)", self.vehicle_kinds),
+            ("  VehicleKinds", t.vehicle_kinds),
             ("    TowSuspected", size_of::<TowSuspected>()),
-            ("    GeofenceExit", size_of::<GeofenceExit>()),
-            ("    RiskZoneEnter", size_of::<RiskZoneEnter>()),
-            ("    RiskZoneDwell", size_of::<RiskZoneDwell>()),
             ("    StationaryLong", size_of::<StationaryLong>()),
+            (
+                "    GeofenceExit (boxed while it has state)",
+                t.geofence_exit,
+            ),
+            (
+                "    RiskZoneEnter + RiskZoneDwell (boxed while they have state)",
+                t.risk_zones,
+            ),
+            ("      RiskZoneEnter", size_of::<RiskZoneEnter>()),
+            ("      RiskZoneDwell", size_of::<RiskZoneDwell>()),
             ("  Baseline", size_of::<Baseline>()),
             ("    DayAcc (the open day, inline)", size_of::<DayAcc>()),
             ("    DayRing", size_of::<DayRing>()),
             ("    ActiveDays", size_of::<ActiveDays>()),
             ("    NightLocations", size_of::<NightLocations>()),
-            ("DeviceState (sum of its fields)", self.device_state),
+            ("DeviceState", t.device_state),
             ("  Dedup", size_of::<Dedup>()),
-            ("  DeviceKinds (sum)", self.device_kinds),
+            ("  DeviceKinds", t.device_kinds),
+            ("    PowerCut", size_of::<PowerCut>()),
+            ("    OdometerRollback", size_of::<OdometerRollback>()),
             ("    OdometerMismatch", size_of::<OdometerMismatch>()),
-            ("    PowerCut + DeviceTamper + Offline + … (8 others)", {
-                self.device_kinds - size_of::<OdometerMismatch>()
-            }),
+            ("    DtcCleared", size_of::<DtcCleared>()),
+            (
+                "    DeviceTamper + Offline + GnssJamming + LowBattery + VinMismatch (boxed while one has state)",
+                t.device_incidents,
+            ),
             ("Record (a buffered reading)", size_of::<Record>()),
             ("DailyFeatures (a row)", size_of::<DailyFeatures>()),
+            ("(sum of the 5 boxed device kinds)", {
+                size_of::<DeviceTamper>()
+                    + size_of::<Offline>()
+                    + size_of::<GnssJamming>()
+                    + size_of::<LowBattery>()
+                    + size_of::<VinMismatch>()
+            }),
         ];
         for (name, size) in rows {
             println!("  {name:<52} {size:5}");
@@ -443,7 +422,7 @@ impl Sizes {
             let (len, elem, cap) = s(str_len(path));
             part(name.into(), len, elem, cap);
         }
-        let ds = self.device_state;
+        let ds = self.0.device_state;
         part("devices: Vec<DeviceState>".into(), devices, ds, devices);
         for d in 0..devices {
             let i = d.to_string();
@@ -470,17 +449,56 @@ impl Sizes {
                 format!("devices[{d}].kinds.odometer_mismatch.checkpoints"),
                 cps,
                 24,
-                grown_capacity(cps, 24),
+                cps,
+            );
+            // Boxed state, present only mid-incident (`null` otherwise).
+            for (name, rest, size) in [
+                (
+                    "kinds.incidents",
+                    &["kinds", "incidents"][..],
+                    self.0.device_incidents,
+                ),
+                // `Suspect`: two (time, odometer, GNSS metres) marks.
+                (
+                    "kinds.odometer_mismatch.suspect",
+                    &["kinds", "odometer_mismatch", "suspect"],
+                    48,
+                ),
+            ] {
+                let boxed = v.get(&dev(rest)).is_some_and(json::Value::is_obj);
+                part(
+                    format!("devices[{d}].{name} (boxed)"),
+                    usize::from(boxed),
+                    size,
+                    usize::from(boxed),
+                );
+            }
+        }
+        for (name, path, size) in [
+            (
+                "kinds.geofence_exit",
+                &["kinds", "geofence_exit"][..],
+                self.0.geofence_exit,
+            ),
+            ("kinds.risk", &["kinds", "risk"], self.0.risk_zones),
+        ] {
+            let boxed = v.get(path).is_some_and(json::Value::is_obj);
+            part(
+                format!("{name} (boxed)"),
+                usize::from(boxed),
+                size,
+                usize::from(boxed),
             );
         }
         let acc = size_of::<DayAcc>();
-        // `None` = grows one push at a time; `Some(n)` = room for `n` from the first entry.
+        // `None` = grows one push at a time; `Some(n)` = room for `n` from the first entry;
+        // `Some(0)` = room for exactly its entries.
         for (name, path, elem, room) in [
             (
                 "baseline.closed: Vec<DayAcc>",
                 &["baseline", "closed"][..],
                 acc,
-                None,
+                Some(0),
             ),
             (
                 "baseline.ahead: Vec<DayAcc>",
@@ -509,6 +527,7 @@ impl Sizes {
         ] {
             let len = arr_len(path);
             let cap = match room {
+                Some(0) => len,
                 Some(n) if len > 0 => n,
                 Some(_) => 0,
                 None => grown_capacity(len, elem),
@@ -566,6 +585,10 @@ mod json {
                 Kind::Str(n) => n,
                 _ => 0,
             }
+        }
+
+        pub fn is_obj(&self) -> bool {
+            matches!(self.kind, Kind::Obj(_))
         }
 
         pub fn arr_len(&self) -> usize {

@@ -67,7 +67,7 @@ fn night_end_hour(rules: &RulesConfig) -> u32 {
 impl Baseline {
     /// The open day's end, when the clock must close it.
     pub fn close_due(&self) -> Option<i64> {
-        self.today.as_ref().map(|t| t.bounds.end_ms)
+        self.today.as_ref().map(|t| t.bounds.end_ms())
     }
 
     /// Whether emitted days wait to be emitted again.
@@ -103,7 +103,7 @@ impl Baseline {
         }
         if self.first_day.is_none() {
             self.first_day = Some(bounds.day);
-            let after_sample = ts_ms > bounds.night_sample_ms;
+            let after_sample = ts_ms > bounds.night_sample_ms();
             self.first_night_day = Some(bounds.day + i32::from(after_sample));
         }
         let day = match self.ahead.first().filter(|d| d.bounds.day == bounds.day) {
@@ -140,7 +140,7 @@ impl Baseline {
             return;
         }
         let bounds = self.bounds_of(tz, r.ts_ms, ctx.rules);
-        let (day, sample_ms) = (bounds.day, bounds.night_sample_ms);
+        let (day, sample_ms) = (bounds.day, bounds.night_sample_ms());
         if r.ts_ms < sample_ms || self.sampled_day.is_some_and(|s| s >= day) {
             return;
         }
@@ -175,7 +175,7 @@ impl Baseline {
         if self
             .today
             .as_ref()
-            .is_some_and(|t| r.ts_ms >= t.bounds.end_ms)
+            .is_some_and(|t| r.ts_ms >= t.bounds.end_ms())
         {
             self.close(chain, row, rules, rows);
         }
@@ -196,7 +196,7 @@ impl Baseline {
                 today.note_reading(r);
                 return;
             }
-            if r.ts_ms >= today.bounds.end_ms {
+            if r.ts_ms >= today.bounds.end_ms() {
                 self.note_ahead(r, tz, rules);
                 return;
             }
@@ -276,7 +276,7 @@ impl Baseline {
             return;
         }
         let (day, today_km) = (today.bounds.day, today.gnss_m / 1000.0);
-        let night = (share.ts_ms < today.bounds.night_end_ms).then_some(today.night_m / 1000.0);
+        let night = (share.ts_ms < today.bounds.night_end_ms()).then_some(today.night_m / 1000.0);
         self.mileage_anomaly
             .on_distance(day, today_km, &self.active, share.ts_ms, dev, ctx);
         if let Some(tonight_km) = night {
@@ -365,7 +365,7 @@ impl Baseline {
             self.in_trip = counted;
             self.added_early = Some(ts_ms);
         }
-        self.closed_until_ms = day.bounds.end_ms;
+        self.closed_until_ms = day.bounds.end_ms();
         let summary = day.summary();
         self.ring.push(day.bounds.day, summary);
         self.active.push(
@@ -380,6 +380,8 @@ impl Baseline {
         let oldest = day.bounds.day + 1 - i32::try_from(rules.features.revision_days).unwrap_or(0);
         self.closed.retain(|d| d.bounds.day >= oldest);
         if day.has_data() {
+            // Room for exactly the days kept, not the doubling growth's four.
+            self.closed.reserve_exact(1);
             self.closed.push(day);
             let last = self.closed.len() - 1;
             self.emit(last, row, rules, rows);
@@ -658,7 +660,7 @@ mod reference {
             if counted {
                 d.gnss_m += dist;
                 d.driving_ms += dt;
-                if b.ts_ms < bounds.night_end_ms {
+                if b.ts_ms < bounds.night_end_ms() {
                     d.night_m += dist;
                 }
                 if mil {

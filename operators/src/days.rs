@@ -18,19 +18,30 @@ pub const RING_DAYS: usize = 30;
 /// Hour (local) whose position is the night location.
 const NIGHT_SAMPLE_HOUR: u32 = 3;
 
-/// Local-day boundaries of one day in one time zone, as epoch milliseconds.
+/// Local-day boundaries of one day in one time zone: local midnight as epoch milliseconds,
+/// the other instants as milliseconds after it (24 bytes: kept for every day open to
+/// revision).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayBounds {
-    /// Days since 1970-01-01 of the local date.
-    pub day: i32,
     /// Local midnight.
     pub start_ms: i64,
-    /// End of the night window.
-    pub night_end_ms: i64,
-    /// The night-location instant (03:00 local).
-    pub night_sample_ms: i64,
-    /// The next local midnight.
-    pub end_ms: i64,
+    /// Days since 1970-01-01 of the local date.
+    pub day: i32,
+    /// End of the night window, after `start_ms`.
+    night_end: i32,
+    /// The night-location instant (03:00 local), after `start_ms`.
+    night_sample: i32,
+    /// The next local midnight, after `start_ms`.
+    end: i32,
+}
+
+/// `ts_ms - start_ms`: days are at most 25 hours long, far inside `i32` milliseconds.
+fn offset(start_ms: i64, ts_ms: i64) -> i32 {
+    i32::try_from(ts_ms.saturating_sub(start_ms)).unwrap_or(if ts_ms < start_ms {
+        i32::MIN
+    } else {
+        i32::MAX
+    })
 }
 
 fn epoch_date() -> NaiveDate {
@@ -61,13 +72,29 @@ impl DayBounds {
 
     fn on(tz: Tz, date: NaiveDate, night_end_hour: u32) -> Self {
         let next = date + Days::new(1);
+        let start_ms = local_ms(tz, date, 0);
         Self {
             day: i32::try_from((date - epoch_date()).num_days()).unwrap_or_default(),
-            start_ms: local_ms(tz, date, 0),
-            night_end_ms: local_ms(tz, date, night_end_hour.min(23)),
-            night_sample_ms: local_ms(tz, date, NIGHT_SAMPLE_HOUR),
-            end_ms: local_ms(tz, next, 0),
+            start_ms,
+            night_end: offset(start_ms, local_ms(tz, date, night_end_hour.min(23))),
+            night_sample: offset(start_ms, local_ms(tz, date, NIGHT_SAMPLE_HOUR)),
+            end: offset(start_ms, local_ms(tz, next, 0)),
         }
+    }
+
+    /// End of the night window.
+    pub fn night_end_ms(&self) -> i64 {
+        self.start_ms + i64::from(self.night_end)
+    }
+
+    /// The night-location instant (03:00 local).
+    pub fn night_sample_ms(&self) -> i64 {
+        self.start_ms + i64::from(self.night_sample)
+    }
+
+    /// The next local midnight.
+    pub fn end_ms(&self) -> i64 {
+        self.start_ms + i64::from(self.end)
     }
 
     /// The following local day.
@@ -77,7 +104,7 @@ impl DayBounds {
 
     /// Whether `ts_ms` falls in this day.
     pub fn contains(&self, ts_ms: i64) -> bool {
-        (self.start_ms..self.end_ms).contains(&ts_ms)
+        (self.start_ms..self.end_ms()).contains(&ts_ms)
     }
 
     /// The local date.
@@ -86,35 +113,41 @@ impl DayBounds {
     }
 }
 
-/// A reading value with the time it was read, so the earliest or latest one can be kept
-/// whatever the arrival order.
-type Timed = (i64, f64);
-
-/// The features of one local day being accumulated (docs/rules.md "Daily features").
+/// The features of one local day being accumulated (docs/rules.md "Daily features"). Kept
+/// for the open day and every emitted day still open to revision, so it is compact (120
+/// bytes): times as milliseconds after local midnight, "none" as a sentinel value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DayAcc {
     /// The day.
     pub bounds: DayBounds,
-    /// Emissions so far (0 = not yet emitted).
-    pub emitted: u32,
-    /// Changed since its last emission.
-    pub dirty: bool,
-    odometer_first: Option<Timed>,
-    odometer_last: Option<Timed>,
     /// GNSS distance, metres.
     pub gnss_m: f64,
-    driving_ms: i64,
-    trips: u32,
-    max_speed_kmh: Option<f32>,
-    harsh_accel: u32,
-    harsh_brake: u32,
     /// GNSS distance in the night window, metres.
     pub night_m: f64,
     mil_m: f64,
+    /// The earliest odometer reading, km (NaN = none; readings are finite).
+    odometer_first_km: f64,
+    /// The latest odometer reading, km (NaN = none).
+    odometer_last_km: f64,
+    /// Times of the two odometer readings, ms after `bounds.start_ms`.
+    odometer_first_at: i32,
+    odometer_last_at: i32,
+    /// Time of the earliest and latest reading, ms after `bounds.start_ms` (`i32::MAX` and
+    /// `i32::MIN` while `messages` is 0).
+    first_at: i32,
+    last_at: i32,
+    driving_ms: u32,
+    messages: u32,
+    trips: u32,
+    harsh_accel: u32,
+    harsh_brake: u32,
+    /// Emissions so far (0 = not yet emitted).
+    pub emitted: u32,
+    /// The highest speed, km/h (`-inf` = none; speeds are finite).
+    max_speed_kmh: f32,
     dtc_count_max: Option<u32>,
-    messages: u64,
-    first_ts: i64,
-    last_ts: i64,
+    /// Changed since its last emission.
+    pub dirty: bool,
 }
 
 /// What a counted or uncounted step adds to its day.
@@ -137,38 +170,42 @@ impl DayAcc {
     pub fn new(bounds: DayBounds) -> Self {
         Self {
             bounds,
-            emitted: 0,
-            dirty: false,
-            odometer_first: None,
-            odometer_last: None,
             gnss_m: 0.0,
-            driving_ms: 0,
-            trips: 0,
-            max_speed_kmh: None,
-            harsh_accel: 0,
-            harsh_brake: 0,
             night_m: 0.0,
             mil_m: 0.0,
-            dtc_count_max: None,
+            odometer_first_km: f64::NAN,
+            odometer_last_km: f64::NAN,
+            odometer_first_at: 0,
+            odometer_last_at: 0,
+            first_at: i32::MAX,
+            last_at: i32::MIN,
+            driving_ms: 0,
             messages: 0,
-            first_ts: i64::MAX,
-            last_ts: i64::MIN,
+            trips: 0,
+            harsh_accel: 0,
+            harsh_brake: 0,
+            emitted: 0,
+            max_speed_kmh: f32::NEG_INFINITY,
+            dtc_count_max: None,
+            dirty: false,
         }
     }
 
     /// Adds an accepted reading's order-free contributions (in order or late). Every reading
-    /// changes the row (`messages`), so an emitted day is due again.
+    /// changes the row (`messages`), so an emitted day is due again. The reading falls in
+    /// the day.
     pub fn note_reading(&mut self, r: &Reading) {
         self.dirty |= self.emitted > 0;
-        self.messages += 1;
-        self.first_ts = self.first_ts.min(r.ts_ms);
-        self.last_ts = self.last_ts.max(r.ts_ms);
+        self.messages = self.messages.saturating_add(1);
+        let at = offset(self.bounds.start_ms, r.ts_ms);
+        self.first_at = self.first_at.min(at);
+        self.last_at = self.last_at.max(at);
         if let Some(km) = r.odometer_km.filter(|k| k.is_finite()) {
-            if self.odometer_first.is_none_or(|(t, _)| r.ts_ms < t) {
-                self.odometer_first = Some((r.ts_ms, km));
+            if self.odometer_first_km.is_nan() || at < self.odometer_first_at {
+                (self.odometer_first_at, self.odometer_first_km) = (at, km);
             }
-            if self.odometer_last.is_none_or(|(t, _)| r.ts_ms >= t) {
-                self.odometer_last = Some((r.ts_ms, km));
+            if self.odometer_last_km.is_nan() || at >= self.odometer_last_at {
+                (self.odometer_last_at, self.odometer_last_km) = (at, km);
             }
         }
         let speed = r
@@ -176,7 +213,7 @@ impl DayAcc {
             .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh))
             .filter(|s| s.is_finite());
         if let Some(s) = speed {
-            self.max_speed_kmh = Some(self.max_speed_kmh.map_or(s, |m| m.max(s)));
+            self.max_speed_kmh = self.max_speed_kmh.max(s);
         }
         if let Some(n) = r.obd.as_ref().and_then(|o| o.dtc_count) {
             self.dtc_count_max = Some(self.dtc_count_max.map_or(n, |m| m.max(n)));
@@ -188,8 +225,10 @@ impl DayAcc {
     pub fn note_step(&mut self, step: &StepShare, in_trip: bool) {
         if step.counted {
             self.gnss_m += step.counted_m;
-            self.driving_ms += step.dt_ms;
-            if step.ts_ms < self.bounds.night_end_ms {
+            let dt_ms =
+                u32::try_from(step.dt_ms).unwrap_or(if step.dt_ms < 0 { 0 } else { u32::MAX });
+            self.driving_ms = self.driving_ms.saturating_add(dt_ms);
+            if step.ts_ms < self.bounds.night_end_ms() {
                 self.night_m += step.counted_m;
             }
             if step.mil {
@@ -212,7 +251,33 @@ impl DayAcc {
 
     /// Odometer distance of the day, km.
     pub fn odometer_km(&self) -> Option<f64> {
-        Some(self.odometer_last?.1 - self.odometer_first?.1)
+        Some(self.odometer_end_km()? - self.odometer_start_km()?)
+    }
+
+    fn odometer_start_km(&self) -> Option<f64> {
+        Some(self.odometer_first_km).filter(|k| !k.is_nan())
+    }
+
+    fn odometer_end_km(&self) -> Option<f64> {
+        Some(self.odometer_last_km).filter(|k| !k.is_nan())
+    }
+
+    /// Time of the earliest reading (`i64::MAX` without one).
+    fn first_ts(&self) -> i64 {
+        if self.messages == 0 {
+            i64::MAX
+        } else {
+            self.bounds.start_ms + i64::from(self.first_at)
+        }
+    }
+
+    /// Time of the latest reading (`i64::MIN` without one).
+    fn last_ts(&self) -> i64 {
+        if self.messages == 0 {
+            i64::MIN
+        } else {
+            self.bounds.start_ms + i64::from(self.last_at)
+        }
     }
 
     /// Whether the day saw any accepted reading.
@@ -239,21 +304,22 @@ impl DayAcc {
             loan_id: loan_id.map(str::to_owned),
             date: self.bounds.date().format("%Y-%m-%d").to_string(),
             revision: self.emitted,
-            odometer_start_km: self.odometer_first.map(|o| o.1),
-            odometer_end_km: self.odometer_last.map(|o| o.1),
+            odometer_start_km: self.odometer_start_km(),
+            odometer_end_km: self.odometer_end_km(),
             odometer_km: self.odometer_km().map(|k| round(k, 1e6)),
             gnss_km: km(self.gnss_m),
-            driving_minutes: round(self.driving_ms as f64 / 60_000.0, 1e6),
+            driving_minutes: round(f64::from(self.driving_ms) / 60_000.0, 1e6),
             trips: self.trips,
-            max_speed_kmh: self.max_speed_kmh.map(decimal),
+            max_speed_kmh: (self.max_speed_kmh > f32::NEG_INFINITY)
+                .then(|| decimal(self.max_speed_kmh)),
             harsh_accel: self.harsh_accel,
             harsh_brake: self.harsh_brake,
             night_km: km(self.night_m),
             mil_km: km(self.mil_m),
             dtc_count_max: self.dtc_count_max,
-            messages: self.messages,
-            first_ts: self.first_ts,
-            last_ts: self.last_ts,
+            messages: u64::from(self.messages),
+            first_ts: self.first_ts(),
+            last_ts: self.last_ts(),
             km_7d: round(ring.window(self.bounds.day, 7).gnss_km, 1e3),
             km_30d,
             projected_annual_km: round(km_30d * 365.0 / span, 1e3),
@@ -475,14 +541,14 @@ mod tests {
         let b = DayBounds::of(Tz::Asia__Shanghai, 1_764_433_800_000, 5);
         assert_eq!(b.date().to_string(), "2025-11-30");
         assert_eq!(b.start_ms, 1_764_432_000_000);
-        assert_eq!(b.night_sample_ms - b.start_ms, 3 * 3_600_000);
-        assert_eq!(b.end_ms - b.start_ms, 86_400_000);
+        assert_eq!(b.night_sample_ms() - b.start_ms, 3 * 3_600_000);
+        assert_eq!(b.end_ms() - b.start_ms, 86_400_000);
         assert!(b.contains(1_764_433_800_000));
-        assert_eq!(b.next(Tz::Asia__Shanghai, 5).start_ms, b.end_ms);
+        assert_eq!(b.next(Tz::Asia__Shanghai, 5).start_ms, b.end_ms());
         // A DST day in New York has 23 hours.
         let spring = DayBounds::of(Tz::America__New_York, 1_773_000_000_000, 5);
         assert_eq!(spring.date().to_string(), "2026-03-08");
-        assert_eq!(spring.end_ms - spring.start_ms, 23 * 3_600_000);
+        assert_eq!(spring.end_ms() - spring.start_ms, 23 * 3_600_000);
     }
 
     #[test]

@@ -18,23 +18,27 @@ const WORDS: usize = (SEQ_WINDOW / 64) as usize;
 /// Duplicate detector of one device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Dedup {
-    max_seq: Option<u64>,
+    /// The highest sequence number seen (meaningful once `has_seq`).
+    max_seq: u64,
     /// Event time of the reading with `max_seq`.
     max_seq_ts: i64,
     seen: [u64; WORDS],
     recent: [(i64, u64); RECENT],
     recent_next: u8,
+    /// Whether a sequence number was seen (an `Option<u64>` would take 8 more bytes).
+    has_seq: bool,
 }
 
 impl Default for Dedup {
     fn default() -> Self {
         Self {
-            max_seq: None,
+            max_seq: 0,
             max_seq_ts: i64::MIN,
             seen: [0; WORDS],
             // No reading has this time, so the empty slots match nothing.
             recent: [(i64::MIN, 0); RECENT],
             recent_next: 0,
+            has_seq: false,
         }
     }
 }
@@ -57,7 +61,7 @@ impl Dedup {
     /// the newest sequence number's is not a re-delivery but a device that restarted its
     /// sequence (a re-delivered reading keeps its original, older time).
     fn seq_seen(&mut self, seq: u64, ts_ms: i64) -> bool {
-        match self.max_seq {
+        match self.has_seq.then_some(self.max_seq) {
             Some(max) if seq <= max && max - seq < SEQ_WINDOW => {
                 if self.bit(seq) && ts_ms > self.max_seq_ts {
                     self.restart(seq, ts_ms);
@@ -75,7 +79,7 @@ impl Dedup {
                         self.clear_bit(s);
                     }
                 }
-                self.max_seq = Some(seq);
+                self.max_seq = seq;
                 self.max_seq_ts = ts_ms;
                 self.set_bit(seq);
                 false
@@ -90,7 +94,8 @@ impl Dedup {
 
     fn restart(&mut self, seq: u64, ts_ms: i64) {
         self.seen = [0; WORDS];
-        self.max_seq = Some(seq);
+        self.max_seq = seq;
+        self.has_seq = true;
         self.max_seq_ts = ts_ms;
         self.set_bit(seq);
     }

@@ -18,7 +18,7 @@ use crate::ctx::Ctx;
 use crate::dedup::Dedup;
 use crate::fences::{FenceIdx, FenceIndex};
 use crate::kinds::{
-    Dev, device_tamper::DeviceTamper, dtc_cleared::DtcCleared, geofence_exit::GeofenceExit,
+    Dev, Lazy, device_tamper::DeviceTamper, dtc_cleared::DtcCleared, geofence_exit::GeofenceExit,
     gnss_jamming::GnssJamming, location_jump::LocationJump, low_battery::LowBattery,
     odometer_mismatch::OdometerMismatch, odometer_rollback::OdometerRollback, offline::Offline,
     power_cut::PowerCut, risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
@@ -67,11 +67,11 @@ pub enum Arrival {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// Loan id (`None` when unregistered).
-    pub loan_id: Option<String>,
+    pub loan_id: Option<Box<str>>,
     /// Registered VIN.
-    pub vin: Option<String>,
+    pub vin: Option<Box<str>>,
     /// Permitted fences (empty = unrestricted).
-    pub permitted: Vec<FenceIdx>,
+    pub permitted: Box<[FenceIdx]>,
     /// Time zone of its local days and nights.
     #[serde(with = "tz_name")]
     pub timezone: Tz,
@@ -82,7 +82,7 @@ impl Default for Profile {
         Self {
             loan_id: None,
             vin: None,
-            permitted: Vec::new(),
+            permitted: Box::default(),
             timezone: DEFAULT_TIMEZONE,
         }
     }
@@ -107,20 +107,27 @@ mod tz_name {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct DeviceKinds {
     power_cut: PowerCut,
+    odometer_rollback: OdometerRollback,
+    odometer_mismatch: OdometerMismatch,
+    dtc_cleared: DtcCleared,
+    /// The kinds at rest between incidents, boxed only while one of them is not.
+    incidents: Lazy<DeviceIncidents>,
+}
+
+/// Device-scope kinds whose state is the default while no incident is open.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct DeviceIncidents {
     device_tamper: DeviceTamper,
     offline: Offline,
     gnss_jamming: GnssJamming,
     low_battery: LowBattery,
-    odometer_rollback: OdometerRollback,
-    odometer_mismatch: OdometerMismatch,
-    dtc_cleared: DtcCleared,
     vin_mismatch: VinMismatch,
 }
 
 /// One device of the vehicle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct DeviceState {
-    device_id: String,
+    device_id: Box<str>,
     class: DeviceClass,
     dedup: Dedup,
     buffer: Vec<Record>,
@@ -133,7 +140,7 @@ struct DeviceState {
     /// Whether any in-order reading of the device carried `ignition`.
     reports_ignition: bool,
     /// The VIN its OBD reported last.
-    reported_vin: Option<String>,
+    reported_vin: Option<Box<str>>,
     /// Time and speed of its last in-order reading with a speed (harsh events).
     last_speed: Option<(i64, f32)>,
     kinds: DeviceKinds,
@@ -184,17 +191,64 @@ impl DeviceState {
 struct VehicleKinds {
     tow_suspected: TowSuspected,
     location_jump: LocationJump,
-    geofence_exit: GeofenceExit,
-    risk_zone_enter: RiskZoneEnter,
-    risk_zone_dwell: RiskZoneDwell,
+    /// At rest without permitted fences.
+    geofence_exit: Lazy<GeofenceExit>,
+    /// At rest away from risk fences.
+    risk: Lazy<RiskZones>,
     stationary_long: StationaryLong,
+}
+
+/// The two risk-zone kinds (`risk_zone_dwell` times the visits of `risk_zone_enter`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct RiskZones {
+    enter: RiskZoneEnter,
+    dwell: RiskZoneDwell,
+}
+
+/// Sizes of the vehicle's private state types (`size_of`), for the memory harness
+/// (`benches/examples/vehicles_rss.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct TypeSizes {
+    /// One device (an element of the vehicle's device list).
+    pub device_state: usize,
+    /// Its kinds, inline in it.
+    pub device_kinds: usize,
+    /// Its kinds at rest between incidents (boxed while one is not).
+    pub device_incidents: usize,
+    /// The vehicle-scope kinds, inline in the vehicle.
+    pub vehicle_kinds: usize,
+    /// `geofence_exit` (boxed while it has state).
+    pub geofence_exit: usize,
+    /// The two risk-zone kinds (boxed while they have state).
+    pub risk_zones: usize,
+}
+
+impl TypeSizes {
+    /// The sizes of this build.
+    pub fn new() -> Self {
+        use std::mem::size_of;
+        Self {
+            device_state: size_of::<DeviceState>(),
+            device_kinds: size_of::<DeviceKinds>(),
+            device_incidents: size_of::<DeviceIncidents>(),
+            vehicle_kinds: size_of::<VehicleKinds>(),
+            geofence_exit: size_of::<GeofenceExit>(),
+            risk_zones: size_of::<RiskZones>(),
+        }
+    }
+}
+
+impl Default for TypeSizes {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Everything lienwatch keeps about one vehicle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VehicleState {
     /// Vehicle id.
-    pub vehicle_id: String,
+    pub vehicle_id: Box<str>,
     /// Registry facts.
     pub profile: Profile,
     devices: Vec<DeviceState>,
@@ -236,7 +290,7 @@ impl VehicleState {
     /// A vehicle nothing is known about yet.
     pub fn new(vehicle_id: String, profile: Profile) -> Self {
         Self {
-            vehicle_id,
+            vehicle_id: vehicle_id.into_boxed_str(),
             profile,
             devices: Vec::new(),
             chain: PositionChain::default(),
@@ -258,9 +312,11 @@ impl VehicleState {
     /// Appends the fence indices the state refers to (the profile's permitted fences, the
     /// risk fences of visits, entries and dwell incidents), with repeats.
     pub(crate) fn fence_refs(&self, out: &mut Vec<FenceIdx>) {
-        out.extend(&self.profile.permitted);
-        self.kinds.risk_zone_enter.fence_refs(out);
-        self.kinds.risk_zone_dwell.fence_refs(out);
+        out.extend(self.profile.permitted.iter());
+        if let Some(z) = self.kinds.risk.get() {
+            z.enter.fence_refs(out);
+            z.dwell.fence_refs(out);
+        }
     }
 
     /// Renumbers the fence indices the state refers to, for a restore onto a fence index
@@ -274,8 +330,10 @@ impl VehicleState {
             .iter()
             .filter_map(|&f| map(f))
             .collect();
-        self.kinds.risk_zone_enter.remap_fences(&map);
-        self.kinds.risk_zone_dwell.remap_fences(&map);
+        self.kinds.risk.with(|z| {
+            z.enter.remap_fences(&map);
+            z.dwell.remap_fences(&map);
+        });
     }
 
     /// Whether emitted days wait to be emitted again after late data.
@@ -295,13 +353,13 @@ impl VehicleState {
 
     fn device_index(&mut self, record: &Record) -> usize {
         let id = &record.reading.device_id;
-        if let Some(i) = self.devices.iter().position(|d| &d.device_id == id) {
+        if let Some(i) = self.devices.iter().position(|d| *d.device_id == **id) {
             return i;
         }
         // Most vehicles have one device: the default growth would make room for four.
         self.devices.reserve_exact(1);
         self.devices.push(DeviceState {
-            device_id: id.clone(),
+            device_id: id.as_str().into(),
             class: record.class,
             dedup: Dedup::default(),
             buffer: Vec::new(),
@@ -358,7 +416,8 @@ impl VehicleState {
         let shown = position.or(chain.last_accepted().map(|f| (f.lat, f.lon)));
         let mut ctx = make_ctx(vehicle_id, profile, env, shown, true, &mut out.alerts);
         let (dev, k) = device.parts();
-        k.device_tamper.on_late(r, dev, &mut ctx);
+        k.incidents
+            .with(|i| i.device_tamper.on_late(r, dev, &mut ctx));
         kinds.tow_suspected.on_late(r, dev, &mut ctx);
         if let Some((lat, lon)) = position {
             let fix = Fix {
@@ -371,9 +430,10 @@ impl VehicleState {
             };
             let mut inside = Vec::new();
             env.fences.risk_fences_at(lat, lon, &mut inside);
-            kinds
-                .risk_zone_enter
-                .on_late_fix(&fix, &inside, device_of(devices), &mut ctx);
+            kinds.risk.with(|z| {
+                z.enter
+                    .on_late_fix(&fix, &inside, device_of(devices), &mut ctx)
+            });
         }
         out.archive.push(record);
         Arrival::Late
@@ -453,14 +513,15 @@ impl VehicleState {
 
     /// The earliest timer of the vehicle.
     pub fn next_due(&self, rules: &RulesConfig, fences: &FenceIndex) -> Option<i64> {
-        let devices = self
-            .devices
-            .iter()
-            .filter_map(|d| d.kinds.offline.due(d.last_ts, d.dev(), rules));
+        let devices = self.devices.iter().filter_map(|d| {
+            d.kinds
+                .incidents
+                .read(|i| i.offline.due(d.last_ts, d.dev(), rules))
+        });
         let vehicle = [
             self.kinds
-                .risk_zone_dwell
-                .due(&self.kinds.risk_zone_enter.visits, rules, fences),
+                .risk
+                .read(|z| z.dwell.due(&z.enter.visits, rules, fences)),
             self.kinds.stationary_long.due(rules),
         ];
         devices.chain(vehicle.into_iter().flatten()).min()
@@ -497,7 +558,8 @@ impl VehicleState {
             let mut ctx = make_ctx(vehicle_id, profile, env, position, false, &mut out.alerts);
             let last_ts = device.last_ts;
             let (dev, k) = device.parts();
-            k.offline.on_timer(now, last_ts, dev, &mut ctx);
+            k.incidents
+                .with(|i| i.offline.on_timer(now, last_ts, dev, &mut ctx));
         }
         let online = devices.iter().any(|d| {
             d.last_ts
@@ -506,9 +568,10 @@ impl VehicleState {
         let mut ctx = make_ctx(vehicle_id, profile, env, last, false, &mut out.alerts);
         let names = device_of(devices);
         let held = chain.held();
-        kinds
-            .risk_zone_dwell
-            .on_timer(now, &kinds.risk_zone_enter.visits, held, &names, &mut ctx);
+        kinds.risk.with(|z| {
+            z.dwell
+                .on_timer(now, &z.enter.visits, held, &names, &mut ctx)
+        });
         kinds
             .stationary_long
             .on_timer(now, online, held, &names, &mut ctx);
@@ -537,16 +600,22 @@ impl VehicleState {
             device.reports_ignition |= r.ignition.is_some();
             let before = (device.last_ts, device.last_fix);
             let (dev, k) = device.parts();
-            k.offline
-                .on_reading(r.ts_ms, before, fix_pos, dev, &mut ctx);
+            // The call order is the order of the alerts one reading raises.
+            k.incidents.with(|i| {
+                i.offline
+                    .on_reading(r.ts_ms, before, fix_pos, dev, &mut ctx)
+            });
             k.power_cut.on_reading(r, dev, &mut ctx);
-            k.device_tamper.on_reading(r, dev, &mut ctx);
-            k.gnss_jamming
-                .on_reading(r, fix_pos.is_some(), dev, &mut ctx);
-            k.low_battery.on_reading(r, dev, &mut ctx);
+            k.incidents.with(|i| {
+                i.device_tamper.on_reading(r, dev, &mut ctx);
+                i.gnss_jamming
+                    .on_reading(r, fix_pos.is_some(), dev, &mut ctx);
+                i.low_battery.on_reading(r, dev, &mut ctx);
+            });
             k.odometer_rollback.on_reading(r, dev, &mut ctx);
             k.dtc_cleared.on_reading(r, dev, &mut ctx);
-            k.vin_mismatch.on_reading(r, dev, &mut ctx);
+            k.incidents
+                .with(|i| i.vin_mismatch.on_reading(r, dev, &mut ctx));
             kinds.tow_suspected.on_reading(r, d as u16, dev, &mut ctx);
             let device = &mut devices[d];
             device.last_ts = Some(r.ts_ms);
@@ -628,7 +697,7 @@ impl Claims<'_> {
             vin: vin.to_owned(),
             vehicle_id: self.vehicle_id.to_owned(),
             loan_id: loan_id.to_owned(),
-            device_id: device.device_id.clone(),
+            device_id: device.device_id.to_string(),
             ts_ms: r.ts_ms,
             position: self.position,
             source,
@@ -648,7 +717,7 @@ impl Claims<'_> {
             && device.reported_vin.as_deref() != Some(vin)
         {
             claims.push(claim(vin, ClaimSource::Reported));
-            device.reported_vin = Some(vin.to_owned());
+            device.reported_vin = Some(vin.into());
         }
     }
 }
@@ -669,17 +738,17 @@ fn on_step(
     let saved = ctx.position.replace((fix.lat, fix.lon));
     kinds.tow_suspected.on_step(step, gap, device.dev(), ctx);
     kinds.location_jump.on_step(step, gap, device.dev(), ctx);
-    kinds.geofence_exit.on_step(step, &names, ctx);
+    kinds.geofence_exit.with(|g| g.on_step(step, &names, ctx));
     let mut inside = Vec::new();
     env.fences.risk_fences_at(fix.lat, fix.lon, &mut inside);
     let mut left = Vec::new();
-    kinds
-        .risk_zone_enter
-        .on_step(step, &inside, &names, ctx, &mut left);
-    kinds.risk_zone_dwell.on_step();
-    for l in &left {
-        kinds.risk_zone_dwell.on_left(l, &names, ctx);
-    }
+    kinds.risk.with(|z| {
+        z.enter.on_step(step, &inside, &names, ctx, &mut left);
+        z.dwell.on_step();
+        for l in &left {
+            z.dwell.on_left(l, &names, ctx);
+        }
+    });
     kinds.stationary_long.on_step(step, device.dev(), ctx);
     baseline.on_step(step, device.dev(), ctx);
     ctx.position = saved;
@@ -916,7 +985,7 @@ mod noise {
         let profile = Profile {
             loan_id: Some("L1".into()),
             vin: Some("VIN1".into()),
-            permitted: vec![fences.lookup("city").expect("fence")],
+            permitted: Box::new([fences.lookup("city").expect("fence")]),
             ..Profile::default()
         };
         let mut v = VehicleState::new("V1".into(), profile);

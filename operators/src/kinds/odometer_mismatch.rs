@@ -38,7 +38,8 @@ pub struct OdometerMismatch {
     checkpoints: VecDeque<Mark>,
     /// The vehicle's count of GNSS gaps when the window started.
     breaks: u64,
-    suspect: Option<Suspect>,
+    /// Boxed: set only between a first out-of-range window and the next check.
+    suspect: Option<Box<Suspect>>,
     quiet_until: Option<i64>,
 }
 
@@ -105,10 +106,10 @@ impl OdometerMismatch {
             if ratio < rules.min_ratio || ratio > rules.max_ratio {
                 match self.suspect.take() {
                     Some(first) => {
-                        self.fire(first, dev, ctx);
+                        self.fire(*first, dev, ctx);
                         return;
                     }
-                    None => self.suspect = Some(Suspect { from, to: m }),
+                    None => self.suspect = Some(Box::new(Suspect { from, to: m })),
                 }
             } else {
                 self.suspect = None;
@@ -124,6 +125,9 @@ impl OdometerMismatch {
             while self.checkpoints.len() >= keep {
                 self.checkpoints.pop_front();
             }
+            // Room for the checkpoints kept (at most `keep`), not the doubling growth's next
+            // power of two: a few reallocations in a device's life.
+            self.checkpoints.reserve_exact(1);
             self.checkpoints.push_back(m);
         }
     }
