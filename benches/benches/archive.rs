@@ -145,10 +145,12 @@ fn thread_cpu() -> Option<Duration> {
     Some(Duration::from_nanos(ns))
 }
 
-/// Pushes `rows` into a writer on `dir` as the replay does, and finishes it.
-fn archive_rows(rows: Vec<Record>, dir: &tempfile::TempDir) {
+/// Pushes `rows` into a writer on `dir` as the replay does, with zstd at `level`, and
+/// finishes it; returns the bytes written.
+fn archive_rows(rows: Vec<Record>, dir: &tempfile::TempDir, level: i32) -> u64 {
     let config = ArchiveConfig {
         root: dir.path().to_str().unwrap().into(),
+        zstd_level: level,
         ..Default::default()
     };
     let mut writer = ArchiveWriter::open(&config, 0, 0).unwrap();
@@ -162,16 +164,17 @@ fn archive_rows(rows: Vec<Record>, dir: &tempfile::TempDir) {
     }
     let stats = writer.finish().unwrap();
     assert_eq!(stats.telemetry_rows, ROWS as u64);
-    black_box(stats);
+    black_box(stats).bytes
 }
 
-/// Runs `iters` archives of fresh copies of `rows`; sums what `clock` says each took.
-fn timed(rows: &[Record], iters: u64, clock: impl Fn() -> Duration) -> Duration {
+/// Runs `iters` archives of fresh copies of `rows` at zstd `level`; sums what `clock` says
+/// each took.
+fn timed(rows: &[Record], level: i32, iters: u64, clock: impl Fn() -> Duration) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let (input, dir) = (rows.to_vec(), scratch_dir());
         let start = clock();
-        archive_rows(input, &dir);
+        archive_rows(input, &dir, level);
         total += clock() - start;
     }
     total
@@ -185,12 +188,21 @@ fn archive(c: &mut Criterion) {
     group.throughput(Throughput::Elements(ROWS as u64));
     let epoch = Instant::now();
     group.bench_function("telemetry_200k_rows_4h", |b| {
-        b.iter_custom(|iters| timed(&rows, iters, || epoch.elapsed()))
+        b.iter_custom(|iters| timed(&rows, 3, iters, || epoch.elapsed()))
     });
+    // The worker's CPU at each zstd level (the uploader thread's put is not counted), and
+    // the bytes each level writes.
     if thread_cpu().is_some() {
-        group.bench_function("telemetry_200k_rows_4h_worker_cpu", |b| {
-            b.iter_custom(|iters| timed(&rows, iters, || thread_cpu().unwrap_or_default()))
-        });
+        for level in [1, 3] {
+            let bytes = archive_rows(rows.to_vec(), &scratch_dir(), level);
+            eprintln!("zstd level {level}: {bytes} bytes for {ROWS} rows");
+            let name = format!("telemetry_200k_rows_4h_worker_cpu/zstd{level}");
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    timed(&rows, level, iters, || thread_cpu().unwrap_or_default())
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -79,7 +79,7 @@ pub struct ArchiveConfig {
     pub max_file_age_s: u64,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
-    /// zstd compression level.
+    /// zstd compression level (default 1: ~16 % less worker CPU than 3 for ~1 % more bytes).
     pub zstd_level: i32,
 }
 
@@ -92,7 +92,7 @@ impl Default for ArchiveConfig {
             max_file_bytes: 128 << 20,
             max_file_age_s: 300,
             row_group_rows: 128 << 10,
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }
