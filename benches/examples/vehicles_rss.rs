@@ -444,6 +444,7 @@ impl Sizes {
             );
             let (len, elem, cap) = s(str_len(&dev(&["reported_vin"])));
             part(format!("devices[{d}].reported_vin"), len, elem, cap);
+            // Room for exactly the checkpoints kept.
             let cps = arr_len(&dev(&["kinds", "odometer_mismatch", "checkpoints"]));
             part(
                 format!("devices[{d}].kinds.odometer_mismatch.checkpoints"),

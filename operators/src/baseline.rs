@@ -380,8 +380,14 @@ impl Baseline {
         let oldest = day.bounds.day + 1 - i32::try_from(rules.features.revision_days).unwrap_or(0);
         self.closed.retain(|d| d.bounds.day >= oldest);
         if day.has_data() {
-            // Room for exactly the days kept, not the doubling growth's four.
-            self.closed.reserve_exact(1);
+            // Room for exactly the days kept (`revision_days`, at least the one just closed),
+            // taken at once: growing one day at a time would leave the smaller blocks behind
+            // as holes in the allocator's pages.
+            let keep = usize::try_from(rules.features.revision_days)
+                .unwrap_or(0)
+                .max(1);
+            self.closed
+                .reserve_exact(keep.saturating_sub(self.closed.len()));
             self.closed.push(day);
             let last = self.closed.len() - 1;
             self.emit(last, row, rules, rows);

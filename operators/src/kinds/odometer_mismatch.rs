@@ -126,7 +126,8 @@ impl OdometerMismatch {
                 self.checkpoints.pop_front();
             }
             // Room for the checkpoints kept (at most `keep`), not the doubling growth's next
-            // power of two: a few reallocations in a device's life.
+            // power of two: a few reallocations in a device's life, and a vehicle that drives
+            // little keeps little.
             self.checkpoints.reserve_exact(1);
             self.checkpoints.push_back(m);
         }
