@@ -97,7 +97,11 @@ pub struct PositionChain {
 }
 
 fn fast(a: &Fix, b: &Fix, limit_kmh: f64) -> bool {
-    let d = a.distance_m(b);
+    fast_over(a.distance_m(b), a, b, limit_kmh)
+}
+
+/// [`fast`] with the distance from `a` to `b` already known.
+fn fast_over(d: f64, a: &Fix, b: &Fix, limit_kmh: f64) -> bool {
     d > MIN_FAST_STEP_M && implied_speed_kmh(d, (b.ts_ms - a.ts_ms).abs().max(1000)) > limit_kmh
 }
 
@@ -116,25 +120,8 @@ impl PositionChain {
     /// fix was not a drift outlier.
     pub fn push(&mut self, fix: Fix, rules: &RulesConfig) -> Option<Step> {
         let held = self.pending.replace(fix)?;
-        let limit = rules.drift_speed_kmh;
-        if let Some(prev) = &self.accepted
-            && fast(prev, &held, limit)
-            && fast(&held, &fix, limit)
-        {
-            self.outliers += 1;
-            return None;
-        }
-        let step = match self.accepted {
-            Some(prev) => Step {
-                prev: Some(prev),
-                fix: held,
-                next: fix,
-                dist_m: prev.distance_m(&held),
-                dt_ms: held.ts_ms - prev.ts_ms,
-                counted: false,
-                counted_m: 0.0,
-            },
-            None => Step {
+        let Some(prev) = self.accepted.replace(held) else {
+            return Some(Step {
                 prev: None,
                 fix: held,
                 next: fix,
@@ -142,21 +129,35 @@ impl PositionChain {
                 dt_ms: 0,
                 counted: false,
                 counted_m: 0.0,
-            },
+            });
         };
-        let mut step = step;
-        if let Some(prev) = &step.prev {
-            match judge(prev, &held, rules) {
-                Judged::Displaced => self.breaks += 1,
-                Judged::Jitter => {}
-                Judged::Driven => {
-                    step.counted = true;
-                    step.counted_m = step.dist_m;
-                    self.distance_m += step.dist_m;
-                }
+        // The one distance from the accepted fix to the held one, for the drift test, the
+        // step and its judgement.
+        let dist_m = prev.distance_m(&held);
+        let limit = rules.drift_speed_kmh;
+        if fast_over(dist_m, &prev, &held, limit) && fast(&held, &fix, limit) {
+            self.accepted = Some(prev);
+            self.outliers += 1;
+            return None;
+        }
+        let mut step = Step {
+            prev: Some(prev),
+            fix: held,
+            next: fix,
+            dist_m,
+            dt_ms: held.ts_ms - prev.ts_ms,
+            counted: false,
+            counted_m: 0.0,
+        };
+        match judge(&prev, &held, dist_m, rules) {
+            Judged::Displaced => self.breaks += 1,
+            Judged::Jitter => {}
+            Judged::Driven => {
+                step.counted = true;
+                step.counted_m = dist_m;
+                self.distance_m += dist_m;
             }
         }
-        self.accepted = Some(held);
         Some(step)
     }
 
@@ -168,8 +169,9 @@ impl PositionChain {
         let Some(prev) = &self.accepted else {
             return Some((held.ts_ms, false, 0.0, 0));
         };
-        let driven = judge(prev, &held, rules) == Judged::Driven;
-        let dist = if driven { prev.distance_m(&held) } else { 0.0 };
+        let d = prev.distance_m(&held);
+        let driven = judge(prev, &held, d, rules) == Judged::Driven;
+        let dist = if driven { d } else { 0.0 };
         Some((held.ts_ms, driven, dist, held.ts_ms - prev.ts_ms))
     }
 }
@@ -185,13 +187,14 @@ enum Judged {
     Displaced,
 }
 
-fn judge(prev: &Fix, fix: &Fix, rules: &RulesConfig) -> Judged {
+/// Judges the step from `prev` to `fix`, `dist_m` apart.
+fn judge(prev: &Fix, fix: &Fix, dist_m: f64, rules: &RulesConfig) -> Judged {
     let dt_ms = fix.ts_ms - prev.ts_ms;
     if dt_ms > crate::config::secs_ms(rules.distance_gap_s)
-        || fast(prev, fix, rules.drift_speed_kmh)
+        || fast_over(dist_m, prev, fix, rules.drift_speed_kmh)
     {
         Judged::Displaced
-    } else if prev.distance_m(fix) < rules.jitter_m && prev.parked() && fix.parked() {
+    } else if dist_m < rules.jitter_m && prev.parked() && fix.parked() {
         Judged::Jitter
     } else {
         Judged::Driven

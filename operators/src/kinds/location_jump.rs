@@ -22,11 +22,16 @@ impl LocationJump {
         let Some(prev) = step.prev.filter(|_| rules.enabled && !gap) else {
             return;
         };
+        // The step's own distance first: almost every step stops here, before the two
+        // distances of the confirmation.
+        if step.dist_m < rules.min_distance_m {
+            return;
+        }
         let speed = step.speed_kmh();
         // The next valid fix must confirm the new place (SPEC §4a), not be back at the old one:
         // a drift fix slow enough on the way back is no outlier but is no jump either.
-        let confirmed = step.next.distance_m(&step.fix) < step.next.distance_m(&prev);
-        if step.dist_m >= rules.min_distance_m && speed > rules.min_speed_kmh && confirmed {
+        let confirmed = || step.next.distance_m(&step.fix) < step.next.distance_m(&prev);
+        if speed > rules.min_speed_kmh && confirmed() {
             ctx.instant(
                 AlertKind::LocationJump,
                 dev.id,

@@ -73,13 +73,18 @@ impl StationaryLong {
         device_id: impl Fn(u16) -> Dev<'d>,
         ctx: &mut Ctx<'_>,
     ) {
+        // Only a timer that came due while offline waits for a reading (never while the kind
+        // is off: it has no timer then).
+        if !self.awaiting_reading || self.open_since.is_some() {
+            return;
+        }
         let moved = match (self.anchor, fix) {
             (Some(a), Some((lat, lon))) => {
                 haversine_m(a.lat, a.lon, lat, lon) > ctx.rules.stationary_long.radius_m
             }
             _ => false,
         };
-        if self.awaiting_reading && self.open_since.is_none() && !moved {
+        if !moved {
             self.awaiting_reading = false;
             self.open(ts_ms, device_id, ctx);
         }
@@ -103,6 +108,13 @@ impl StationaryLong {
 
     /// Handles an accepted fix: moving beyond the radius re-anchors and closes.
     pub fn on_step(&mut self, step: &Step, dev: Dev<'_>, ctx: &mut Ctx<'_>) {
+        if !ctx.rules.stationary_long.enabled && self.open_since.is_none() {
+            // Off: no anchor to keep (an incident opened before it was switched off still
+            // closes on moving).
+            self.anchor = None;
+            self.awaiting_reading = false;
+            return;
+        }
         let fix = step.fix;
         let Some(anchor) = self.anchor else {
             self.anchor = Some(fix);

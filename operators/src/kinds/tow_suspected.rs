@@ -84,11 +84,16 @@ impl TowSuspected {
                 return;
             }
         };
+        if self.fired_this_parking {
+            return;
+        }
         let moved_m = anchor.distance_m(&fix);
-        // One fix is not enough (SPEC §4a): the next fix must also be away, ignition off.
-        let confirmed =
-            step.next.ignition == Some(false) && anchor.distance_m(&step.next) >= rules.distance_m;
-        if !self.fired_this_parking && moved_m >= rules.distance_m && confirmed {
+        // One fix is not enough (SPEC §4a): the next fix must also be away, ignition off. It
+        // is measured only when this one is away.
+        let confirmed = || {
+            step.next.ignition == Some(false) && anchor.distance_m(&step.next) >= rules.distance_m
+        };
+        if moved_m >= rules.distance_m && confirmed() {
             ctx.instant(
                 AlertKind::TowSuspected,
                 dev.id,
