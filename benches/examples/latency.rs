@@ -1,0 +1,780 @@
+//! Live throughput and publish→alert latency through a real broker (issue 6, deliverable 4).
+//! Driven by `benches/latency.sh`, which starts the broker and `lienwatch run`:
+//!
+//! ```sh
+//! benches/latency.sh 1 1     # QoS 1, one reading per message
+//! benches/latency.sh 0 10    # QoS 0, batches of 10 readings of one device per message
+//! ```
+//!
+//! What it does, in one run against one broker and one running service:
+//! 1. loads a simulated fleet (`lienwatch simulate --out`) into memory as MQTT messages on
+//!    `<prefix>/<device_id>`: one per line, or with `--batch N` the single-reading lines of
+//!    each device gathered N at a time into one JSON array (SPEC §2; the batch goes out when
+//!    the device's Nth reading comes up in the file, so its first readings arrive up to N
+//!    report intervals after their time: `benches/latency.sh` gives batches a reorder
+//!    window of 2 h so that they are not late); lines that are already batches or malformed
+//!    go out as they are;
+//! 2. starts a bare subscriber (`mosquitto_sub`, its output counted line by line) on the same
+//!    topics and a Kafka consumer of the alerts topic;
+//! 3. **max phase** (`--max-s`): publishes as fast as the broker takes it; reports messages/s
+//!    and readings/s of the publisher, of the bare subscriber and of lienwatch (its
+//!    `lienwatch_messages_total` / `lienwatch_readings_total` from `/metrics`), each from the
+//!    first publish to the last message in;
+//! 4. **latency phase** (`--duration`): once both subscribers caught up, publishes at `--rate`
+//!    messages/s (0 = half the rate lienwatch reached in the max phase), paced, the file
+//!    continuing where the max phase stopped;
+//! 5. in both phases, `--probes` times a second, a **probe**: a reading of device `lw-probe`
+//!    (unregistered) with alarm `tamper`, then one without, so every probe raises one
+//!    `device_tamper` instant alert (edge-triggered, SPEC §4). Its `ts` is 1 ms after the
+//!    largest event time published so far, so it is released as soon as the rest of the
+//!    fleet pushes the pipeline clock past it. The alert is matched to its probe by
+//!    `event_time` and (received from Kafka − published) goes into an HDR histogram (µs);
+//!    p50/p99/p99.9/max per phase are printed, with the service's own
+//!    `lienwatch_ingest_latency_seconds` mean (MQTT receipt → leaving the rules) beside it.
+//!
+//! Event time runs much faster than wall time here (a recorded fleet replayed at thousands of
+//! messages per second), so the 120-s reorder window is passed in tens of milliseconds of
+//! wall time (1000 vehicles send about 360 messages in 120 s of event time: 36 ms at 10 k
+//! messages/s); with a live fleet whose `ts` follow the wall clock it adds
+//! `rules.reorder_window_s` to every alert. `--wall-clock true` shows that: every message's
+//! `ts` (a batch's, all moved alike) is moved to the wall-clock time of its publish, as a
+//! live fleet would send them, and the probes' too (the probes of the phase's last window
+//! are then released only by the idle clock, after the run, and counted as without alert).
+//!
+//! When the file runs out it is published again with every integer `ts` moved past the end
+//! of the previous pass (the count of passes is printed).
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+use serde::Deserialize;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The probe device: unregistered, so its vehicle is itself.
+const PROBE_DEVICE: &str = "lw-probe";
+
+/// No event time published yet.
+const NO_TS: i64 = i64::MIN / 2;
+
+/// A message more than this ahead of the largest event time so far is not taken as the new
+/// largest (the `future_ts` noise of the simulated fleet).
+const MAX_STEP_MS: i64 = 6 * 3_600_000;
+
+/// Command-line settings.
+struct Args {
+    mqtt: String,
+    prefix: String,
+    qos: u8,
+    batch: usize,
+    fleet: String,
+    metrics: String,
+    kafka: String,
+    alerts_topic: String,
+    max_s: f64,
+    rate: f64,
+    duration_s: f64,
+    probes_per_s: f64,
+    wall_clock: bool,
+}
+
+impl Args {
+    fn parse() -> Result<Self> {
+        let mut a = Self {
+            mqtt: "127.0.0.1:18830".into(),
+            prefix: "bench".into(),
+            qos: 1,
+            batch: 1,
+            fleet: String::new(),
+            metrics: "127.0.0.1:19470".into(),
+            kafka: "127.0.0.1:9092".into(),
+            alerts_topic: "lienwatch.alerts".into(),
+            max_s: 20.0,
+            rate: 0.0,
+            duration_s: 60.0,
+            probes_per_s: 50.0,
+            wall_clock: false,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(key) = it.next() {
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{key}: a value is missing"))?;
+            match key.as_str() {
+                "--mqtt" => a.mqtt = value,
+                "--prefix" => a.prefix = value,
+                "--qos" => a.qos = value.parse()?,
+                "--batch" => a.batch = value.parse::<usize>()?.max(1),
+                "--fleet" => a.fleet = value,
+                "--metrics" => a.metrics = value,
+                "--kafka" => a.kafka = value,
+                "--alerts-topic" => a.alerts_topic = value,
+                "--max-s" => a.max_s = value.parse()?,
+                "--rate" => a.rate = value.parse()?,
+                "--duration" => a.duration_s = value.parse()?,
+                "--probes" => a.probes_per_s = value.parse()?,
+                "--wall-clock" => a.wall_clock = value.parse()?,
+                _ => return Err(format!("unknown option {key}").into()),
+            }
+        }
+        if a.fleet.is_empty() {
+            return Err("--fleet FILE is required".into());
+        }
+        Ok(a)
+    }
+}
+
+/// One MQTT message of the fleet.
+struct Msg {
+    topic: String,
+    payload: Vec<u8>,
+    /// JSON objects in the payload (1 for a malformed one).
+    readings: u64,
+    /// The largest integer or RFC 3339 `ts` in it.
+    max_ts: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    device_id: Option<String>,
+    ts: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Payload {
+    One(Head),
+    Batch(Vec<Head>),
+}
+
+fn ts_of(h: &Head) -> Option<i64> {
+    match h.ts.as_ref()? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => schemas::time::parse_rfc3339_ms(s),
+        _ => None,
+    }
+}
+
+fn topic_device(id: Option<&str>) -> &str {
+    id.filter(|d| !d.contains(['/', '+', '#', '\0']))
+        .unwrap_or_default()
+}
+
+/// Reads the fleet file into messages, gathering each device's single readings `batch` at a
+/// time (in file order) when `batch` > 1.
+fn load(path: &str, prefix: &str, batch: usize) -> Result<Vec<Msg>> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut out = Vec::new();
+    let mut open: HashMap<String, (Vec<u8>, u64, Option<i64>)> = HashMap::new();
+    for line in BufReader::with_capacity(1 << 20, file).split(b'\n') {
+        let line = line?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Payload>(&line) {
+            Ok(Payload::One(h)) if batch > 1 && h.device_id.is_some() => {
+                let ts = ts_of(&h);
+                let device = topic_device(h.device_id.as_deref()).to_owned();
+                let entry = open.entry(device.clone()).or_default();
+                entry.0.push(if entry.1 == 0 { b'[' } else { b',' });
+                entry.0.extend_from_slice(&line);
+                entry.1 += 1;
+                entry.2 = entry.2.max(ts);
+                if entry.1 as usize >= batch {
+                    let (mut payload, readings, max_ts) = open.remove(&device).unwrap_or_default();
+                    payload.push(b']');
+                    out.push(Msg {
+                        topic: format!("{prefix}/{device}"),
+                        payload,
+                        readings,
+                        max_ts,
+                    });
+                }
+            }
+            Ok(Payload::One(h)) => out.push(Msg {
+                topic: format!("{prefix}/{}", topic_device(h.device_id.as_deref())),
+                max_ts: ts_of(&h),
+                payload: line,
+                readings: 1,
+            }),
+            Ok(Payload::Batch(b)) => out.push(Msg {
+                topic: format!(
+                    "{prefix}/{}",
+                    topic_device(b.first().and_then(|h| h.device_id.as_deref()))
+                ),
+                max_ts: b.iter().filter_map(ts_of).max(),
+                readings: b.len() as u64,
+                payload: line,
+            }),
+            Err(_) => out.push(Msg {
+                topic: format!("{prefix}/"),
+                payload: line,
+                readings: 1,
+                max_ts: None,
+            }),
+        }
+    }
+    let mut rest: Vec<_> = open.into_iter().collect();
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    for (device, (mut payload, readings, max_ts)) in rest {
+        payload.push(b']');
+        out.push(Msg {
+            topic: format!("{prefix}/{device}"),
+            payload,
+            readings,
+            max_ts,
+        });
+    }
+    Ok(out)
+}
+
+/// `payload` with every integer `"ts":N` moved by `shift_ms` (a later pass over the file).
+fn shift_ts(payload: &[u8], shift_ms: i64) -> Vec<u8> {
+    const KEY: &[u8] = b"\"ts\":";
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    let mut rest = payload;
+    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        let start = at + KEY.len();
+        out.extend_from_slice(&rest[..start]);
+        let digits = rest[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let n = std::str::from_utf8(&rest[start..start + digits])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok());
+        match n {
+            Some(n) => out.extend_from_slice((n + shift_ms).to_string().as_bytes()),
+            None => out.extend_from_slice(&rest[start..start + digits]),
+        }
+        rest = &rest[start + digits..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The fleet as an endless stream: passes after the first are shifted in event time.
+struct Feed {
+    msgs: Vec<Msg>,
+    next: usize,
+    pass: i64,
+    span_ms: i64,
+}
+
+impl Feed {
+    fn new(msgs: Vec<Msg>) -> Self {
+        let lo = msgs.iter().filter_map(|m| m.max_ts).min().unwrap_or(0);
+        let hi = msgs.iter().filter_map(|m| m.max_ts).max().unwrap_or(0);
+        Self {
+            msgs,
+            next: 0,
+            pass: 0,
+            // A day more than the file spans, rounded to whole days (local days stay days).
+            span_ms: ((hi - lo) / 86_400_000 + 2) * 86_400_000,
+        }
+    }
+
+    /// The next message: (topic, payload, readings, max ts).
+    fn next(&mut self) -> (String, Vec<u8>, u64, Option<i64>) {
+        if self.next == self.msgs.len() {
+            self.next = 0;
+            self.pass += 1;
+        }
+        let m = &self.msgs[self.next];
+        self.next += 1;
+        let shift = self.pass * self.span_ms;
+        let payload = if shift == 0 {
+            m.payload.clone()
+        } else {
+            shift_ts(&m.payload, shift)
+        };
+        (
+            m.topic.clone(),
+            payload,
+            m.readings,
+            m.max_ts.map(|t| t + shift),
+        )
+    }
+}
+
+/// Counters read from the service's `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Metrics {
+    messages: f64,
+    readings: f64,
+    late: f64,
+    ingest_sum_s: f64,
+    ingest_count: f64,
+}
+
+fn scrape(addr: &str) -> Result<Metrics> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let mut m = Metrics::default();
+    for line in body.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        match name {
+            "lienwatch_messages_total" => m.messages = value,
+            "lienwatch_readings_total" => m.readings = value,
+            "lienwatch_late_total" => m.late = value,
+            "lienwatch_ingest_latency_seconds_sum" => m.ingest_sum_s = value,
+            "lienwatch_ingest_latency_seconds_count" => m.ingest_count = value,
+            _ => {}
+        }
+    }
+    Ok(m)
+}
+
+/// The bare subscriber: `mosquitto_sub` printing every payload on a line, counted here.
+fn bare_subscriber(args: &Args, count: Arc<AtomicU64>) -> Result<Child> {
+    let (host, port) = args.mqtt.rsplit_once(':').ok_or("--mqtt HOST:PORT")?;
+    let mut child = Command::new("mosquitto_sub")
+        .args(["-h", host, "-p", port, "-q", &args.qos.to_string()])
+        .args(["-t", &format!("{}/+", args.prefix)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("mosquitto_sub: {e}"))?;
+    let mut out = child.stdout.take().ok_or("mosquitto_sub has no stdout")?;
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let lines = buf[..n].iter().filter(|b| **b == b'\n').count();
+            count.fetch_add(lines as u64, Ordering::AcqRel);
+        }
+    });
+    Ok(child)
+}
+
+/// Probes published and not yet matched: `ts` → (published at, phase).
+type Pending = Arc<Mutex<HashMap<i64, (Instant, usize)>>>;
+
+/// Latencies of the two phases, in µs.
+type Hists = Arc<Mutex<[Histogram<u64>; 2]>>;
+
+/// Reads the alerts topic from its start and matches `device_tamper` alerts of the probe
+/// device to their probes.
+fn alert_consumer(
+    args: &Args,
+    pending: Pending,
+    hists: Hists,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka)
+        .set(
+            "group.id",
+            format!("lienwatch-latency-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.min.bytes", "1")
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    let topic = args.alerts_topic.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let partitions = loop {
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+        let n = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        if n > 0 {
+            break n;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("topic {topic} has no partitions").into());
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(&topic, p as i32, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    thread::spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) else {
+                continue;
+            };
+            let at = Instant::now();
+            let Ok(alert) =
+                serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
+            else {
+                continue;
+            };
+            if alert["kind"] != "device_tamper" || alert["device_id"] != PROBE_DEVICE {
+                continue;
+            }
+            let Some(ts) = alert["event_time"]
+                .as_str()
+                .and_then(schemas::time::parse_rfc3339_ms)
+            else {
+                continue;
+            };
+            let probe = pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&ts);
+            if let Some((published, phase)) = probe {
+                let us = at.duration_since(published).as_micros() as u64;
+                hists.lock().unwrap_or_else(PoisonError::into_inner)[phase]
+                    .saturating_record(us.max(1));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The publishing side: client, pacing state, probes.
+struct Publisher {
+    client: Client,
+    qos: QoS,
+    prefix: String,
+    feed: Feed,
+    /// `ts` moved to the wall clock of the publish.
+    wall_clock: bool,
+    /// Largest event time published.
+    max_ts: i64,
+    last_probe_ts: i64,
+    pending: Pending,
+    sent: u64,
+    readings: u64,
+    probes: u64,
+}
+
+impl Publisher {
+    fn fleet_message(&mut self) -> Result<()> {
+        let pass = self.feed.pass;
+        let (topic, mut payload, readings, mut ts) = self.feed.next();
+        if self.wall_clock
+            && let Some(t) = ts
+        {
+            let now = schemas::time::now_ms();
+            payload = shift_ts(&payload, now - t);
+            ts = Some(now);
+        }
+        self.client.publish(topic, self.qos, false, payload)?;
+        if self.feed.pass != pass {
+            // The next pass starts a day after the last one's largest `ts`.
+            self.max_ts = NO_TS;
+        }
+        // The simulated fleet holds `future_ts` lines (days ahead): a probe after them would
+        // be rejected too.
+        if let Some(ts) = ts
+            && (self.max_ts == NO_TS || ts <= self.max_ts + MAX_STEP_MS)
+        {
+            self.max_ts = self.max_ts.max(ts);
+        }
+        self.sent += 1;
+        self.readings += readings;
+        Ok(())
+    }
+
+    /// A tamper reading just after the largest event time so far, then one that clears it.
+    fn probe(&mut self, phase: usize) -> Result<()> {
+        let ts = (self.max_ts + 1).max(self.last_probe_ts + 2);
+        self.last_probe_ts = ts;
+        let topic = format!("{}/{PROBE_DEVICE}", self.prefix);
+        let alarm = format!(r#"{{"device_id":"{PROBE_DEVICE}","ts":{ts},"alarms":["tamper"]}}"#);
+        let clear = format!(
+            r#"{{"device_id":"{PROBE_DEVICE}","ts":{},"alarms":[]}}"#,
+            ts + 1
+        );
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ts, (Instant::now(), phase));
+        self.client.publish(&topic, self.qos, false, alarm)?;
+        self.client.publish(&topic, self.qos, false, clear)?;
+        self.sent += 2;
+        self.readings += 2;
+        self.probes += 1;
+        Ok(())
+    }
+
+    /// Publishes for `seconds` at `rate` messages/s (0 = as fast as the broker takes them)
+    /// with `probes_per_s` probes, none in the last second (the fleet published after a probe
+    /// moves the pipeline clock past it); returns when it started.
+    fn phase(
+        &mut self,
+        phase: usize,
+        seconds: f64,
+        rate: f64,
+        probes_per_s: f64,
+    ) -> Result<Instant> {
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(seconds);
+        let probes_end = end - Duration::from_secs_f64(seconds.min(1.0));
+        let probe_every = Duration::from_secs_f64(1.0 / probes_per_s.max(1e-3));
+        let mut next_probe = start + probe_every;
+        let mut n = 0u64;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            if probes_per_s > 0.0 && now >= next_probe && now < probes_end {
+                self.probe(phase)?;
+                next_probe += probe_every;
+            }
+            if rate > 0.0 {
+                let due = start + Duration::from_secs_f64(n as f64 / rate);
+                if due > now + Duration::from_millis(1) {
+                    thread::sleep((due - now).min(Duration::from_millis(2)));
+                    continue;
+                }
+            }
+            self.fleet_message()?;
+            n += 1;
+        }
+        Ok(start)
+    }
+}
+
+/// Waits until `done()` (polled every 5 ms), at most `timeout`; returns when it became true.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse()?;
+    let loaded = Instant::now();
+    let msgs = load(&args.fleet, &args.prefix, args.batch)?;
+    let file_readings: u64 = msgs.iter().map(|m| m.readings).sum();
+    println!(
+        "fleet {}: {} messages, {} readings (batch {}), loaded in {:.1} s",
+        args.fleet,
+        msgs.len(),
+        file_readings,
+        args.batch,
+        loaded.elapsed().as_secs_f64()
+    );
+    let qos = match args.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        q => return Err(format!("QoS {q} is not supported").into()),
+    };
+    let bare = Arc::new(AtomicU64::new(0));
+    let mut bare_child = bare_subscriber(&args, Arc::clone(&bare))?;
+    let pending: Pending = Arc::default();
+    let hists: Hists = Arc::new(Mutex::new([
+        Histogram::new_with_bounds(1, 600_000_000, 3)?,
+        Histogram::new_with_bounds(1, 600_000_000, 3)?,
+    ]));
+    let stop = Arc::new(AtomicBool::new(false));
+    alert_consumer(
+        &args,
+        Arc::clone(&pending),
+        Arc::clone(&hists),
+        Arc::clone(&stop),
+    )?;
+
+    let (host, port) = args.mqtt.rsplit_once(':').ok_or("--mqtt HOST:PORT")?;
+    let mut options = MqttOptions::new(
+        format!("lw-latency-{}", std::process::id()),
+        host,
+        port.parse()?,
+    );
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_inflight(1000)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut connection) = Client::new(options, 10_000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let acks = Arc::clone(&acked);
+    let driver = thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acks.fetch_add(1, Ordering::AcqRel);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    });
+    let mut p = Publisher {
+        client,
+        qos,
+        prefix: args.prefix.clone(),
+        feed: Feed::new(msgs),
+        wall_clock: args.wall_clock,
+        max_ts: NO_TS,
+        last_probe_ts: NO_TS,
+        pending: Arc::clone(&pending),
+        sent: 0,
+        readings: 0,
+        probes: 0,
+    };
+    // Both subscribers are up before the first publish.
+    thread::sleep(Duration::from_millis(500));
+    let base = scrape(&args.metrics)?;
+    let catch_up = Duration::from_secs(300);
+    let taken = |n: u64| {
+        let addr = args.metrics.clone();
+        move || scrape(&addr).is_ok_and(|m| m.messages - base.messages >= n as f64)
+    };
+
+    // Max phase.
+    let mut max_rate = 0.0;
+    if args.max_s > 0.0 {
+        let start = p.phase(0, args.max_s, 0.0, args.probes_per_s)?;
+        let published = Instant::now();
+        let (n, r) = (p.sent, p.readings);
+        let bare_done = wait_until(catch_up, || bare.load(Ordering::Acquire) >= n);
+        let run_done = wait_until(catch_up, taken(n));
+        wait_until(Duration::from_secs(10), || {
+            pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        });
+        let m = scrape(&args.metrics)?;
+        let secs = |t: Option<Instant>| t.map_or(f64::NAN, |t| (t - start).as_secs_f64());
+        let (tp, tb, tr) = (secs(Some(published)), secs(bare_done), secs(run_done));
+        max_rate = n as f64 / tr;
+        println!(
+            "max phase: {n} messages ({r} readings, {} probes), QoS {}, batch {}",
+            p.probes, args.qos, args.batch
+        );
+        println!(
+            "  publisher        {tp:6.2} s  {:8.0} msg/s  {:9.0} readings/s",
+            n as f64 / tp,
+            r as f64 / tp
+        );
+        println!(
+            "  bare subscriber  {tb:6.2} s  {:8.0} msg/s  {:9.0} readings/s",
+            n as f64 / tb,
+            r as f64 / tb
+        );
+        println!(
+            "  lienwatch run    {tr:6.2} s  {:8.0} msg/s  {:9.0} readings/s  ({:.0}% of the bare subscriber; {} readings decoded, {} late)",
+            max_rate,
+            r as f64 / tr,
+            100.0 * tb / tr,
+            m.readings - base.readings,
+            m.late - base.late
+        );
+        report_latency("  max phase", &hists, 0, &base, &m);
+    }
+
+    // Latency phase.
+    let rate = if args.rate > 0.0 {
+        args.rate
+    } else {
+        max_rate / 2.0
+    };
+    if args.duration_s > 0.0 && rate > 0.0 {
+        let before = scrape(&args.metrics)?;
+        let (n0, r0, probes0) = (p.sent, p.readings, p.probes);
+        let start = p.phase(1, args.duration_s, rate, args.probes_per_s)?;
+        let published = Instant::now();
+        let (n, r) = (p.sent - n0, p.readings - r0);
+        let bare_done = wait_until(catch_up, || bare.load(Ordering::Acquire) >= n0 + n);
+        let run_done = wait_until(catch_up, taken(n0 + n));
+        // The last alerts.
+        wait_until(Duration::from_secs(10), || {
+            pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        });
+        let m = scrape(&args.metrics)?;
+        let secs = |t: Option<Instant>| t.map_or(f64::NAN, |t| (t - start).as_secs_f64());
+        let (tp, tb, tr) = (secs(Some(published)), secs(bare_done), secs(run_done));
+        println!(
+            "latency phase: {n} messages ({r} readings, {} probes) at {rate:.0} msg/s offered, QoS {}, batch {}",
+            p.probes - probes0,
+            args.qos,
+            args.batch
+        );
+        println!(
+            "  publisher        {tp:6.2} s  {:8.0} msg/s  {:9.0} readings/s",
+            n as f64 / tp,
+            r as f64 / tp
+        );
+        println!(
+            "  bare subscriber  {tb:6.2} s  {:8.0} msg/s  {:9.0} readings/s",
+            n as f64 / tb,
+            r as f64 / tb
+        );
+        println!(
+            "  lienwatch run    {tr:6.2} s  {:8.0} msg/s  {:9.0} readings/s  ({:.0}% of the bare subscriber; {} readings decoded, {} late)",
+            n as f64 / tr,
+            r as f64 / tr,
+            100.0 * tb / tr,
+            m.readings - before.readings,
+            m.late - before.late
+        );
+        report_latency("  latency phase", &hists, 1, &before, &m);
+    }
+    let unmatched = pending.lock().unwrap_or_else(PoisonError::into_inner).len();
+    println!(
+        "probes without an alert: {unmatched}; file passes: {}; publisher acks: {}",
+        p.feed.pass + 1,
+        acked.load(Ordering::Acquire)
+    );
+    stop.store(true, Ordering::Release);
+    p.client.disconnect()?;
+    let _ = driver.join();
+    let _ = bare_child.kill();
+    let _ = bare_child.wait();
+    Ok(())
+}
+
+fn report_latency(label: &str, hists: &Hists, phase: usize, before: &Metrics, after: &Metrics) {
+    let hists = hists.lock().unwrap_or_else(PoisonError::into_inner);
+    let h = &hists[phase];
+    let ingest = (after.ingest_sum_s - before.ingest_sum_s)
+        / (after.ingest_count - before.ingest_count).max(1.0);
+    println!(
+        "{label} publish->alert latency over {} probes: p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  max {:.1} ms  (mean {:.1} ms; service's ingest latency mean {:.1} ms)",
+        h.len(),
+        pct(h, 0.5),
+        pct(h, 0.99),
+        pct(h, 0.999),
+        h.max() as f64 / 1000.0,
+        h.mean() / 1000.0,
+        ingest * 1000.0
+    );
+}

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Live throughput and publish->alert latency through Mosquitto (issue 6, deliverable 4):
+# `lienwatch run` (release, 2 workers, all rules, alerts to Kafka, archive to S3) beside a bare
+# subscriber (mosquitto_sub) on the same broker, in the same run, driven by
+# benches/examples/latency.rs:
+#   1. max phase: the fleet published as fast as the broker takes it for MAX_S seconds;
+#      messages/s and readings/s of the publisher, the bare subscriber and lienwatch;
+#   2. latency phase: DURATION seconds at half the rate lienwatch reached in phase 1 (or RATE
+#      msg/s), paced; PROBES tamper readings a second, each raising one `device_tamper`
+#      alert; (alert read from Kafka - probe published) in an HDR histogram: p50/p99/p99.9/max
+#      (printed for phase 1 too, i.e. at the maximum rate).
+# One process of each for the whole run (~MAX_S + DURATION + 30 s, plus the fleet's simulation
+# the first time).
+#
+# The broker is a Mosquitto of its own on 127.0.0.1:18831 with unbounded queues, so a slower
+# subscriber is measured rather than dropped from. Needs scripts/services (Kafka, S3).
+#
+# Usage: [MAX_S=20] [DURATION=60] [RATE=0] [PROBES=50] [EPOCH_MS=100] [REORDER_S=120]
+#        [LINGER_MS=5] [DURABLE=true] [WALL_CLOCK=false] benches/latency.sh [QOS] [BATCH] [VEHICLES] [DAYS]
+#        (defaults: QoS 1, 1 reading per message, a fleet of 1000 vehicles x 7 days; BATCH N
+#        sends N readings of one device per message; EPOCH_MS, REORDER_S and LINGER_MS set
+#        pipeline.epoch_ms, rules.reorder_window_s and the producer's linger.ms, the settings
+#        that bound the latency; WALL_CLOCK=true moves every ts to the wall clock of its
+#        publish, as a live fleet sends them: then each alert waits out the reorder window;
+#        NO_BUILD=1 uses the binaries as built)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QOS=${1:-1}
+BATCH=${2:-1}
+VEHICLES=${3:-1000}
+DAYS=${4:-7}
+# Batches gather a device's next BATCH readings of the file (10 readings span 5 min driving,
+# 100 min parked); with the 120-s reorder window most of them would arrive late and every
+# parked device would go `offline` between its batches (an alert flood the SPEC's batches, a
+# blind-zone upload now and then, do not cause), so batches run with a 2-h window.
+if [[ "$BATCH" -gt 1 ]]; then REORDER_S=${REORDER_S:-7200}; fi
+WORK=${BENCH_DIR:-target/bench-latency}
+PORT=18831
+HTTP=127.0.0.1:19471
+mkdir -p "$WORK"
+scripts/services start >/dev/null
+if [[ -z "${NO_BUILD:-}" ]]; then
+    cargo build --release --locked -p pipeline --quiet
+    cargo build --release --locked -p benches --example latency --quiet
+fi
+BIN=target/release/lienwatch
+FLEET="$WORK/fleet-$VEHICLES-$DAYS.jsonl"
+if [[ ! -f "$FLEET" ]]; then
+    "$BIN" simulate --out "$FLEET" --vehicles "$VEHICLES" --days "$DAYS" --seed 7 >/dev/null
+fi
+
+cat >"$WORK/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 0
+max_inflight_messages 0
+log_dest none
+CONF
+mosquitto -c "$WORK/mosquitto.conf" & BROKER=$!
+RUN=""
+cleanup() { kill "$BROKER" 2>/dev/null || true; [[ -n "$RUN" ]] && kill -9 "$RUN" 2>/dev/null || true; }
+trap cleanup EXIT
+sleep 0.3
+
+ID=latency-$$
+TOPIC="lienwatch.bench.$ID"
+cat >"$WORK/run.toml" <<CONF
+[pipeline]
+workers = 2
+epoch_ms = ${EPOCH_MS:-100}
+[registry]
+vehicles_csv = "$PWD/${FLEET%.jsonl}.vehicles.csv"
+fences_geojson = "$PWD/${FLEET%.jsonl}.fences.geojson"
+[archive]
+url = "s3://lienwatch/bench/$ID"
+s3_endpoint = "http://127.0.0.1:9000"
+[mqtt]
+url = "mqtt://127.0.0.1:$PORT"
+client_id = "$ID"
+topics = ["bench/+"]
+qos = $QOS
+clean_start = true
+[kafka]
+alerts_topic = "$TOPIC"
+features_topic = "lienwatch.bench.features.$ID"
+[kafka.properties]
+"linger.ms" = "${LINGER_MS:-5}"
+[http]
+listen = "$HTTP"
+[durability]
+enabled = ${DURABLE:-true}
+journal_dir = "$PWD/$WORK/journal-$ID"
+[rules]
+reorder_window_s = ${REORDER_S:-120}
+CONF
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test RUST_LOG=warn \
+    "$BIN" run --config "$WORK/run.toml" >"$WORK/run.out" 2>"$WORK/run.err" & RUN=$!
+until curl -sf "$HTTP/health" >/dev/null; do sleep 0.1; done
+
+echo "QoS $QOS, batch $BATCH, epoch_ms ${EPOCH_MS:-100}, reorder_window_s ${REORDER_S:-120}, linger.ms ${LINGER_MS:-5}, durability ${DURABLE:-true}, wall clock ${WALL_CLOCK:-false}; $(uptime)"
+target/release/examples/latency --fleet "$FLEET" --mqtt "127.0.0.1:$PORT" --prefix bench \
+    --qos "$QOS" --batch "$BATCH" --metrics "$HTTP" --alerts-topic "$TOPIC" \
+    --max-s "${MAX_S:-20}" --duration "${DURATION:-60}" --rate "${RATE:-0}" --probes "${PROBES:-50}" \
+    --wall-clock "${WALL_CLOCK:-false}"
+echo "after: $(uptime)"
+kill -TERM "$RUN"; wait "$RUN" || true; RUN=""
+tail -6 "$WORK/run.out"
+rm -rf "$WORK/journal-$ID"
