@@ -23,8 +23,9 @@
 #   e.g. benches/peers.sh 400 10 for ~1 M lines. ONLY=regex runs a subset of
 #   duckdb-2t duckdb-1t duckdb-rj-2t duckdb-rj-1t peer_job-w1 peer_job-w2 replay-w1 replay-w2
 #   (the other engines' rows of the previous run are kept in the table).
-#   On the 5.2 M file one rep takes 5-7 min on the shared 2-vCPU machine, most of it DuckDB's
-#   exact runs (~35 CPU-s each).
+#   On the 5.2 M file one rep took 9-10 min on the shared 2-vCPU machine at load 8-12, over
+#   half of it DuckDB's two exact runs (31-36 CPU-s, 56-87 s wall each); without them
+#   (ONLY='duckdb-rj|peer_job|replay') 5 min. 400 x 10 (~1 M lines) takes a fifth of that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VEHICLES=${1:-2000}
