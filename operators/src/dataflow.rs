@@ -21,15 +21,18 @@ use crate::vin_index::{VinClaim, VinIndex};
 
 /// What the fleet operator emits.
 #[derive(Clone, Debug)]
+///
+/// The rare variants are boxed so an `Output` is the size of an `Archive` record, which nearly
+/// every output is and which is moved several times on its way to the sinks.
 pub enum Output {
     /// An alert.
-    Alert(Alert),
+    Alert(Box<Alert>),
     /// An accepted reading, to archive.
     Archive(Record),
     /// A reading rejected by the fleet (future timestamp).
-    Reject(Reject),
+    Reject(Box<Reject>),
     /// A closed (or revised) vehicle-day of features.
-    Features(DailyFeatures),
+    Features(Box<DailyFeatures>),
     /// The pipeline clock after an epoch: sinks may close what ends before it.
     Watermark(i64),
 }
@@ -306,7 +309,7 @@ fn index_vins<'scope>(
                 alerts.extend(claims.iter().filter_map(|c| index.claim(c, &registry, now)));
                 output
                     .session(&cap)
-                    .give_iterator(alerts.into_iter().map(Output::Alert));
+                    .give_iterator(alerts.into_iter().map(|a| Output::Alert(Box::new(a))));
             }
             let low = frontier.frontier().iter().min().copied();
             if let (Some((barrier, save)), Some(low)) = (checkpoints.as_mut(), low)
@@ -321,10 +324,13 @@ fn index_vins<'scope>(
 
 fn outputs(out: FleetOutputs) -> impl Iterator<Item = Emitted> {
     let v = out.vehicle;
-    let alerts = v.alerts.into_iter().map(Output::Alert);
+    let alerts = v.alerts.into_iter().map(|a| Output::Alert(Box::new(a)));
     let archive = v.archive.into_iter().map(Output::Archive);
-    let features = v.features.into_iter().map(Output::Features);
-    let rejects = out.rejects.into_iter().map(Output::Reject);
+    let features = v
+        .features
+        .into_iter()
+        .map(|f| Output::Features(Box::new(f)));
+    let rejects = out.rejects.into_iter().map(|r| Output::Reject(Box::new(r)));
     let claims = v
         .claims
         .into_iter()

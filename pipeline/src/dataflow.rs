@@ -326,7 +326,7 @@ pub(crate) fn run_worker(
                 reference.clone(),
                 keyed_checkpoints,
             )
-            .concat(rejects.map(Output::Reject));
+            .concat(rejects.map(|r| Output::Reject(Box::new(r))));
         sinks(
             outputs,
             archive,
@@ -457,7 +457,7 @@ fn sinks<'scope>(
                         if let Some(a) = archive.as_mut() {
                             a.push_alert(&alert);
                         }
-                        alerts.push(alert);
+                        alerts.push(*alert);
                     }
                     Output::Archive(record) => {
                         if archived.is_multiple_of(LATENCY_SAMPLE_EVERY) {
@@ -474,7 +474,7 @@ fn sinks<'scope>(
                         metrics::counter!("lienwatch_rejects_total", "reason" => reject.reason.clone())
                             .increment(1);
                         if let Some(a) = archive.as_mut() {
-                            a.push_reject(reject);
+                            a.push_reject(*reject);
                         }
                     }
                     Output::Features(row) => {
@@ -486,7 +486,7 @@ fn sinks<'scope>(
                         if let Some(a) = archive.as_mut() {
                             a.push_features(&row);
                         }
-                        features.push(row);
+                        features.push(*row);
                     }
                     Output::Watermark(w) => watermark = Some(w),
                 }
