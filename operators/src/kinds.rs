@@ -26,13 +26,20 @@ use serde::{Deserialize, Serialize};
 
 use schemas::DeviceClass;
 
+/// State that is at rest (equal to its default) most of the time.
+pub trait AtRest: Default + PartialEq {
+    /// Whether the state equals its default; cheaper than comparing with a new default
+    /// (no slice comparisons). Debug builds check the two agree.
+    fn at_rest(&self) -> bool;
+}
+
 /// The state of kinds that rest at their default between incidents: `None` while it is the
 /// default, boxed otherwise, so a quiet vehicle keeps 8 bytes for it. `None` and a boxed
 /// default are the same state; [`Lazy::with`] keeps it `None` whenever it is the default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lazy<T>(Option<Box<T>>);
 
-impl<T: Default + PartialEq> Lazy<T> {
+impl<T: AtRest> Lazy<T> {
     /// The state, if it is not the default.
     pub fn get(&self) -> Option<&T> {
         self.0.as_deref()
@@ -57,7 +64,8 @@ impl<T: Default + PartialEq> Lazy<T> {
         match &mut self.0 {
             Some(t) => {
                 let r = f(t);
-                if **t == T::default() {
+                debug_assert!(t.at_rest() == (**t == T::default()));
+                if t.at_rest() {
                     self.0 = None;
                 }
                 r
@@ -65,7 +73,8 @@ impl<T: Default + PartialEq> Lazy<T> {
             None => {
                 let mut t = T::default();
                 let r = f(&mut t);
-                if t != T::default() {
+                debug_assert!(t.at_rest() == (t == T::default()));
+                if !t.at_rest() {
                     self.0 = Some(Box::new(t));
                 }
                 r

@@ -18,10 +18,11 @@ use crate::ctx::Ctx;
 use crate::dedup::Dedup;
 use crate::fences::{FenceIdx, FenceIndex};
 use crate::kinds::{
-    Dev, Lazy, device_tamper::DeviceTamper, dtc_cleared::DtcCleared, geofence_exit::GeofenceExit,
-    gnss_jamming::GnssJamming, location_jump::LocationJump, low_battery::LowBattery,
-    odometer_mismatch::OdometerMismatch, odometer_rollback::OdometerRollback, offline::Offline,
-    power_cut::PowerCut, risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
+    AtRest, Dev, Lazy, device_tamper::DeviceTamper, dtc_cleared::DtcCleared,
+    geofence_exit::GeofenceExit, gnss_jamming::GnssJamming, location_jump::LocationJump,
+    low_battery::LowBattery, odometer_mismatch::OdometerMismatch,
+    odometer_rollback::OdometerRollback, offline::Offline, power_cut::PowerCut,
+    risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
     stationary_long::StationaryLong, tow_suspected::TowSuspected, vin_mismatch::VinMismatch,
 };
 use crate::position::{Fix, PositionChain, Step};
@@ -203,6 +204,19 @@ struct VehicleKinds {
 struct RiskZones {
     enter: RiskZoneEnter,
     dwell: RiskZoneDwell,
+}
+
+impl AtRest for RiskZones {
+    fn at_rest(&self) -> bool {
+        self.enter.at_rest() && self.dwell.at_rest()
+    }
+}
+
+impl AtRest for DeviceIncidents {
+    fn at_rest(&self) -> bool {
+        // Options and flags only: the derived comparison is cheap.
+        *self == Self::default()
+    }
 }
 
 /// Sizes of the vehicle's private state types (`size_of`), for the memory harness
@@ -600,22 +614,20 @@ impl VehicleState {
             device.reports_ignition |= r.ignition.is_some();
             let before = (device.last_ts, device.last_fix);
             let (dev, k) = device.parts();
-            // The call order is the order of the alerts one reading raises.
+            // The call order is the order of the alerts one reading raises; the kinds at rest
+            // are taken out (or left at rest) once.
             k.incidents.with(|i| {
                 i.offline
-                    .on_reading(r.ts_ms, before, fix_pos, dev, &mut ctx)
-            });
-            k.power_cut.on_reading(r, dev, &mut ctx);
-            k.incidents.with(|i| {
+                    .on_reading(r.ts_ms, before, fix_pos, dev, &mut ctx);
+                k.power_cut.on_reading(r, dev, &mut ctx);
                 i.device_tamper.on_reading(r, dev, &mut ctx);
                 i.gnss_jamming
                     .on_reading(r, fix_pos.is_some(), dev, &mut ctx);
                 i.low_battery.on_reading(r, dev, &mut ctx);
+                k.odometer_rollback.on_reading(r, dev, &mut ctx);
+                k.dtc_cleared.on_reading(r, dev, &mut ctx);
+                i.vin_mismatch.on_reading(r, dev, &mut ctx);
             });
-            k.odometer_rollback.on_reading(r, dev, &mut ctx);
-            k.dtc_cleared.on_reading(r, dev, &mut ctx);
-            k.incidents
-                .with(|i| i.vin_mismatch.on_reading(r, dev, &mut ctx));
             kinds.tow_suspected.on_reading(r, d as u16, dev, &mut ctx);
             let device = &mut devices[d];
             device.last_ts = Some(r.ts_ms);

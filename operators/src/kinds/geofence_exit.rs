@@ -18,6 +18,12 @@ pub struct GeofenceExit {
     next_distance: Option<(Fix, f64)>,
 }
 
+impl crate::kinds::AtRest for GeofenceExit {
+    fn at_rest(&self) -> bool {
+        self.open_since.is_none() && self.next_distance.is_none()
+    }
+}
+
 impl GeofenceExit {
     /// Handles an accepted fix. `device_id` names the device of a fix by its index.
     ///

@@ -37,6 +37,11 @@ impl RiskZoneDwell {
     }
 
     /// Appends the fences the state refers to.
+    /// Whether the state is the default: no incident open or held.
+    pub fn at_rest(&self) -> bool {
+        self.open.is_empty() && self.held.is_empty()
+    }
+
     pub(crate) fn fence_refs(&self, out: &mut Vec<FenceIdx>) {
         out.extend(self.open.iter().map(|(f, _)| *f));
         out.extend(&self.held);
