@@ -29,8 +29,9 @@
 //!    fixes every 30 s), prints their serde_json size (through `JsonlWriter`, the only JSON
 //!    serializer the benches crate has) with the size of each part, and the heap per vehicle
 //!    computed from the type sizes, the lengths in the JSON and the allocation rules of the
-//!    state (devices and rings sized exactly, a drained reorder buffer freed, other `Vec`s
-//!    growing 0, 4, 8, 16, …), rounded up to mimalloc's size classes.
+//!    state (devices, rings, the days kept for revision and the `odometer_mismatch`
+//!    checkpoints sized exactly, a drained reorder buffer freed, kinds at rest not boxed,
+//!    other `Vec`s growing 0, 4, 8, 16, …), rounded up to mimalloc's size classes.
 
 #![allow(clippy::print_stdout)]
 
