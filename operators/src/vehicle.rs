@@ -58,6 +58,8 @@ pub struct Outputs {
 pub enum Arrival {
     /// Waiting in the reorder buffer.
     Buffered,
+    /// Next in its device's sequence: processed at once (see [`VehicleState::arrive`]).
+    Processed,
     /// Late: archived, handled by the late path.
     Late,
     /// Duplicate: dropped.
@@ -136,6 +138,9 @@ struct DeviceState {
     newest: [i64; 2],
     /// Event time of the last reading processed in order.
     last_ts: Option<i64>,
+    /// `seq` + 1 of the last reading processed in order (0: unknown), for the in-order fast
+    /// path of [`VehicleState::arrive`].
+    next_seq: u64,
     /// Last valid position of this device.
     last_fix: Option<(f64, f64)>,
     /// Whether any in-order reading of the device carried `ignition`.
@@ -379,6 +384,7 @@ impl VehicleState {
             buffer: Vec::new(),
             newest: [i64::MIN; 2],
             last_ts: None,
+            next_seq: 0,
             last_fix: None,
             reports_ignition: false,
             reported_vin: None,
@@ -391,6 +397,15 @@ impl VehicleState {
     /// Takes an arriving reading: drops duplicates, handles late readings at once, buffers
     /// the rest until the pipeline clock passes them. `clock_ms` is the pipeline clock the
     /// reading arrives at: a reading it has already passed is late.
+    ///
+    /// In-order fast path: a reading whose `seq` follows the last one its device processed,
+    /// on a vehicle with one device and nothing buffered, is processed at once. No reading
+    /// can come before it any more (a smaller `seq` is a duplicate; one with a later `seq`
+    /// but an earlier `ts` is handled as late, as `backfill` is), so the rules see the same
+    /// readings in the same order as after the reorder window, and its alerts go out now
+    /// rather than a window later: live, where event time is wall time, the window (SPEC
+    /// default 2 min) would otherwise delay every alert, a tamper alarm included. Timers due
+    /// before the reading fire first, as they do when it is released.
     pub fn arrive(
         &mut self,
         record: Record,
@@ -399,6 +414,7 @@ impl VehicleState {
         out: &mut Outputs,
     ) -> Arrival {
         let d = self.device_index(&record);
+        let one_device = self.devices.len() == 1;
         let r = &record.reading;
         let device = &mut self.devices[d];
         if device.dedup.is_duplicate(r.seq, r.ts_ms, r.content_hash) {
@@ -410,6 +426,13 @@ impl VehicleState {
             || device.beyond_reorder_window(r.ts_ms, env.rules.reorder_window_ms());
         device.note_newest(r.ts_ms);
         if !late {
+            let in_sequence = device.next_seq > 0 && r.seq == Some(device.next_seq);
+            if in_sequence && self.buffered == 0 && one_device {
+                self.fire_timers_until(record.reading.ts_ms, false, env, out);
+                self.process(d, &record, env, out);
+                out.archive.push(record);
+                return Arrival::Processed;
+            }
             device.buffer.push(record);
             self.buffered += 1;
             return Arrival::Buffered;
@@ -631,6 +654,7 @@ impl VehicleState {
             kinds.tow_suspected.on_reading(r, d as u16, dev, &mut ctx);
             let device = &mut devices[d];
             device.last_ts = Some(r.ts_ms);
+            device.next_seq = r.seq.map_or(0, |s| s.wrapping_add(1));
             if fix_pos.is_some() {
                 device.last_fix = fix_pos;
             }
@@ -894,8 +918,89 @@ mod tests {
         (out.alerts, out.archive.len(), out.features)
     }
 
+    /// The same readings without `seq`: the in-order fast path never applies to them.
+    fn without_seq(records: &[Record]) -> Vec<Record> {
+        records
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.reading.seq = None;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_next_reading_of_a_sequence_is_processed_at_once() {
+        let rules = RulesConfig::default();
+        let fences = FenceIndex::empty();
+        let env = Env {
+            rules: &rules,
+            fences: &fences,
+            detected_at_ms: 0,
+        };
+        let steps: Vec<Step> = (0..4)
+            .map(|i| Step {
+                dt_s: 30,
+                device: 0,
+                dlat: 0.0,
+                ignition: Some(false),
+                ext_v: 12.5,
+                alarm: if i == 3 { 0 } else { 9 },
+                fix: true,
+            })
+            .collect();
+        let records = readings(&steps);
+        let mut v = VehicleState::new("V".into(), Profile::default());
+        let mut out = Outputs::default();
+        let arrivals: Vec<Arrival> = records
+            .clone()
+            .into_iter()
+            .map(|r| v.arrive(r, None, &env, &mut out))
+            .collect();
+        // The first waits (nothing processed yet to follow); the next ones wait behind it.
+        assert!(arrivals.iter().all(|a| matches!(a, Arrival::Buffered)));
+        v.advance(records[3].reading.ts_ms, &env, &mut out);
+        let mut more = readings(&[steps[0].clone(), steps[1].clone()]);
+        for (i, r) in more.iter_mut().enumerate() {
+            r.reading.ts_ms = records[3].reading.ts_ms + 30_000 * (i as i64 + 1);
+            r.reading.seq = Some(4 + i as u64);
+        }
+        let tampered = out.alerts.len();
+        more[1].reading.seq = Some(7);
+        let [next, gap] = <[Record; 2]>::try_from(more).unwrap();
+        assert!(matches!(
+            v.arrive(next, None, &env, &mut out),
+            Arrival::Processed
+        ));
+        assert!(matches!(
+            v.arrive(gap, None, &env, &mut out),
+            Arrival::Buffered
+        ));
+        assert_eq!(
+            out.alerts.len(),
+            tampered,
+            "the tamper alarm was raised when released"
+        );
+        assert_eq!(out.archive.len(), 5);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+        /// A vehicle with one device processes the next reading of its sequence at once:
+        /// it raises the same alerts and features as the same readings released by the
+        /// reorder window.
+        #[test]
+        fn readings_processed_at_once_raise_what_the_window_raises(
+            steps in proptest::collection::vec(step(), 1..150),
+            cuts in proptest::collection::vec(1usize..40, 0..6),
+        ) {
+            let one_device: Vec<Step> = steps.into_iter().map(|s| Step { device: 0, ..s }).collect();
+            let records = readings(&one_device);
+            let windowed = run(without_seq(&records), &cuts);
+            prop_assert_eq!(run(records, &cuts), windowed);
+        }
+
         #[test]
         fn arrival_order_duplicates_and_epochs_do_not_change_alerts(
             steps in proptest::collection::vec(step(), 1..250),
