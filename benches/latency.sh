@@ -21,7 +21,8 @@
 #        sends N readings of one device per message; EPOCH_MS, REORDER_S and LINGER_MS set
 #        pipeline.epoch_ms, rules.reorder_window_s and the producer's linger.ms, the settings
 #        that bound the latency; WALL_CLOCK=true moves every ts to the wall clock of its
-#        publish, as a live fleet sends them: then each alert waits out the reorder window;
+#        publish, as a live fleet sends them (a reading that follows its device's last one
+#        in `seq` is processed at once; others wait out the reorder window);
 #        NO_BUILD=1 uses the binaries as built)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -460,6 +460,9 @@ struct Publisher {
     /// Largest event time published.
     max_ts: i64,
     last_probe_ts: i64,
+    /// `seq` of the probe device's next message: like a real tracker's, it counts up, so the
+    /// service can process each probe as it comes (its in-order fast path).
+    probe_seq: u64,
     pending: Pending,
     sent: u64,
     readings: u64,
@@ -499,10 +502,15 @@ impl Publisher {
         let ts = (self.max_ts + 1).max(self.last_probe_ts + 2);
         self.last_probe_ts = ts;
         let topic = format!("{}/{PROBE_DEVICE}", self.prefix);
-        let alarm = format!(r#"{{"device_id":"{PROBE_DEVICE}","ts":{ts},"alarms":["tamper"]}}"#);
+        let seq = self.probe_seq;
+        self.probe_seq += 2;
+        let alarm = format!(
+            r#"{{"device_id":"{PROBE_DEVICE}","ts":{ts},"seq":{seq},"alarms":["tamper"]}}"#
+        );
         let clear = format!(
-            r#"{{"device_id":"{PROBE_DEVICE}","ts":{},"alarms":[]}}"#,
-            ts + 1
+            r#"{{"device_id":"{PROBE_DEVICE}","ts":{},"seq":{},"alarms":[]}}"#,
+            ts + 1,
+            seq + 1
         );
         self.pending
             .lock()
@@ -641,6 +649,7 @@ fn main() -> Result<()> {
         wall_clock: args.wall_clock,
         max_ts: NO_TS,
         last_probe_ts: NO_TS,
+        probe_seq: 0,
         pending: Arc::clone(&pending),
         sent: 0,
         readings: 0,

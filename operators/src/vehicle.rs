@@ -398,14 +398,9 @@ impl VehicleState {
     /// the rest until the pipeline clock passes them. `clock_ms` is the pipeline clock the
     /// reading arrives at: a reading it has already passed is late.
     ///
-    /// In-order fast path: a reading whose `seq` follows the last one its device processed,
-    /// on a vehicle with one device and nothing buffered, is processed at once. No reading
-    /// can come before it any more (a smaller `seq` is a duplicate; one with a later `seq`
-    /// but an earlier `ts` is handled as late, as `backfill` is), so the rules see the same
-    /// readings in the same order as after the reorder window, and its alerts go out now
-    /// rather than a window later: live, where event time is wall time, the window (SPEC
-    /// default 2 min) would otherwise delay every alert, a tamper alarm included. Timers due
-    /// before the reading fire first, as they do when it is released.
+    /// In-order fast path, see [`release_in_sequence`](Self::release_in_sequence): on a
+    /// vehicle with one device, the readings that continue its device's `seq` are processed
+    /// at once.
     pub fn arrive(
         &mut self,
         record: Record,
@@ -426,15 +421,11 @@ impl VehicleState {
             || device.beyond_reorder_window(r.ts_ms, env.rules.reorder_window_ms());
         device.note_newest(r.ts_ms);
         if !late {
-            let in_sequence = device.next_seq > 0 && r.seq == Some(device.next_seq);
-            if in_sequence && self.buffered == 0 && one_device {
-                self.fire_timers_until(record.reading.ts_ms, false, env, out);
-                self.process(d, &record, env, out);
-                out.archive.push(record);
-                return Arrival::Processed;
-            }
             device.buffer.push(record);
             self.buffered += 1;
+            if one_device && self.release_in_sequence(env, out) {
+                return Arrival::Processed;
+            }
             return Arrival::Buffered;
         }
         self.baseline
@@ -474,6 +465,44 @@ impl VehicleState {
         }
         out.archive.push(record);
         Arrival::Late
+    }
+
+    /// The in-order fast path: while the earliest buffered reading of the vehicle's only
+    /// device is the next of its `seq` (the one after the last it processed), processes it
+    /// now. No reading can come before it any more (a smaller `seq` is a duplicate; a later
+    /// `seq` with an earlier `ts` is late, as `backfill` is), so the rules see the same
+    /// readings in the same order as after the reorder window, but its alerts go out now
+    /// rather than a window later: live, where event time is wall time, the window (SPEC
+    /// default 2 min) would delay every alert, a tamper alarm included. A gap in `seq` (a
+    /// message lost or still in flight, a reboot) or a device without `seq` waits for the
+    /// window as before. Timers due before a reading fire first, as they do when the clock
+    /// releases it. Returns whether any reading was processed.
+    fn release_in_sequence(&mut self, env: &Env<'_>, out: &mut Outputs) -> bool {
+        let mut processed = false;
+        loop {
+            let device = &mut self.devices[0];
+            let Some((i, record)) = device
+                .buffer
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, r)| (r.reading.ts_ms, r.ingest_seq))
+            else {
+                // An idle vehicle keeps no room for the next drive's readings.
+                device.buffer = Vec::new();
+                return processed;
+            };
+            let r = &record.reading;
+            let next = device.next_seq > 0 && r.seq == Some(device.next_seq);
+            if !next || device.last_ts.is_some_and(|l| r.ts_ms <= l) {
+                return processed;
+            }
+            let record = device.buffer.swap_remove(i);
+            self.buffered -= 1;
+            self.fire_timers_until(record.reading.ts_ms, false, env, out);
+            self.process(0, &record, env, out);
+            out.archive.push(record);
+            processed = true;
+        }
     }
 
     /// Moves the vehicle to pipeline clock `clock_ms`: processes buffered readings up to it
@@ -987,18 +1016,34 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
-        /// A vehicle with one device processes the next reading of its sequence at once:
-        /// it raises the same alerts and features as the same readings released by the
-        /// reorder window.
+        /// A vehicle with one device processes the readings that continue its sequence at
+        /// once: whatever the arrival order (within the reorder window), duplicates and cuts
+        /// into epochs, it raises the same alerts and features as the same readings without
+        /// `seq`, which all wait for the window.
         #[test]
         fn readings_processed_at_once_raise_what_the_window_raises(
             steps in proptest::collection::vec(step(), 1..150),
+            swaps in proptest::collection::vec(any::<prop::sample::Index>(), 0..30),
+            dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
             cuts in proptest::collection::vec(1usize..40, 0..6),
         ) {
             let one_device: Vec<Step> = steps.into_iter().map(|s| Step { device: 0, ..s }).collect();
-            let records = readings(&one_device);
-            let windowed = run(without_seq(&records), &cuts);
-            prop_assert_eq!(run(records, &cuts), windowed);
+            let mut arrivals = readings(&one_device);
+            for s in &swaps {
+                let i = s.index(arrivals.len().max(2) - 1);
+                if i + 1 < arrivals.len()
+                    && arrivals[i + 1].reading.ts_ms - arrivals[i].reading.ts_ms < 60_000
+                {
+                    arrivals.swap(i, i + 1);
+                }
+            }
+            for d in &dups {
+                let i = d.index(arrivals.len());
+                let copy = arrivals[i].clone();
+                arrivals.insert(i + 1, copy);
+            }
+            let windowed = run(without_seq(&arrivals), &cuts);
+            prop_assert_eq!(run(arrivals, &cuts), windowed);
         }
 
         #[test]
