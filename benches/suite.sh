@@ -5,7 +5,9 @@
 # memory harness. Each part's full output goes to target/bench-suite/<part>.txt; the figures
 # are printed at the end, one line each, with the machine and the date.
 #
-# Usage: benches/suite.sh [PART...]   (parts: micro replay peers live latency memory; default all)
+# Usage: benches/suite.sh [PART...]
+#        parts: micro replay peers latency memory (the default), and live (benches/live.sh,
+#        which latency's maximum-rate phase supersedes)
 #
 # Run it on an idle machine: the figures are wall-clock and CPU times.
 set -euo pipefail
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 OUT=target/bench-suite
 mkdir -p "$OUT"
 PARTS=("$@")
-[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(micro replay peers live latency memory)
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(micro replay peers latency memory)
 # Criterion's shorter settings: enough for a median on a quiet machine, not for small deltas.
 QUICK=(--warm-up-time 1 --measurement-time 3)
 
@@ -34,17 +36,27 @@ for p in "${PARTS[@]}"; do
         } >"$OUT/micro.txt" 2>&1
         ;;
     replay) part replay; benches/replay.sh 2000 10 >"$OUT/replay.txt" 2>&1 ;;
-    peers) part peers; benches/peers.sh >"$OUT/peers.txt" 2>&1 ;;
+    # The 1 M-line fleet: the exact DuckDB job alone takes ~30 CPU-s on the 5 M one.
+    peers) part peers; benches/peers.sh 400 10 >"$OUT/peers.txt" 2>&1 ;;
     live)
         part live
         { benches/live.sh 100 7 1 1; benches/live.sh 100 7 0 1; } >"$OUT/live.txt" 2>&1
         ;;
-    latency) part latency; benches/latency.sh >"$OUT/latency.txt" 2>&1 ;;
+    latency)
+        part latency
+        {
+            DURATION=30 benches/latency.sh 1 1
+            DURATION=30 benches/latency.sh 0 10
+            # Event time = wall time, as live: the window (10 s here, so the probe device's
+            # first reading is released within the run) delays only what is out of sequence.
+            WALL_CLOCK=true REORDER_S=10 DURATION=30 benches/latency.sh 1 1
+        } >"$OUT/latency.txt" 2>&1
+        ;;
     memory)
         part memory
         {
             cargo run --release --locked -q -p benches --example vehicles_rss -- 100000
-            cargo run --release --locked -q -p benches --example vehicles_rss -- 1000000 --days 20
+            cargo run --release --locked -q -p benches --example vehicles_rss -- 1000000 --days 10
         } >"$OUT/memory.txt" 2>&1
         ;;
     *) echo "unknown part $p" >&2; exit 2 ;;
@@ -74,7 +86,7 @@ for path in sorted(glob.glob("target/criterion/**/new/estimates.json", recursive
 PY
 show micro 'zstd level'
 show replay '^input:|^-w [12]:'
-show peers '.'
+show peers '^(engine|duckdb|peer_job|replay|  (peer_job|replay)|ratios|[0-9]+ records|check|mismatch)'
 show live 'messages, QoS|bare subscriber|lienwatch run'
-show latency '.'
+show latency '^QoS|phase|bare subscriber|lienwatch run|without'
 show memory 'RESULT|VmRSS|per vehicle'
