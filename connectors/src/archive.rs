@@ -79,7 +79,7 @@ pub struct ArchiveConfig {
     pub max_file_age_s: u64,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
-    /// zstd compression level (default 1: ~16 % less worker CPU than 3 for ~1 % more bytes).
+    /// zstd compression level (default 1: 2–16 % less worker CPU than 3 for ~1 % more bytes).
     pub zstd_level: i32,
 }
 
