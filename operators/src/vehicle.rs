@@ -947,6 +947,29 @@ mod tests {
         (out.alerts, out.archive.len(), out.features)
     }
 
+    /// `arrivals` with the neighbours at `swaps` swapped where they are less than a minute
+    /// apart (well within the reorder window) and the readings at `dups` repeated.
+    fn disorder(
+        mut arrivals: Vec<Record>,
+        swaps: &[prop::sample::Index],
+        dups: &[prop::sample::Index],
+    ) -> Vec<Record> {
+        for s in swaps {
+            let i = s.index(arrivals.len().max(2) - 1);
+            if i + 1 < arrivals.len()
+                && arrivals[i + 1].reading.ts_ms - arrivals[i].reading.ts_ms < 60_000
+            {
+                arrivals.swap(i, i + 1);
+            }
+        }
+        for d in dups {
+            let i = d.index(arrivals.len());
+            let copy = arrivals[i].clone();
+            arrivals.insert(i + 1, copy);
+        }
+        arrivals
+    }
+
     /// The same readings without `seq`: the in-order fast path never applies to them.
     fn without_seq(records: &[Record]) -> Vec<Record> {
         records
@@ -1028,20 +1051,7 @@ mod tests {
             cuts in proptest::collection::vec(1usize..40, 0..6),
         ) {
             let one_device: Vec<Step> = steps.into_iter().map(|s| Step { device: 0, ..s }).collect();
-            let mut arrivals = readings(&one_device);
-            for s in &swaps {
-                let i = s.index(arrivals.len().max(2) - 1);
-                if i + 1 < arrivals.len()
-                    && arrivals[i + 1].reading.ts_ms - arrivals[i].reading.ts_ms < 60_000
-                {
-                    arrivals.swap(i, i + 1);
-                }
-            }
-            for d in &dups {
-                let i = d.index(arrivals.len());
-                let copy = arrivals[i].clone();
-                arrivals.insert(i + 1, copy);
-            }
+            let arrivals = disorder(readings(&one_device), &swaps, &dups);
             let windowed = run(without_seq(&arrivals), &cuts);
             prop_assert_eq!(run(arrivals, &cuts), windowed);
         }
@@ -1057,21 +1067,7 @@ mod tests {
             let (reference, archived, features) = run(sorted.clone(), &[]);
             prop_assert_eq!(archived, sorted.len());
 
-            let mut arrivals = sorted.clone();
-            for s in &swaps {
-                // Swap neighbours less than a minute apart: well within the reorder window.
-                let i = s.index(arrivals.len().max(2) - 1);
-                if i + 1 < arrivals.len()
-                    && arrivals[i + 1].reading.ts_ms - arrivals[i].reading.ts_ms < 60_000
-                {
-                    arrivals.swap(i, i + 1);
-                }
-            }
-            for d in &dups {
-                let i = d.index(arrivals.len());
-                let copy = arrivals[i].clone();
-                arrivals.insert(i + 1, copy);
-            }
+            let arrivals = disorder(sorted.clone(), &swaps, &dups);
             let (shuffled, archived, shuffled_features) = run(arrivals, &cuts);
             prop_assert_eq!(archived, sorted.len());
             prop_assert_eq!(shuffled, reference);
