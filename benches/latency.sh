@@ -26,6 +26,7 @@
 #        NO_BUILD=1 uses the binaries as built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/common.sh
 QOS=${1:-1}
 BATCH=${2:-1}
 VEHICLES=${3:-1000}
@@ -45,24 +46,9 @@ if [[ -z "${NO_BUILD:-}" ]]; then
     cargo build --release --locked -p benches --example latency --quiet
 fi
 BIN=target/release/lienwatch
-FLEET="$WORK/fleet-$VEHICLES-$DAYS.jsonl"
-if [[ ! -f "$FLEET" ]]; then
-    "$BIN" simulate --out "$FLEET" --vehicles "$VEHICLES" --days "$DAYS" --seed 7 >/dev/null
-fi
+FLEET=$(fleet_file "$BIN" "$WORK" "$VEHICLES" "$DAYS")
 
-cat >"$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence false
-max_queued_messages 0
-max_inflight_messages 0
-log_dest none
-CONF
-mosquitto -c "$WORK/mosquitto.conf" & BROKER=$!
-RUN=""
-cleanup() { kill "$BROKER" 2>/dev/null || true; [[ -n "$RUN" ]] && kill -9 "$RUN" 2>/dev/null || true; }
-trap cleanup EXIT
-sleep 0.3
+start_broker "$PORT" "$WORK"
 
 ID=latency-$$
 TOPIC="lienwatch.bench.$ID"

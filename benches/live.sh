@@ -14,6 +14,7 @@
 #        turns the journal and checkpoints off, for comparison)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/common.sh
 VEHICLES=${1:-100}
 DAYS=${2:-7}
 QOS=${3:-1}
@@ -25,25 +26,10 @@ mkdir -p "$WORK"
 scripts/services start >/dev/null
 cargo build --release --locked -p pipeline --quiet
 BIN=target/release/lienwatch
-FLEET="$WORK/fleet-$VEHICLES-$DAYS.jsonl"
-if [[ ! -f "$FLEET" ]]; then
-    "$BIN" simulate --out "$FLEET" --vehicles "$VEHICLES" --days "$DAYS" --seed 7 >/dev/null
-fi
+FLEET=$(fleet_file "$BIN" "$WORK" "$VEHICLES" "$DAYS")
 N=$(grep -ac . "$FLEET")
 
-cat >"$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence false
-max_queued_messages 0
-max_inflight_messages 0
-log_dest none
-CONF
-mosquitto -c "$WORK/mosquitto.conf" & BROKER=$!
-RUN=""
-cleanup() { kill "$BROKER" 2>/dev/null || true; [[ -n "$RUN" ]] && kill -9 "$RUN" 2>/dev/null || true; }
-trap cleanup EXIT
-sleep 0.3
+start_broker "$PORT" "$WORK"
 
 ID=bench-$$
 cat >"$WORK/run.toml" <<CONF

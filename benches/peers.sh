@@ -28,6 +28,7 @@
 #   (ONLY='duckdb-rj|peer_job|replay') 5 min. 400 x 10 (~1 M lines) takes a fifth of that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/common.sh
 VEHICLES=${1:-2000}
 DAYS=${2:-10}
 REPS=${3:-1}
@@ -42,10 +43,7 @@ cargo build --release --locked -p pipeline --quiet
 cargo build --release --locked -p benches --example peer_job --quiet
 BIN=target/release/lienwatch
 PEER=target/release/examples/peer_job
-FLEET="$WORK/fleet-$VEHICLES-$DAYS.jsonl"
-if [[ ! -f "$FLEET" ]]; then
-    "$BIN" simulate --out "$FLEET" --vehicles "$VEHICLES" --days "$DAYS" --seed 7 >/dev/null
-fi
+FLEET=$(fleet_file "$BIN" "$WORK" "$VEHICLES" "$DAYS")
 LINES=$(wc -l < "$FLEET")
 echo "input: $FLEET ($LINES lines, $(du -h "$FLEET" | cut -f1)); results in $OUT"
 echo "git: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo ' (with local changes)')"

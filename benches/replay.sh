@@ -6,16 +6,14 @@
 # Usage: benches/replay.sh [VEHICLES] [DAYS]     (defaults: 400 vehicles x 10 days, about 1 M lines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/common.sh
 VEHICLES=${1:-400}
 DAYS=${2:-10}
 WORK=${BENCH_DIR:-target/bench-replay}
 mkdir -p "$WORK"
 cargo build --release --locked -p pipeline --quiet
 BIN=target/release/lienwatch
-FLEET="$WORK/fleet-$VEHICLES-$DAYS.jsonl"
-if [[ ! -f "$FLEET" ]]; then
-    "$BIN" simulate --out "$FLEET" --vehicles "$VEHICLES" --days "$DAYS" --seed 7 >/dev/null
-fi
+FLEET=$(fleet_file "$BIN" "$WORK" "$VEHICLES" "$DAYS")
 LINES=$(wc -l < "$FLEET")
 echo "input: $FLEET ($LINES lines, $(du -h "$FLEET" | cut -f1))"
 for W in 1 2; do
