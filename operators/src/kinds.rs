@@ -45,11 +45,6 @@ impl<T: AtRest> Lazy<T> {
         self.0.as_deref()
     }
 
-    /// Whether the state is boxed (not the default).
-    pub fn is_boxed(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// Reads the state (a default one while there is none).
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         match &self.0 {
