@@ -9,6 +9,8 @@
 //! - [`VehicleFeed::compact_phase`]: four readings a day (one at 03:00, a 1.2-km drive at
 //!   09:00), enough to fill every ring of the baselines of a million vehicles in minutes.
 
+use std::sync::Arc;
+
 use operators::vehicle::{Env, Outputs, Profile, VehicleState};
 use schemas::{DeviceClass, Gnss, Obd, Power, Reading, Record};
 
@@ -72,9 +74,9 @@ impl Origin {
 #[derive(Clone, Debug)]
 pub struct VehicleFeed {
     /// `VH` + 8 digits.
-    pub vehicle_id: String,
+    pub vehicle_id: Arc<str>,
     /// `LN` + 10 digits.
-    pub loan_id: String,
+    pub loan_id: Arc<str>,
     /// 15-digit IMEI.
     pub device_id: String,
     /// 17-character VIN (also reported over OBD).
@@ -105,8 +107,8 @@ impl VehicleFeed {
             .collect();
         let o = Origin::of(index);
         Self {
-            vehicle_id: format!("VH{index:08}"),
-            loan_id: format!("LN{:010}", 2_026_000_000 + index),
+            vehicle_id: format!("VH{index:08}").into(),
+            loan_id: format!("LN{:010}", 2_026_000_000 + index).into(),
             device_id: format!("86{:013}", 7_731_000_000_000 + index),
             vin: format!("LSVAU2180{vin_tail}"),
             class,
@@ -303,7 +305,7 @@ impl VehicleFeed {
     /// The registry facts of this vehicle: its loan and VIN.
     pub fn profile(&self) -> Profile {
         Profile {
-            loan_id: Some(self.loan_id.as_str().into()),
+            loan_id: Some(Arc::clone(&self.loan_id)),
             vin: Some(self.vin.as_str().into()),
             ..Profile::default()
         }

@@ -77,8 +77,9 @@ fn records() -> Vec<Record> {
             } as f32;
             let has_obd = !v.is_multiple_of(4);
             rows.push(Record {
-                vehicle_id: format!("VHSH{v:05}"),
-                loan_id: (!v.is_multiple_of(10)).then(|| format!("LN2026{:06}", 100_000 + v)),
+                vehicle_id: format!("VHSH{v:05}").into(),
+                loan_id: (!v.is_multiple_of(10))
+                    .then(|| format!("LN2026{:06}", 100_000 + v).into()),
                 class: Default::default(),
                 registered: !v.is_multiple_of(10),
                 ingest_seq: rows.len() as u64,

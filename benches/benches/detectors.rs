@@ -675,8 +675,8 @@ fn duplicate_collateral(g: &mut BenchmarkGroup<'_, WallTime>) {
     let claims = |foreign_every: usize| -> Vec<VinClaim> {
         let claim = |f: &VehicleFeed, vin: &str, source| VinClaim {
             vin: vin.to_owned(),
-            vehicle_id: f.vehicle_id.clone(),
-            loan_id: f.loan_id.clone(),
+            vehicle_id: f.vehicle_id.to_string(),
+            loan_id: f.loan_id.to_string(),
             device_id: f.device_id.clone(),
             ts_ms: DAY0_MS,
             position: Some((31.23, 121.47)),

@@ -181,7 +181,7 @@ pub struct Fleet {
     registry: Arc<Registry>,
     fences: Arc<FenceIndex>,
     vehicles: Vec<VehicleState>,
-    index: HashMap<Box<str>, u32>,
+    index: HashMap<Arc<str>, u32>,
     /// (due, vehicle) of every vehicle's next timer.
     timers: BTreeSet<(i64, u32)>,
     scheduled: Vec<Option<i64>>,
@@ -237,7 +237,7 @@ impl Fleet {
     }
 
     fn vehicle_index(&mut self, record: &Record) -> u32 {
-        if let Some(&i) = self.index.get(record.vehicle_id.as_str()) {
+        if let Some(&i) = self.index.get(&*record.vehicle_id) {
             return i;
         }
         let profile = profile(&self.registry, &self.fences, &record.vehicle_id);
@@ -245,7 +245,7 @@ impl Fleet {
         self.vehicles
             .push(VehicleState::new(record.vehicle_id.clone(), profile));
         self.scheduled.push(None);
-        self.index.insert(record.vehicle_id.as_str().into(), i);
+        self.index.insert(Arc::clone(&record.vehicle_id), i);
         self.stats.vehicles += 1;
         i
     }
@@ -511,13 +511,16 @@ impl Fleet {
                 }
                 if let Some(&first) = fleet.index.get(&vehicle.vehicle_id) {
                     return Err(SnapshotError::DuplicateVehicle {
-                        vehicle_id: vehicle.vehicle_id.into(),
+                        vehicle_id: vehicle.vehicle_id.to_string(),
                         first: origin[first as usize],
                         second: part,
                     });
                 }
                 vehicle.remap_fences(|f| renumber.get(&f).copied());
                 vehicle.set_profile(profile(&fleet.registry, &fleet.fences, &vehicle.vehicle_id));
+                if let Some(entry) = fleet.registry.vehicle(&vehicle.vehicle_id) {
+                    vehicle.vehicle_id = Arc::clone(&entry.vehicle_id);
+                }
                 let Ok(v) = u32::try_from(fleet.vehicles.len()) else {
                     return Err(SnapshotError::Corrupt {
                         kind: Kind::Fleet,
@@ -550,8 +553,8 @@ fn profile(registry: &Registry, fences: &FenceIndex, vehicle_id: &str) -> Profil
         return Profile::default();
     };
     Profile {
-        loan_id: Some(entry.loan_id.as_str().into()),
-        vin: entry.vin.as_deref().map(Box::from),
+        loan_id: Some(Arc::clone(&entry.loan_id)),
+        vin: entry.vin.clone(),
         permitted: entry
             .permitted_fences
             .iter()
@@ -780,7 +783,7 @@ mod snapshot_tests {
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
-    use schemas::{Alarm, AlarmSet, DeviceClass, Gnss, Obd, Power, Reading};
+    use schemas::{Alarm, AlarmSet, Gnss, Obd, Power, Reading};
 
     use super::*;
     use crate::dataflow::id_key;
@@ -945,16 +948,9 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
                 }
                 let seq = seq.entry(device_id).or_default();
                 *seq += 1;
-                let entry = registry.device(device_id);
-                let vehicle_id = entry.map_or(device_id, |d| d.vehicle_id.as_str());
                 let moving = s.ignition == Some(true);
-                Record {
-                    vehicle_id: vehicle_id.to_owned(),
-                    loan_id: registry.vehicle(vehicle_id).map(|e| e.loan_id.clone()),
-                    class: entry.map_or(DeviceClass::Wired, |d| d.class),
-                    registered: entry.is_some(),
-                    ingest_seq: 0,
-                    reading: Box::new(Reading {
+                registry.identify(
+                    Reading {
                         device_id: device_id.to_owned(),
                         ts_ms: match (s.future, s.backfill) {
                             (true, _) => ts + 3 * 86_400_000,
@@ -988,8 +984,9 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
                         alarms: alarms.iter().map(|a| a.as_str().to_owned()).collect(),
                         content_hash: i as u64,
                         received_at_ms: ts,
-                    }),
-                }
+                    },
+                    0,
+                )
             })
             .collect()
     }
@@ -1234,16 +1231,8 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
 
     /// A reading of `device` at `minute` after T0 at latitude `lat`, as the registry sees it.
     fn at(device: &str, minute: i64, lat: f64, ignition: bool) -> Record {
-        let registry = registry();
-        let entry = registry.device(device);
-        let vehicle_id = entry.map_or(device, |d| d.vehicle_id.as_str());
-        Record {
-            vehicle_id: vehicle_id.to_owned(),
-            loan_id: registry.vehicle(vehicle_id).map(|e| e.loan_id.clone()),
-            class: entry.map_or(DeviceClass::Wired, |d| d.class),
-            registered: entry.is_some(),
-            ingest_seq: minute as u64,
-            reading: Box::new(Reading {
+        registry().identify(
+            Reading {
                 device_id: device.to_owned(),
                 ts_ms: T0 + minute * 60_000,
                 seq: Some(minute as u64),
@@ -1267,8 +1256,9 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
                 content_hash: minute as u64,
                 received_at_ms: T0 + minute * 60_000,
                 ..Reading::default()
-            }),
-        }
+            },
+            minute as u64,
+        )
     }
 
     /// Three days of V0 (two devices), V1 and the unregistered U9 every two hours, then V0
@@ -1706,15 +1696,12 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
         let mut odometer: Vec<f64> = (0..n)
             .map(|i| 20_000.0 + (mix(i as u64) % 80_000) as f64)
             .collect();
-        let ids: Vec<(String, String, String, Option<String>)> = (0..n)
+        let ids: Vec<(String, Option<String>)> = (0..n)
             .map(|i| {
                 let v = registry.vehicle(&format!("VH{i:08}")).expect("registered");
-                let device = v.devices[0].clone();
                 (
-                    v.vehicle_id.clone(),
-                    v.loan_id.clone(),
-                    device,
-                    v.vin.clone(),
+                    v.devices[0].to_string(),
+                    v.vin.as_deref().map(str::to_owned),
                 )
             })
             .collect();
@@ -1743,15 +1730,10 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
                         let driving = step != 0.0;
                         let h = mix(i as u64 ^ seq[i] << 24);
                         let jitter = ((h % 7) as f64 - 3.0) * 0.000_01;
-                        let (vehicle_id, loan_id, device_id, vin) = &ids[i];
+                        let (device_id, vin) = &ids[i];
                         top.offer(i as u64, ts);
-                        records.push(Record {
-                            vehicle_id: vehicle_id.clone(),
-                            loan_id: Some(loan_id.clone()),
-                            class: DeviceClass::Wired,
-                            registered: true,
-                            ingest_seq: ingest,
-                            reading: Box::new(Reading {
+                        records.push(registry.identify(
+                            Reading {
                                 device_id: device_id.clone(),
                                 ts_ms: ts,
                                 seq: Some(seq[i]),
@@ -1782,8 +1764,9 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
                                 content_hash: h,
                                 received_at_ms: ts + 400,
                                 ..Reading::default()
-                            }),
-                        });
+                            },
+                            ingest,
+                        ));
                     }
                 }
                 readings += records.len() as u64;

@@ -8,9 +8,10 @@
 use ahash::AHashMap as HashMap;
 use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono_tz::Tz;
-use schemas::DeviceClass;
+use schemas::{DeviceClass, Reading, Record};
 
 use crate::fences::{FenceIndex, FenceRole};
 
@@ -18,12 +19,17 @@ use crate::fences::{FenceIndex, FenceRole};
 pub const DEFAULT_TIMEZONE: Tz = Tz::Asia__Shanghai;
 
 /// One registered device.
+///
+/// Ids are `Arc<str>` shared with the vehicle's entry, the records of its readings and the
+/// vehicle's state, so that a reading costs no copy of them and a million vehicles keep one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceEntry {
     /// The device's id, as in the telemetry topic.
-    pub device_id: String,
+    pub device_id: Arc<str>,
     /// The vehicle it is fitted to.
-    pub vehicle_id: String,
+    pub vehicle_id: Arc<str>,
+    /// The vehicle's loan (so identifying a reading takes one lookup).
+    pub loan_id: Arc<str>,
     /// Kind of tracker.
     pub class: DeviceClass,
 }
@@ -32,17 +38,17 @@ pub struct DeviceEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VehicleEntry {
     /// The vehicle's id.
-    pub vehicle_id: String,
+    pub vehicle_id: Arc<str>,
     /// The loan the vehicle is pledged for.
-    pub loan_id: String,
+    pub loan_id: Arc<str>,
     /// Registered VIN, uppercase; `None` when unknown.
-    pub vin: Option<String>,
+    pub vin: Option<Arc<str>>,
     /// Ids of the fences it may stay in, sorted and without duplicates; empty = anywhere.
     pub permitted_fences: Vec<String>,
     /// Time zone defining its local day and night.
     pub timezone: Tz,
     /// Its devices' ids, in file order.
-    pub devices: Vec<String>,
+    pub devices: Vec<Arc<str>>,
 }
 
 /// Why a field of a row was rejected.
@@ -215,13 +221,19 @@ struct VehicleLines {
 #[derive(Debug)]
 pub struct Registry {
     file: String,
-    devices: HashMap<String, DeviceEntry>,
+    devices: HashMap<Arc<str>, DeviceEntry>,
     vehicles: Vec<VehicleEntry>,
     vehicle_lines: Vec<VehicleLines>,
-    by_vehicle: HashMap<String, usize>,
-    /// Vehicles by registered VIN, in file order.
-    by_vin: HashMap<String, Vec<usize>>,
+    by_vehicle: HashMap<Arc<str>, u32>,
+    /// The first vehicle registered with each VIN; `next_with_vin` links the others.
+    by_vin: HashMap<Arc<str>, u32>,
+    /// Per vehicle, the next vehicle in file order with its VIN (`NO_VEHICLE` = none): a
+    /// chain instead of a `Vec` per VIN, since almost every VIN has one vehicle.
+    next_with_vin: Vec<u32>,
 }
+
+/// End of a `next_with_vin` chain.
+const NO_VEHICLE: u32 = u32::MAX;
 
 impl Registry {
     /// A registry without vehicles.
@@ -233,6 +245,7 @@ impl Registry {
             vehicle_lines: Vec::new(),
             by_vehicle: HashMap::new(),
             by_vin: HashMap::new(),
+            next_with_vin: Vec::new(),
         }
     }
 
@@ -252,7 +265,7 @@ impl Registry {
             file: source.to_owned(),
             ..Self::empty()
         };
-        let mut device_lines: HashMap<String, u64> = HashMap::new();
+        let mut device_lines: HashMap<Arc<str>, u64> = HashMap::new();
         for record in reader.records() {
             let record = record.map_err(csv_error)?;
             let line = record.position().map_or(0, csv::Position::line);
@@ -272,9 +285,9 @@ impl Registry {
             let vehicle_id = required(columns.vehicle_id, "vehicle_id")?;
             let loan_id = required(columns.loan_id, "loan_id")?;
             let device_id = required(columns.device_id, "device_id")?;
-            let vin = Some(field(columns.vin))
+            let vin: Option<Arc<str>> = Some(field(columns.vin))
                 .filter(|v| !v.is_empty())
-                .map(str::to_uppercase);
+                .map(|v| v.to_uppercase().into());
             let class_text = field(columns.device_class);
             let class = DeviceClass::parse(class_text).ok_or_else(|| {
                 field_error(
@@ -302,12 +315,13 @@ impl Registry {
                 })?
             };
 
-            match device_lines.entry(device_id.to_owned()) {
+            let device_id: Arc<str> = device_id.into();
+            match device_lines.entry(Arc::clone(&device_id)) {
                 Entry::Occupied(first) => {
                     return Err(field_error(
                         "device_id",
                         FieldProblem::DuplicateDevice {
-                            device_id: device_id.to_owned(),
+                            device_id: device_id.to_string(),
                             other_line: *first.get(),
                         },
                     ));
@@ -317,27 +331,30 @@ impl Registry {
                 }
             }
 
-            match registry.by_vehicle.get(vehicle_id) {
+            let (vehicle_arc, loan_arc) = match registry.by_vehicle.get(vehicle_id) {
                 None => {
-                    registry
-                        .by_vehicle
-                        .insert(vehicle_id.to_owned(), registry.vehicles.len());
+                    let vehicle_arc: Arc<str> = vehicle_id.into();
+                    let loan_arc: Arc<str> = loan_id.into();
+                    let index =
+                        u32::try_from(registry.vehicles.len()).expect("fewer than 2^32 vehicles");
+                    registry.by_vehicle.insert(Arc::clone(&vehicle_arc), index);
                     registry.vehicles.push(VehicleEntry {
-                        vehicle_id: vehicle_id.to_owned(),
-                        loan_id: loan_id.to_owned(),
+                        vehicle_id: Arc::clone(&vehicle_arc),
+                        loan_id: Arc::clone(&loan_arc),
                         vin,
                         permitted_fences,
                         timezone,
-                        devices: vec![device_id.to_owned()],
+                        devices: vec![Arc::clone(&device_id)],
                     });
                     registry.vehicle_lines.push(VehicleLines {
                         first: line,
                         vin: line,
                     });
+                    (vehicle_arc, loan_arc)
                 }
                 Some(&i) => {
-                    let vehicle = &mut registry.vehicles[i];
-                    let lines = &mut registry.vehicle_lines[i];
+                    let vehicle = &mut registry.vehicles[i as usize];
+                    let lines = &mut registry.vehicle_lines[i as usize];
                     let conflict = |column, here: String, there: String, other_line| {
                         field_error(
                             column,
@@ -349,17 +366,22 @@ impl Registry {
                             },
                         )
                     };
-                    if loan_id != vehicle.loan_id {
+                    if loan_id != &*vehicle.loan_id {
                         return Err(conflict(
                             "loan_id",
                             loan_id.to_owned(),
-                            vehicle.loan_id.clone(),
+                            vehicle.loan_id.to_string(),
                             lines.first,
                         ));
                     }
                     match (&vin, &vehicle.vin) {
                         (Some(here), Some(there)) if here != there => {
-                            return Err(conflict("vin", here.clone(), there.clone(), lines.vin));
+                            return Err(conflict(
+                                "vin",
+                                here.to_string(),
+                                there.to_string(),
+                                lines.vin,
+                            ));
                         }
                         (Some(_), None) => {
                             vehicle.vin = vin;
@@ -383,24 +405,47 @@ impl Registry {
                             lines.first,
                         ));
                     }
-                    vehicle.devices.push(device_id.to_owned());
+                    vehicle.devices.push(Arc::clone(&device_id));
+                    (
+                        Arc::clone(&vehicle.vehicle_id),
+                        Arc::clone(&vehicle.loan_id),
+                    )
                 }
-            }
+            };
             registry.devices.insert(
-                device_id.to_owned(),
+                Arc::clone(&device_id),
                 DeviceEntry {
-                    device_id: device_id.to_owned(),
-                    vehicle_id: vehicle_id.to_owned(),
+                    device_id,
+                    vehicle_id: vehicle_arc,
+                    loan_id: loan_arc,
                     class,
                 },
             );
         }
-        for (i, vehicle) in registry.vehicles.iter().enumerate() {
-            if let Some(vin) = &vehicle.vin {
-                registry.by_vin.entry(vin.clone()).or_default().push(i);
-            }
+        registry.link_vins();
+        for vehicle in &mut registry.vehicles {
+            vehicle.devices.shrink_to_fit();
         }
         Ok(registry)
+    }
+
+    /// Builds `by_vin` and `next_with_vin`, keeping each VIN's vehicles in file order.
+    fn link_vins(&mut self) {
+        self.next_with_vin = vec![NO_VEHICLE; self.vehicles.len()];
+        let mut last: HashMap<Arc<str>, u32> = HashMap::new();
+        for (i, vehicle) in (0u32..).zip(&self.vehicles) {
+            let Some(vin) = &vehicle.vin else { continue };
+            match last.entry(Arc::clone(vin)) {
+                Entry::Occupied(mut tail) => {
+                    self.next_with_vin[*tail.get() as usize] = i;
+                    tail.insert(i);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                    self.by_vin.insert(Arc::clone(vin), i);
+                }
+            }
+        }
     }
 
     /// Reads and validates a registry file.
@@ -417,31 +462,50 @@ impl Registry {
         self.devices.get(device_id)
     }
 
-    /// The vehicle with this id, if registered.
-    pub fn vehicle(&self, vehicle_id: &str) -> Option<&VehicleEntry> {
-        self.by_vehicle.get(vehicle_id).map(|&i| &self.vehicles[i])
+    /// Resolves a reading's identity (SPEC §3): unregistered devices are their own vehicle,
+    /// with the `wired` thresholds and no loan. `ingest_seq` is the reading's position in
+    /// the input.
+    pub fn identify(&self, reading: Reading, ingest_seq: u64) -> Record {
+        let (vehicle_id, loan_id, class) = match self.device(&reading.device_id) {
+            Some(device) => (
+                Arc::clone(&device.vehicle_id),
+                Some(Arc::clone(&device.loan_id)),
+                device.class,
+            ),
+            None => (reading.device_id.as_str().into(), None, DeviceClass::Wired),
+        };
+        Record {
+            vehicle_id,
+            class,
+            registered: loan_id.is_some(),
+            loan_id,
+            ingest_seq,
+            reading: Box::new(reading),
+        }
     }
 
-    /// The vehicles registered with this VIN.
+    /// The vehicle with this id, if registered.
+    pub fn vehicle(&self, vehicle_id: &str) -> Option<&VehicleEntry> {
+        self.by_vehicle
+            .get(vehicle_id)
+            .map(|&i| &self.vehicles[i as usize])
+    }
+
+    /// The vehicles registered with this VIN, in file order.
     pub fn vehicles_with_vin(&self, vin: &str) -> impl Iterator<Item = &VehicleEntry> {
-        self.by_vin
-            .get(vin)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.vehicles[i])
+        let first = self.by_vin.get(vin).copied().unwrap_or(NO_VEHICLE);
+        std::iter::successors(Some(first).filter(|&i| i != NO_VEHICLE), |&i| {
+            Some(self.next_with_vin[i as usize]).filter(|&next| next != NO_VEHICLE)
+        })
+        .map(|i| &self.vehicles[i as usize])
     }
 
     /// VINs registered to more than one loan, with their vehicles (for `lienwatch check`).
     pub fn shared_vins(&self) -> Vec<(&str, Vec<&VehicleEntry>)> {
         let mut shared: Vec<(&str, Vec<&VehicleEntry>)> = self
             .by_vin
-            .iter()
-            .map(|(vin, vs)| {
-                (
-                    vin.as_str(),
-                    vs.iter().map(|&i| &self.vehicles[i]).collect(),
-                )
-            })
+            .keys()
+            .map(|vin| (&**vin, self.vehicles_with_vin(vin).collect()))
             .filter(|(_, vs): &(&str, Vec<&VehicleEntry>)| {
                 vs.iter().any(|v| v.loan_id != vs[0].loan_id)
             })
@@ -473,7 +537,7 @@ impl Registry {
                     return Err(RegistryError::UnknownFence {
                         file: self.file.clone(),
                         line: lines.first,
-                        vehicle_id: vehicle.vehicle_id.clone(),
+                        vehicle_id: vehicle.vehicle_id.to_string(),
                         fence_id: fence_id.clone(),
                     });
                 };
@@ -482,7 +546,7 @@ impl Registry {
                     return Err(RegistryError::NotPermitted {
                         file: self.file.clone(),
                         line: lines.first,
-                        vehicle_id: vehicle.vehicle_id.clone(),
+                        vehicle_id: vehicle.vehicle_id.to_string(),
                         fence_id: fence_id.clone(),
                         role: role.as_str(),
                     });
@@ -550,13 +614,14 @@ mod tests {
             Some(&DeviceEntry {
                 device_id: "D2".into(),
                 vehicle_id: "V1".into(),
+                loan_id: "L1".into(),
                 class: DeviceClass::Obd,
             })
         );
         assert_eq!(reg.device("D3").unwrap().class, DeviceClass::Wireless);
         assert_eq!(reg.device("D9"), None);
         assert_eq!(reg.vehicle("V9"), None);
-        let order: Vec<_> = reg.vehicles().map(|v| v.vehicle_id.as_str()).collect();
+        let order: Vec<_> = reg.vehicles().map(|v| &*v.vehicle_id).collect();
         assert_eq!(order, ["V1", "V2"]);
     }
 
@@ -566,11 +631,8 @@ mod tests {
                     ,obd,spare key,,,D1,L1,V1\n";
         let reg = Registry::from_csv_str(text, "v.csv").unwrap();
         let dev = reg.device("D1").unwrap();
-        assert_eq!(
-            (dev.vehicle_id.as_str(), dev.class),
-            ("V1", DeviceClass::Obd)
-        );
-        assert_eq!(reg.vehicle("V1").unwrap().loan_id, "L1");
+        assert_eq!((&*dev.vehicle_id, dev.class), ("V1", DeviceClass::Obd));
+        assert_eq!(&*reg.vehicle("V1").unwrap().loan_id, "L1");
     }
 
     #[test]
@@ -692,9 +754,10 @@ mod tests {
         let shared = reg.shared_vins();
         assert_eq!(shared.len(), 1);
         assert_eq!(shared[0].0, "VX");
-        let ids: Vec<&str> = shared[0].1.iter().map(|v| v.vehicle_id.as_str()).collect();
+        let ids: Vec<&str> = shared[0].1.iter().map(|v| &*v.vehicle_id).collect();
         assert_eq!(ids, ["A", "B", "C"]);
         assert_eq!(reg.vehicles_with_vin("VY").count(), 1);
+        assert_eq!(reg.vehicles_with_vin("VZ").count(), 0);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! in event-time order, and timers fire in between at their own due times, so the result does
 //! not depend on how the input was cut into epochs. The state is plain serde data.
 
+use std::sync::Arc;
+
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -69,10 +71,12 @@ pub enum Arrival {
 /// Registry facts about the vehicle the rules need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
-    /// Loan id (`None` when unregistered).
-    pub loan_id: Option<Box<str>>,
-    /// Registered VIN.
-    pub vin: Option<Box<str>>,
+    /// Loan id (`None` when unregistered), shared with the registry.
+    #[serde(with = "schemas::shared_str::option")]
+    pub loan_id: Option<Arc<str>>,
+    /// Registered VIN, shared with the registry.
+    #[serde(with = "schemas::shared_str::option")]
+    pub vin: Option<Arc<str>>,
     /// Permitted fences (empty = unrestricted).
     pub permitted: Box<[FenceIdx]>,
     /// Time zone of its local days and nights.
@@ -266,8 +270,9 @@ impl Default for TypeSizes {
 /// Everything lienwatch keeps about one vehicle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VehicleState {
-    /// Vehicle id.
-    pub vehicle_id: Box<str>,
+    /// Vehicle id, shared with the registry and the fleet's index.
+    #[serde(with = "schemas::shared_str")]
+    pub vehicle_id: Arc<str>,
     /// Registry facts.
     pub profile: Profile,
     devices: Vec<DeviceState>,
@@ -307,9 +312,9 @@ fn device_of<'a>(devices: &'a [DeviceState]) -> impl Fn(u16) -> Dev<'a> + 'a {
 
 impl VehicleState {
     /// A vehicle nothing is known about yet.
-    pub fn new(vehicle_id: String, profile: Profile) -> Self {
+    pub fn new(vehicle_id: Arc<str>, profile: Profile) -> Self {
         Self {
-            vehicle_id: vehicle_id.into_boxed_str(),
+            vehicle_id,
             profile,
             devices: Vec::new(),
             chain: PositionChain::default(),
@@ -323,9 +328,10 @@ impl VehicleState {
     /// Applies changed registry facts from the next reading on (a reload).
     pub fn set_profile(&mut self, profile: Profile) {
         if profile != self.profile {
-            self.profile = profile;
             self.claimed_registration = false;
         }
+        // Taken even when equal, so that a restored vehicle shares the registry's strings.
+        self.profile = profile;
     }
 
     /// Appends the fence indices the state refers to (the profile's permitted fences, the

@@ -89,10 +89,10 @@ fn owner_under_other_loan(
     let mut registered = registry.vehicles_with_vin(vin).peekable();
     if registered.peek().is_some() {
         return registered
-            .find(|v| v.loan_id != loan_id && v.vehicle_id != vehicle_id)
+            .find(|v| &*v.loan_id != loan_id && &*v.vehicle_id != vehicle_id)
             .map(|v| Other {
-                vehicle_id: v.vehicle_id.clone(),
-                loan_id: v.loan_id.clone(),
+                vehicle_id: v.vehicle_id.to_string(),
+                loan_id: v.loan_id.to_string(),
                 source: ClaimSource::Registered,
             });
     }

@@ -17,7 +17,7 @@ use operators::fences::FenceIndex;
 use operators::fleet::{EpochSample, Fleet, FleetOutputs, TopTimes};
 use operators::registry::Registry;
 use proptest::prelude::*;
-use schemas::{DecodeLimits, DeviceClass, Record, decode_payload};
+use schemas::{DecodeLimits, decode_payload};
 
 /// 2026-11-01T00:00Z.
 const T0: i64 = 1_793_491_200_000;
@@ -127,9 +127,10 @@ struct Totals {
 /// Decodes the payloads, runs them through one fleet in epochs of `epoch` payloads, and
 /// checks the accounting.
 fn run(payloads: &[Vec<u8>], epoch: usize) -> Result<Totals, TestCaseError> {
+    let unregistered = Arc::new(Registry::empty());
     let mut fleet = Fleet::new(
         RulesConfig::default(),
-        Arc::new(Registry::empty()),
+        Arc::clone(&unregistered),
         Arc::new(FenceIndex::empty()),
     );
     let limits = DecodeLimits::default();
@@ -147,14 +148,8 @@ fn run(payloads: &[Vec<u8>], epoch: usize) -> Result<Totals, TestCaseError> {
                     Ok(r) => {
                         readings += 1;
                         top.offer(id_key(&r.device_id), r.ts_ms);
-                        records.push(Record {
-                            vehicle_id: r.device_id.clone(),
-                            loan_id: None,
-                            class: DeviceClass::Wired,
-                            registered: false,
-                            ingest_seq: ((e * epoch + i) as u64) << 16 | k as u64,
-                            reading: Box::new(r),
-                        });
+                        let ingest_seq = ((e * epoch + i) as u64) << 16 | k as u64;
+                        records.push(unregistered.identify(r, ingest_seq));
                     }
                     Err(reject) => {
                         rejects += 1;

@@ -20,12 +20,9 @@ use connectors::{ArchiveStats, ArchiveWriter, JsonlWriter, KafkaProducer};
 use operators::dataflow::{Barrier, Output, RunFleet, id_key};
 use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
 use operators::reference::{ReferenceSlot, ReferenceView};
-use operators::registry::Registry;
 use operators::vin_index::VinIndex;
 use schemas::time::now_ms;
-use schemas::{
-    Alert, DailyFeatures, DecodeLimits, DeviceClass, Reading, Record, Reject, decode_payload,
-};
+use schemas::{Alert, DailyFeatures, DecodeLimits, Reading, Record, Reject, decode_payload};
 
 use crate::checkpoint::{Checkpointer, Restored};
 use crate::config::Config;
@@ -74,31 +71,6 @@ pub(crate) type Streams<'scope> = (
     StreamVec<'scope, u64, EpochSample>,
 );
 
-/// Resolves a reading's identity in the registry (SPEC §3): unregistered devices are their
-/// own vehicle, with the `wired` thresholds and no loan.
-fn identify(reading: Reading, ingest_seq: u64, registry: &Registry) -> Record {
-    match registry.device(&reading.device_id) {
-        Some(device) => Record {
-            vehicle_id: device.vehicle_id.clone(),
-            loan_id: registry
-                .vehicle(&device.vehicle_id)
-                .map(|v| v.loan_id.clone()),
-            class: device.class,
-            registered: true,
-            ingest_seq,
-            reading: Box::new(reading),
-        },
-        None => Record {
-            vehicle_id: reading.device_id.clone(),
-            loan_id: None,
-            class: DeviceClass::Wired,
-            registered: false,
-            ingest_seq,
-            reading: Box::new(reading),
-        },
-    }
-}
-
 /// What a source gathers for its open epoch: records and rejects to send, and the per-device
 /// event-time maxima of the epoch's clock sample.
 #[derive(Default)]
@@ -135,7 +107,7 @@ impl EpochBatch {
                     readings += 1;
                     self.top.offer(id_key(&reading.device_id), reading.ts_ms);
                     let ingest_seq = (seq << 16) | element.min(0xffff) as u64;
-                    self.records.push(identify(reading, ingest_seq, registry));
+                    self.records.push(registry.identify(reading, ingest_seq));
                 }
                 Err(reject) => self.rejects.push(reject),
             }

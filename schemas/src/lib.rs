@@ -9,12 +9,14 @@
 //! - [`features`]: the daily valuation features row (SPEC §5).
 //! - [`arrow`]: Arrow schemas of `telemetry`, `alerts`, `rejects` and `features_daily`.
 //! - [`time`]: epoch-millisecond helpers and RFC 3339 formatting.
+//! - [`shared_str`]: serde for ids held as `Arc<str>`.
 
 pub mod alert;
 pub mod arrow;
 pub mod decode;
 pub mod features;
 pub mod reading;
+pub mod shared_str;
 pub mod time;
 
 pub use alert::{Alert, AlertKind, Phase, Severity};

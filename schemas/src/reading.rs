@@ -1,6 +1,8 @@
 //! The internal record: one validated telemetry reading (SPEC §2), plus the identity the
 //! registry gave it.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Kind of tracker, from the registry (SPEC §3). It picks the offline threshold and the
@@ -227,12 +229,16 @@ impl Reading {
 }
 
 /// A reading with the identity the registry resolved for its device (SPEC §3).
+///
+/// The ids are the registry's own, shared: identifying a reading copies no string.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Vehicle the device belongs to (its `device_id` when unregistered).
-    pub vehicle_id: String,
+    #[serde(with = "crate::shared_str")]
+    pub vehicle_id: Arc<str>,
     /// Loan of the vehicle; `None` when unregistered.
-    pub loan_id: Option<String>,
+    #[serde(with = "crate::shared_str::option")]
+    pub loan_id: Option<Arc<str>>,
     /// Tracker class (`Wired` when unregistered).
     pub class: DeviceClass,
     /// Whether the device is in the registry.

@@ -143,8 +143,8 @@ fn len(s: &str) -> u64 {
 }
 
 /// An optional string's length (0 when absent).
-fn opt_len(s: Option<&String>) -> u64 {
-    s.map_or(0, |s| len(s))
+fn opt_len(s: Option<&str>) -> u64 {
+    s.map_or(0, len)
 }
 
 /// A builder for the archive's `Timestamp(Microsecond, "UTC")` columns.
@@ -291,9 +291,9 @@ impl Columns for TelemetryColumns {
         self.alarms.append(true);
         // Fixed-width columns, offsets and validity bits come to about 136 bytes a row.
         136 + len(&row.vehicle_id)
-            + opt_len(row.loan_id.as_ref())
+            + opt_len(row.loan_id.as_deref())
             + len(&r.device_id)
-            + opt_len(vin)
+            + opt_len(vin.map(String::as_str))
             + alarm_bytes
     }
 
@@ -409,7 +409,7 @@ impl Columns for AlertColumns {
             + len(row.phase.as_str())
             + len(row.severity.as_str())
             + len(&row.vehicle_id)
-            + opt_len(row.loan_id.as_ref())
+            + opt_len(row.loan_id.as_deref())
             + len(&row.device_id)
             + len(&evidence)
     }
@@ -483,7 +483,7 @@ impl Columns for RejectColumns {
         // Two timestamps, four offsets, validity bits.
         34 + len(&row.reason)
             + len(&row.detail)
-            + opt_len(row.device_id.as_ref())
+            + opt_len(row.device_id.as_deref())
             + row.raw.len() as u64
     }
 
@@ -620,7 +620,7 @@ impl Columns for FeaturesColumns {
             .append_option(row.odo_gnss_ratio_30d);
         // Twelve floats, four 32-bit and three 64-bit integers, the date, two string offsets,
         // validity bits.
-        156 + len(&row.vehicle_id) + opt_len(row.loan_id.as_ref())
+        156 + len(&row.vehicle_id) + opt_len(row.loan_id.as_deref())
     }
 
     fn len(&self) -> usize {
@@ -847,7 +847,7 @@ mod tests {
     fn reference(rows: &[Record]) -> RecordBatch {
         let mut refs: Vec<&Record> = rows.iter().collect();
         refs.sort_by(|a, b| {
-            (a.vehicle_id.as_str(), a.reading.ts_ms).cmp(&(&b.vehicle_id, b.reading.ts_ms))
+            (&*a.vehicle_id, a.reading.ts_ms).cmp(&(&*b.vehicle_id, b.reading.ts_ms))
         });
         let mut columns = TelemetryColumns::with_capacity(rows.len());
         for row in refs {

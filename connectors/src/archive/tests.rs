@@ -31,7 +31,7 @@ fn config(root: &FsPath) -> ArchiveConfig {
 fn record(vehicle: &str, ts_ms: i64) -> Record {
     Record {
         vehicle_id: vehicle.into(),
-        loan_id: Some(format!("L-{vehicle}")),
+        loan_id: Some(format!("L-{vehicle}").into()),
         class: Default::default(),
         registered: true,
         ingest_seq: 0,
