@@ -14,6 +14,7 @@ use schemas::{Record, Reject, RejectReason};
 
 use crate::config::{RulesConfig, secs_ms};
 use crate::fences::{FenceIdx, FenceIndex};
+use crate::id_index::IdIndex;
 use crate::registry::Registry;
 use crate::snapshot::{Kind, Reader, SnapshotError, Writer};
 use crate::vehicle::{Arrival, Env, Outputs, Profile, VehicleState};
@@ -181,7 +182,8 @@ pub struct Fleet {
     registry: Arc<Registry>,
     fences: Arc<FenceIndex>,
     vehicles: Vec<VehicleState>,
-    index: HashMap<Arc<str>, u32>,
+    /// Positions in `vehicles` by vehicle id.
+    index: IdIndex,
     /// (due, vehicle) of every vehicle's next timer.
     timers: BTreeSet<(i64, u32)>,
     scheduled: Vec<Option<i64>>,
@@ -200,7 +202,7 @@ impl Fleet {
             registry,
             fences,
             vehicles: Vec::new(),
-            index: HashMap::new(),
+            index: IdIndex::default(),
             timers: BTreeSet::new(),
             scheduled: Vec::new(),
             buffered: Vec::new(),
@@ -236,8 +238,15 @@ impl Fleet {
         }
     }
 
+    /// The position of a vehicle in `vehicles`.
+    fn position(&self, vehicle_id: &str) -> Option<u32> {
+        let vehicles = &self.vehicles;
+        self.index
+            .get(vehicle_id, |i| &vehicles[i as usize].vehicle_id)
+    }
+
     fn vehicle_index(&mut self, record: &Record) -> u32 {
-        if let Some(&i) = self.index.get(&*record.vehicle_id) {
+        if let Some(i) = self.position(&record.vehicle_id) {
             return i;
         }
         let profile = profile(&self.registry, &self.fences, &record.vehicle_id);
@@ -245,7 +254,9 @@ impl Fleet {
         self.vehicles
             .push(VehicleState::new(record.vehicle_id.clone(), profile));
         self.scheduled.push(None);
-        self.index.insert(Arc::clone(&record.vehicle_id), i);
+        let vehicles = &self.vehicles;
+        self.index
+            .insert(&record.vehicle_id, i, |j| &vehicles[j as usize].vehicle_id);
         self.stats.vehicles += 1;
         i
     }
@@ -509,7 +520,7 @@ impl Fleet {
                 if !keep(&vehicle.vehicle_id) {
                     continue;
                 }
-                if let Some(&first) = fleet.index.get(&vehicle.vehicle_id) {
+                if let Some(first) = fleet.position(&vehicle.vehicle_id) {
                     return Err(SnapshotError::DuplicateVehicle {
                         vehicle_id: vehicle.vehicle_id.to_string(),
                         first: origin[first as usize],
@@ -528,8 +539,13 @@ impl Fleet {
                         detail: "more than 2^32 vehicles".to_owned(),
                     });
                 };
-                fleet.index.insert(vehicle.vehicle_id.clone(), v);
                 fleet.vehicles.push(vehicle);
+                let vehicles = &fleet.vehicles;
+                fleet
+                    .index
+                    .insert(&vehicles[v as usize].vehicle_id, v, |j| {
+                        &vehicles[j as usize].vehicle_id
+                    });
                 fleet.scheduled.push(None);
                 origin.push(part);
             }
@@ -1322,7 +1338,7 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
     #[test]
     fn the_scenario_leaves_state_in_every_part() {
         let (fleet, seen) = run_scenario();
-        let v0 = &fleet.vehicles[fleet.index["V0"] as usize];
+        let v0 = &fleet.vehicles[fleet.position("V0").unwrap() as usize];
         assert!(v0.has_buffered(), "readings wait in the reorder buffer");
         let mut refs = Vec::new();
         v0.fence_refs(&mut refs);
@@ -1436,7 +1452,7 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
             |_| true,
         )
         .expect("restore");
-        let v0 = &restored.vehicles[restored.index["V0"] as usize];
+        let v0 = &restored.vehicles[restored.position("V0").unwrap() as usize];
         let mut refs = Vec::new();
         v0.fence_refs(&mut refs);
         assert!(
@@ -1486,11 +1502,11 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
         )
         .expect("restore");
         assert_eq!(restored.stats.vehicles, 2);
-        assert!(!restored.index.contains_key("U9"));
-        let v0 = &restored.vehicles[restored.index["V0"] as usize];
+        assert!(restored.position("U9").is_none());
+        let v0 = &restored.vehicles[restored.position("V0").unwrap() as usize];
         assert_eq!(v0.profile.loan_id.as_deref(), Some("L9"));
         assert!(v0.profile.permitted.is_empty());
-        let v1 = &restored.vehicles[restored.index["V1"] as usize];
+        let v1 = &restored.vehicles[restored.position("V1").unwrap() as usize];
         assert_eq!(v1.profile.timezone, chrono_tz::Tz::America__New_York);
         // The registered VIN is claimed again under the new loan on the next reading.
         let mut fleets = vec![restored];
@@ -1698,11 +1714,9 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
             .collect();
         let ids: Vec<(String, Option<String>)> = (0..n)
             .map(|i| {
+                let device = format!("86{:013}", 7_731_000_000_000u64 + i as u64);
                 let v = registry.vehicle(&format!("VH{i:08}")).expect("registered");
-                (
-                    v.devices[0].to_string(),
-                    v.vin.as_deref().map(str::to_owned),
-                )
+                (device, v.vin.as_deref().map(str::to_owned))
             })
             .collect();
         let mut seq = vec![0u64; n];

@@ -23,6 +23,7 @@ pub mod dedup;
 pub mod fences;
 pub mod fleet;
 pub mod geo;
+mod id_index;
 pub mod kinds;
 pub mod position;
 pub mod reference;

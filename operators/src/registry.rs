@@ -14,6 +14,7 @@ use chrono_tz::Tz;
 use schemas::{DeviceClass, Reading, Record};
 
 use crate::fences::{FenceIndex, FenceRole};
+use crate::id_index::IdIndex;
 
 /// Time zone of a vehicle whose `timezone` field is empty.
 pub const DEFAULT_TIMEZONE: Tz = Tz::Asia__Shanghai;
@@ -47,8 +48,6 @@ pub struct VehicleEntry {
     pub permitted_fences: Vec<String>,
     /// Time zone defining its local day and night.
     pub timezone: Tz,
-    /// Its devices' ids, in file order.
-    pub devices: Vec<Arc<str>>,
 }
 
 /// Why a field of a row was rejected.
@@ -221,32 +220,51 @@ struct VehicleLines {
 #[derive(Debug)]
 pub struct Registry {
     file: String,
-    devices: HashMap<Arc<str>, DeviceEntry>,
+    devices: Vec<DeviceEntry>,
+    by_device: IdIndex,
     vehicles: Vec<VehicleEntry>,
     vehicle_lines: Vec<VehicleLines>,
-    by_vehicle: HashMap<Arc<str>, u32>,
+    by_vehicle: IdIndex,
     /// The first vehicle registered with each VIN; `next_with_vin` links the others.
-    by_vin: HashMap<Arc<str>, u32>,
+    by_vin: IdIndex,
     /// Per vehicle, the next vehicle in file order with its VIN (`NO_VEHICLE` = none): a
-    /// chain instead of a `Vec` per VIN, since almost every VIN has one vehicle.
+    /// chain instead of a list per VIN, since almost every VIN has one vehicle.
     next_with_vin: Vec<u32>,
 }
 
 /// End of a `next_with_vin` chain.
 const NO_VEHICLE: u32 = u32::MAX;
 
+/// A position in the registry's `Vec`s.
+fn position(len: usize) -> u32 {
+    u32::try_from(len).expect("fewer than 2^32 registry rows")
+}
+
 impl Registry {
     /// A registry without vehicles.
     pub fn empty() -> Self {
         Self {
             file: String::new(),
-            devices: HashMap::new(),
+            devices: Vec::new(),
+            by_device: IdIndex::default(),
             vehicles: Vec::new(),
             vehicle_lines: Vec::new(),
-            by_vehicle: HashMap::new(),
-            by_vin: HashMap::new(),
+            by_vehicle: IdIndex::default(),
+            by_vin: IdIndex::default(),
             next_with_vin: Vec::new(),
         }
+    }
+
+    fn device_index(&self, device_id: &str) -> Option<u32> {
+        let devices = &self.devices;
+        self.by_device
+            .get(device_id, |i| &devices[i as usize].device_id)
+    }
+
+    fn vehicle_index(&self, vehicle_id: &str) -> Option<u32> {
+        let vehicles = &self.vehicles;
+        self.by_vehicle
+            .get(vehicle_id, |i| &vehicles[i as usize].vehicle_id)
     }
 
     /// Parses and validates CSV text; `source` names it in errors.
@@ -265,7 +283,8 @@ impl Registry {
             file: source.to_owned(),
             ..Self::empty()
         };
-        let mut device_lines: HashMap<Arc<str>, u64> = HashMap::new();
+        // The line of each device, for the error naming a repeated one.
+        let mut device_lines: Vec<u64> = Vec::new();
         for record in reader.records() {
             let record = record.map_err(csv_error)?;
             let line = record.position().map_or(0, csv::Position::line);
@@ -315,36 +334,34 @@ impl Registry {
                 })?
             };
 
-            let device_id: Arc<str> = device_id.into();
-            match device_lines.entry(Arc::clone(&device_id)) {
-                Entry::Occupied(first) => {
-                    return Err(field_error(
-                        "device_id",
-                        FieldProblem::DuplicateDevice {
-                            device_id: device_id.to_string(),
-                            other_line: *first.get(),
-                        },
-                    ));
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(line);
-                }
+            if let Some(first) = registry.device_index(device_id) {
+                return Err(field_error(
+                    "device_id",
+                    FieldProblem::DuplicateDevice {
+                        device_id: device_id.to_owned(),
+                        other_line: device_lines[first as usize],
+                    },
+                ));
             }
+            device_lines.push(line);
+            let device_id: Arc<str> = device_id.into();
 
-            let (vehicle_arc, loan_arc) = match registry.by_vehicle.get(vehicle_id) {
+            let (vehicle_arc, loan_arc) = match registry.vehicle_index(vehicle_id) {
                 None => {
                     let vehicle_arc: Arc<str> = vehicle_id.into();
                     let loan_arc: Arc<str> = loan_id.into();
-                    let index =
-                        u32::try_from(registry.vehicles.len()).expect("fewer than 2^32 vehicles");
-                    registry.by_vehicle.insert(Arc::clone(&vehicle_arc), index);
+                    let vehicles = &registry.vehicles;
+                    registry
+                        .by_vehicle
+                        .insert(vehicle_id, position(vehicles.len()), |i| {
+                            &vehicles[i as usize].vehicle_id
+                        });
                     registry.vehicles.push(VehicleEntry {
                         vehicle_id: Arc::clone(&vehicle_arc),
                         loan_id: Arc::clone(&loan_arc),
                         vin,
                         permitted_fences,
                         timezone,
-                        devices: vec![Arc::clone(&device_id)],
                     });
                     registry.vehicle_lines.push(VehicleLines {
                         first: line,
@@ -352,7 +369,7 @@ impl Registry {
                     });
                     (vehicle_arc, loan_arc)
                 }
-                Some(&i) => {
+                Some(i) => {
                     let vehicle = &mut registry.vehicles[i as usize];
                     let lines = &mut registry.vehicle_lines[i as usize];
                     let conflict = |column, here: String, there: String, other_line| {
@@ -405,44 +422,48 @@ impl Registry {
                             lines.first,
                         ));
                     }
-                    vehicle.devices.push(Arc::clone(&device_id));
                     (
                         Arc::clone(&vehicle.vehicle_id),
                         Arc::clone(&vehicle.loan_id),
                     )
                 }
             };
-            registry.devices.insert(
-                Arc::clone(&device_id),
-                DeviceEntry {
-                    device_id,
-                    vehicle_id: vehicle_arc,
-                    loan_id: loan_arc,
-                    class,
-                },
-            );
+            let devices = &registry.devices;
+            registry
+                .by_device
+                .insert(&device_id, position(devices.len()), |i| {
+                    &devices[i as usize].device_id
+                });
+            registry.devices.push(DeviceEntry {
+                device_id,
+                vehicle_id: vehicle_arc,
+                loan_id: loan_arc,
+                class,
+            });
         }
         registry.link_vins();
-        for vehicle in &mut registry.vehicles {
-            vehicle.devices.shrink_to_fit();
-        }
         Ok(registry)
     }
 
     /// Builds `by_vin` and `next_with_vin`, keeping each VIN's vehicles in file order.
     fn link_vins(&mut self) {
         self.next_with_vin = vec![NO_VEHICLE; self.vehicles.len()];
-        let mut last: HashMap<Arc<str>, u32> = HashMap::new();
-        for (i, vehicle) in (0u32..).zip(&self.vehicles) {
-            let Some(vin) = &vehicle.vin else { continue };
-            match last.entry(Arc::clone(vin)) {
+        // The last vehicle of each VIN's chain so far.
+        let mut tails: HashMap<&str, u32> = HashMap::new();
+        let vehicles = &self.vehicles;
+        let vin_of = |i: u32| vehicles[i as usize].vin.as_deref().unwrap_or_default();
+        for (i, vehicle) in (0u32..).zip(vehicles) {
+            let Some(vin) = vehicle.vin.as_deref() else {
+                continue;
+            };
+            match tails.entry(vin) {
                 Entry::Occupied(mut tail) => {
                     self.next_with_vin[*tail.get() as usize] = i;
                     tail.insert(i);
                 }
                 Entry::Vacant(slot) => {
                     slot.insert(i);
-                    self.by_vin.insert(Arc::clone(vin), i);
+                    self.by_vin.insert(vin, i, vin_of);
                 }
             }
         }
@@ -459,7 +480,8 @@ impl Registry {
 
     /// The device with this id, if registered.
     pub fn device(&self, device_id: &str) -> Option<&DeviceEntry> {
-        self.devices.get(device_id)
+        self.device_index(device_id)
+            .map(|i| &self.devices[i as usize])
     }
 
     /// Resolves a reading's identity (SPEC §3): unregistered devices are their own vehicle,
@@ -486,15 +508,22 @@ impl Registry {
 
     /// The vehicle with this id, if registered.
     pub fn vehicle(&self, vehicle_id: &str) -> Option<&VehicleEntry> {
-        self.by_vehicle
-            .get(vehicle_id)
-            .map(|&i| &self.vehicles[i as usize])
+        self.vehicle_index(vehicle_id)
+            .map(|i| &self.vehicles[i as usize])
     }
 
     /// The vehicles registered with this VIN, in file order.
     pub fn vehicles_with_vin(&self, vin: &str) -> impl Iterator<Item = &VehicleEntry> {
-        let first = self.by_vin.get(vin).copied().unwrap_or(NO_VEHICLE);
-        std::iter::successors(Some(first).filter(|&i| i != NO_VEHICLE), |&i| {
+        let vehicles = &self.vehicles;
+        let first = self.by_vin.get(vin, |i| {
+            vehicles[i as usize].vin.as_deref().unwrap_or_default()
+        });
+        self.vin_chain(first)
+    }
+
+    /// The vehicle `first` and the vehicles after it with its VIN.
+    fn vin_chain(&self, first: Option<u32>) -> impl Iterator<Item = &VehicleEntry> {
+        std::iter::successors(first, |&i| {
             Some(self.next_with_vin[i as usize]).filter(|&next| next != NO_VEHICLE)
         })
         .map(|i| &self.vehicles[i as usize])
@@ -504,8 +533,14 @@ impl Registry {
     pub fn shared_vins(&self) -> Vec<(&str, Vec<&VehicleEntry>)> {
         let mut shared: Vec<(&str, Vec<&VehicleEntry>)> = self
             .by_vin
-            .keys()
-            .map(|vin| (&**vin, self.vehicles_with_vin(vin).collect()))
+            .positions()
+            .map(|first| {
+                let vin = self.vehicles[first as usize].vin.as_deref();
+                (
+                    vin.unwrap_or_default(),
+                    self.vin_chain(Some(first)).collect(),
+                )
+            })
             .filter(|(_, vs): &(&str, Vec<&VehicleEntry>)| {
                 vs.iter().any(|v| v.loan_id != vs[0].loan_id)
             })
@@ -602,7 +637,6 @@ mod tests {
                 vin: Some("LSGJA52U0KS123456".into()),
                 permitted_fences: vec!["home".into(), "work".into()],
                 timezone: Tz::Asia__Shanghai,
-                devices: vec!["D1".into(), "D2".into(), "D4".into()],
             }
         );
         let v2 = reg.vehicle("V2").unwrap();
@@ -621,6 +655,9 @@ mod tests {
         assert_eq!(reg.device("D3").unwrap().class, DeviceClass::Wireless);
         assert_eq!(reg.device("D9"), None);
         assert_eq!(reg.vehicle("V9"), None);
+        for d in ["D1", "D2", "D4"] {
+            assert_eq!(&*reg.device(d).unwrap().vehicle_id, "V1");
+        }
         let order: Vec<_> = reg.vehicles().map(|v| &*v.vehicle_id).collect();
         assert_eq!(order, ["V1", "V2"]);
     }
@@ -740,6 +777,56 @@ mod tests {
         for (rows, want) in cases {
             assert_eq!(error(&rows), want);
         }
+    }
+
+    #[test]
+    fn every_id_of_a_large_file_is_found_as_a_plain_scan_finds_it() {
+        // Enough rows for the indexes to grow several times; every third vehicle has a
+        // second device, and VINs repeat every 7 vehicles.
+        let rows: Vec<(String, String, String, String)> = (0..5_000)
+            .flat_map(|v| {
+                let devices = if v % 3 == 0 { 2 } else { 1 };
+                (0..devices).map(move |d| {
+                    (
+                        format!("V{v}"),
+                        format!("L{}", v % 11),
+                        format!("D{v}-{d}"),
+                        format!("VIN{}", v % 7),
+                    )
+                })
+            })
+            .collect();
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|(v, l, d, vin)| format!("{v},{l},{d},{vin},obd,,"))
+            .collect();
+        let reg = parse(&lines.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            (reg.vehicle_count(), reg.device_count()),
+            (5_000, rows.len())
+        );
+        for (v, l, d, _) in &rows {
+            let device = reg.device(d).unwrap();
+            assert_eq!(
+                (&*device.vehicle_id, &*device.loan_id),
+                (v.as_str(), l.as_str())
+            );
+            assert_eq!(&*reg.vehicle(v).unwrap().vehicle_id, v);
+        }
+        for k in 0..7 {
+            let vin = format!("VIN{k}");
+            let expected: Vec<String> = (0..5_000)
+                .filter(|v| v % 7 == k)
+                .map(|v| format!("V{v}"))
+                .collect();
+            let found: Vec<String> = reg
+                .vehicles_with_vin(&vin)
+                .map(|v| v.vehicle_id.to_string())
+                .collect();
+            assert_eq!(found, expected);
+        }
+        assert_eq!(reg.shared_vins().len(), 7);
+        assert!(reg.device("D5000-0").is_none() && reg.vehicle("V5000").is_none());
     }
 
     #[test]
