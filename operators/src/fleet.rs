@@ -176,6 +176,9 @@ pub struct FleetOutputs {
     pub rejects: Vec<Reject>,
 }
 
+/// `Fleet::scheduled` of a vehicle without a timer: no due time is this early.
+const UNSCHEDULED: i64 = i64::MIN;
+
 /// The vehicles of one worker.
 pub struct Fleet {
     rules: Arc<RulesConfig>,
@@ -186,7 +189,9 @@ pub struct Fleet {
     index: IdIndex,
     /// (due, vehicle) of every vehicle's next timer.
     timers: BTreeSet<(i64, u32)>,
-    scheduled: Vec<Option<i64>>,
+    /// Per vehicle, the due time of its entry in `timers` (`UNSCHEDULED`: none; 8 bytes a
+    /// vehicle instead of an `Option`'s 16).
+    scheduled: Vec<i64>,
     /// Vehicles with buffered readings or revised days.
     buffered: Vec<u32>,
     clock: PipelineClock,
@@ -253,7 +258,7 @@ impl Fleet {
         let i = u32::try_from(self.vehicles.len()).expect("fewer than 2^32 vehicles per worker");
         self.vehicles
             .push(VehicleState::new(record.vehicle_id.clone(), profile));
-        self.scheduled.push(None);
+        self.scheduled.push(UNSCHEDULED);
         let vehicles = &self.vehicles;
         self.index
             .insert(&record.vehicle_id, i, |j| &vehicles[j as usize].vehicle_id);
@@ -334,7 +339,7 @@ impl Fleet {
                 break;
             }
             self.timers.pop_first();
-            self.scheduled[v as usize] = None;
+            self.scheduled[v as usize] = UNSCHEDULED;
             self.vehicles[v as usize].advance(watermark, env, out);
             self.reschedule(v);
         }
@@ -343,16 +348,17 @@ impl Fleet {
     fn reschedule(&mut self, v: u32) {
         let due = self.vehicles[v as usize].next_wakeup(&self.rules, &self.fences);
         let slot = &mut self.scheduled[v as usize];
-        if *slot == due {
+        let due_key = due.unwrap_or(UNSCHEDULED);
+        if *slot == due_key {
             return;
         }
-        if let Some(old) = slot.take() {
-            self.timers.remove(&(old, v));
+        if *slot != UNSCHEDULED {
+            self.timers.remove(&(*slot, v));
         }
         if let Some(new) = due {
             self.timers.insert((new, v));
         }
-        *slot = due;
+        *slot = due_key;
     }
 
     /// End of input: processes every buffered reading. Open incidents stay open.
@@ -546,7 +552,7 @@ impl Fleet {
                     .insert(&vehicles[v as usize].vehicle_id, v, |j| {
                         &vehicles[j as usize].vehicle_id
                     });
-                fleet.scheduled.push(None);
+                fleet.scheduled.push(UNSCHEDULED);
                 origin.push(part);
             }
             reader.finish()?;

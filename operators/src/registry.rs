@@ -205,15 +205,6 @@ impl Columns {
     }
 }
 
-/// Where the per-vehicle values of a vehicle came from.
-#[derive(Debug)]
-struct VehicleLines {
-    /// Its first row.
-    first: u64,
-    /// The row its VIN came from (the first row with a non-empty VIN).
-    vin: u64,
-}
-
 /// Devices and vehicles of a registry file, looked up by id.
 ///
 /// Immutable once built; share it between worker threads through an `Arc`.
@@ -223,7 +214,8 @@ pub struct Registry {
     devices: Vec<DeviceEntry>,
     by_device: IdIndex,
     vehicles: Vec<VehicleEntry>,
-    vehicle_lines: Vec<VehicleLines>,
+    /// Per vehicle, the line of its first row (for errors).
+    first_lines: Vec<u64>,
     by_vehicle: IdIndex,
     /// The first vehicle registered with each VIN; `next_with_vin` links the others.
     by_vin: IdIndex,
@@ -248,7 +240,7 @@ impl Registry {
             devices: Vec::new(),
             by_device: IdIndex::default(),
             vehicles: Vec::new(),
-            vehicle_lines: Vec::new(),
+            first_lines: Vec::new(),
             by_vehicle: IdIndex::default(),
             by_vin: IdIndex::default(),
             next_with_vin: Vec::new(),
@@ -283,8 +275,10 @@ impl Registry {
             file: source.to_owned(),
             ..Self::empty()
         };
-        // The line of each device, for the error naming a repeated one.
+        // The line of each device, and of the row each vehicle's VIN came from (the first
+        // with a non-empty VIN), for the errors naming them.
         let mut device_lines: Vec<u64> = Vec::new();
+        let mut vin_lines: Vec<u64> = Vec::new();
         for record in reader.records() {
             let record = record.map_err(csv_error)?;
             let line = record.position().map_or(0, csv::Position::line);
@@ -363,15 +357,14 @@ impl Registry {
                         permitted_fences,
                         timezone,
                     });
-                    registry.vehicle_lines.push(VehicleLines {
-                        first: line,
-                        vin: line,
-                    });
+                    registry.first_lines.push(line);
+                    vin_lines.push(line);
                     (vehicle_arc, loan_arc)
                 }
                 Some(i) => {
                     let vehicle = &mut registry.vehicles[i as usize];
-                    let lines = &mut registry.vehicle_lines[i as usize];
+                    let first_line = registry.first_lines[i as usize];
+                    let vin_line = &mut vin_lines[i as usize];
                     let conflict = |column, here: String, there: String, other_line| {
                         field_error(
                             column,
@@ -388,7 +381,7 @@ impl Registry {
                             "loan_id",
                             loan_id.to_owned(),
                             vehicle.loan_id.to_string(),
-                            lines.first,
+                            first_line,
                         ));
                     }
                     match (&vin, &vehicle.vin) {
@@ -397,12 +390,12 @@ impl Registry {
                                 "vin",
                                 here.to_string(),
                                 there.to_string(),
-                                lines.vin,
+                                *vin_line,
                             ));
                         }
                         (Some(_), None) => {
                             vehicle.vin = vin;
-                            lines.vin = line;
+                            *vin_line = line;
                         }
                         _ => {}
                     }
@@ -411,7 +404,7 @@ impl Registry {
                             "permitted_fences",
                             permitted_fences.join(";"),
                             vehicle.permitted_fences.join(";"),
-                            lines.first,
+                            first_line,
                         ));
                     }
                     if timezone != vehicle.timezone {
@@ -419,7 +412,7 @@ impl Registry {
                             "timezone",
                             timezone.name().to_owned(),
                             vehicle.timezone.name().to_owned(),
-                            lines.first,
+                            first_line,
                         ));
                     }
                     (
@@ -566,12 +559,12 @@ impl Registry {
 
     /// Checks every permitted fence id exists in `fences` and has role permitted; the error names the vehicle, its first CSV line and the fence id.
     pub fn check_fences(&self, fences: &FenceIndex) -> Result<(), RegistryError> {
-        for (vehicle, lines) in self.vehicles.iter().zip(&self.vehicle_lines) {
+        for (vehicle, &first_line) in self.vehicles.iter().zip(&self.first_lines) {
             for fence_id in &vehicle.permitted_fences {
                 let Some(idx) = fences.lookup(fence_id) else {
                     return Err(RegistryError::UnknownFence {
                         file: self.file.clone(),
-                        line: lines.first,
+                        line: first_line,
                         vehicle_id: vehicle.vehicle_id.to_string(),
                         fence_id: fence_id.clone(),
                     });
@@ -580,7 +573,7 @@ impl Registry {
                 if role != FenceRole::Permitted {
                     return Err(RegistryError::NotPermitted {
                         file: self.file.clone(),
-                        line: lines.first,
+                        line: first_line,
                         vehicle_id: vehicle.vehicle_id.to_string(),
                         fence_id: fence_id.clone(),
                         role: role.as_str(),

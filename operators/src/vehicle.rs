@@ -165,8 +165,10 @@ struct DeviceState {
     last_fix: Option<(f64, f64)>,
     /// Whether any in-order reading of the device carried `ignition`.
     reports_ignition: bool,
-    /// The VIN its OBD reported last.
-    reported_vin: Option<Box<str>>,
+    /// The VIN its OBD reported last, sharing the registered VIN's string when it is the
+    /// same (the usual case).
+    #[serde(with = "schemas::shared_str::option")]
+    reported_vin: Option<Arc<str>>,
     /// Time and speed of its last in-order reading with a speed (harsh events).
     last_speed: Option<(i64, f32)>,
     kinds: DeviceKinds,
@@ -302,7 +304,9 @@ pub struct VehicleState {
     baseline: Baseline,
     /// Whether the registered VIN was claimed since the profile last changed.
     claimed_registration: bool,
-    buffered: usize,
+    /// Readings in the devices' buffers (a `u32` packs with the flag above; bincode writes
+    /// both integer widths alike).
+    buffered: u32,
 }
 
 fn make_ctx<'a>(
@@ -587,7 +591,7 @@ impl VehicleState {
                 device.buffer = Vec::new();
             }
         }
-        self.buffered -= ready.len();
+        self.buffered -= u32::try_from(ready.len()).expect("the buffered readings are counted");
         ready.sort_by_key(|(_, r)| (r.reading.ts_ms, r.ingest_seq));
         for (d, record) in ready {
             self.fire_timers_until(record.reading.ts_ms, false, env, out);
@@ -812,7 +816,8 @@ impl Claims<'_> {
             && device.reported_vin.as_deref() != Some(vin)
         {
             claims.push(claim(vin, ClaimSource::Reported));
-            device.reported_vin = Some(vin.into());
+            let registered = self.profile.vin.as_ref().filter(|v| ***v == *vin);
+            device.reported_vin = Some(registered.map_or_else(|| vin.into(), Arc::clone));
         }
     }
 }
