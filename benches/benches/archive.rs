@@ -6,10 +6,12 @@
 //! is the ns per row; building the input rows is not timed, dropping them is (the writer
 //! drops each pushed row, as in the pipeline).
 //!
-//! Two measurements of the same work: `telemetry_200k_rows_4h` is wall-clock time (including
+//! Three measurements of the same work: `telemetry_200k_rows_4h` is wall-clock time (including
 //! the wait for the uploader thread at `finish`); `telemetry_200k_rows_4h_worker_cpu` is the
 //! CPU time of the pushing thread alone (Linux `/proc/thread-self/schedstat`), i.e. what the
-//! archive costs a timely worker: buffering, sorting, Arrow, Parquet and zstd.
+//! archive costs a timely worker: buffering rows in Arrow builders (sorting, Parquet and zstd
+//! run on the uploader thread); `telemetry_200k_rows_4h_process_cpu` is the CPU time of the
+//! whole process (`/proc/self/stat`, 10-ms ticks), i.e. all of it.
 //!
 //! The directory is under `/dev/shm` when there is one, so the puts' fsyncs cost no disk
 //! latency (which only added noise). Uses mimalloc, the `lienwatch` binary's global allocator.
@@ -146,6 +148,16 @@ fn thread_cpu() -> Option<Duration> {
     Some(Duration::from_nanos(ns))
 }
 
+/// CPU time of the whole process, from `/proc/self/stat` (Linux; utime + stime in ticks of
+/// 10 ms).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// Pushes `rows` into a writer on `dir` as the replay does, with zstd at `level`, and
 /// finishes it; returns the bytes written.
 fn archive_rows(rows: Vec<Record>, dir: &tempfile::TempDir, level: i32) -> u64 {
@@ -191,9 +203,9 @@ fn archive(c: &mut Criterion) {
     group.bench_function("telemetry_200k_rows_4h", |b| {
         b.iter_custom(|iters| timed(&rows, 3, iters, || epoch.elapsed()))
     });
-    // The worker's CPU at each zstd level (the uploader thread's put is not counted), and
-    // the bytes each level writes.
-    if thread_cpu().is_some() {
+    // The worker's CPU at each zstd level (the uploader thread's sorting, encoding and put
+    // are not counted), the process's, and the bytes each level writes.
+    if thread_cpu().is_some() && process_cpu().is_some() {
         for level in [1, 3] {
             let bytes = archive_rows(rows.to_vec(), &scratch_dir(), level);
             eprintln!("zstd level {level}: {bytes} bytes for {ROWS} rows");
@@ -201,6 +213,12 @@ fn archive(c: &mut Criterion) {
             group.bench_function(name, |b| {
                 b.iter_custom(|iters| {
                     timed(&rows, level, iters, || thread_cpu().unwrap_or_default())
+                })
+            });
+            let name = format!("telemetry_200k_rows_4h_process_cpu/zstd{level}");
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    timed(&rows, level, iters, || process_cpu().unwrap_or_default())
                 })
             });
         }

@@ -3,9 +3,10 @@
 //!
 //! One [`ArchiveWriter`] per timely worker, driven from the worker thread with a synchronous
 //! API. Rows are appended to Arrow column builders per (dataset, partition) — a UTC date and
-//! hour, or for `features_daily` the local date — sorted and encoded on the worker thread when
-//! a partition is rolled, and handed to an uploader thread that publishes each file with a
-//! single create-only `put`, so a file becomes visible only when complete.
+//! hour, or for `features_daily` the local date — and handed as one batch to an uploader thread
+//! when a partition is rolled. That thread sorts and encodes the batch (so the worker, and the
+//! readings behind it, do not wait on it) and publishes each file with a single create-only
+//! `put`, so a file becomes visible only when complete.
 //!
 //! Object keys:
 //! `<dataset>/date=YYYY-MM-DD/hour=HH/part-<process>-<worker>-<run>-e<epoch>-<seq>.parquet`,
@@ -33,7 +34,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use arrow_schema::ArrowError;
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, SchemaRef};
 use arrow_select::take::take_record_batch;
 use bytes::Bytes;
 use object_store::RetryConfig;
@@ -561,7 +563,7 @@ impl<C: Columns> Rollable for Partitions<C> {
             return (0, Ok(()));
         };
         let buffer = self.open.swap_remove(index);
-        let written = out.write(key, buffer.epoch, buffer.columns, &self.props);
+        let written = out.write(key, buffer.epoch, buffer.bytes, buffer.columns, &self.props);
         (buffer.bytes, written)
     }
 
@@ -584,7 +586,8 @@ struct Output {
     run: String,
     /// Next file number of this writer.
     seq: u64,
-    /// Files handed to the uploader (`seq` also counts files that failed to encode).
+    /// Files handed to the uploader (`seq` also counts partitions that could not be made a
+    /// batch).
     queued: u64,
     /// Rows per row group (and per encoded batch).
     row_group_rows: usize,
@@ -593,12 +596,14 @@ struct Output {
 }
 
 impl Output {
-    /// Sorts, encodes and queues the rows of partition `key`, opened at `epoch`, as the
-    /// writer's next file.
+    /// Queues the rows of partition `key`, opened at `epoch`, whose size estimate is
+    /// `bytes`, as the writer's next file: the uploader thread sorts and encodes them
+    /// ([`RolledRows::encode`]) and publishes the file.
     fn write<C: Columns>(
         &mut self,
         key: i64,
         epoch: u64,
+        bytes: u64,
         columns: C,
         props: &WriterProperties,
     ) -> Result<(), ArchiveError> {
@@ -613,36 +618,72 @@ impl Output {
             self.seq,
         ));
         self.seq += 1;
-        let arrow_err = |source| ArchiveError::Arrow {
+        let batch = columns.finish().map_err(|source| ArchiveError::Arrow {
             dataset: C::DATASET.dir(),
             source,
+        })?;
+        let rows = batch.num_rows() as u64;
+        let file = RolledRows {
+            batch,
+            path: path.to_string(),
+            dataset: C::DATASET.dir(),
+            schema: C::schema(),
+            sort_columns: C::SORT_COLUMNS,
+            props: props.clone(),
+            row_group_rows: self.row_group_rows,
         };
-        let arrival = columns.finish().map_err(arrow_err)?;
-        let batch = match rows::file_order(&arrival, C::SORT_COLUMNS) {
-            Some(order) => take_record_batch(&arrival, &order).map_err(arrow_err)?,
-            None => arrival,
+        self.uploader.send(Upload {
+            path,
+            encode: Box::new(move || file.encode()),
+            queued_bytes: bytes,
+            dataset: C::DATASET,
+            rows,
+        })?;
+        self.queued += 1;
+        Ok(())
+    }
+}
+
+/// The rows of a rolled partition, in arrival order, with what encoding them as a file takes.
+struct RolledRows {
+    batch: RecordBatch,
+    /// The file's object key, for errors.
+    path: String,
+    /// The dataset's name, for errors.
+    dataset: &'static str,
+    schema: SchemaRef,
+    /// See [`Columns::SORT_COLUMNS`].
+    sort_columns: &'static [i32],
+    props: WriterProperties,
+    row_group_rows: usize,
+}
+
+impl RolledRows {
+    /// Sorts the rows into file order and encodes them as Parquet, `row_group_rows` rows per
+    /// row group.
+    fn encode(self) -> Result<Bytes, ArchiveError> {
+        let batch = match rows::file_order(&self.batch, self.sort_columns) {
+            Some(order) => {
+                take_record_batch(&self.batch, &order).map_err(|source| ArchiveError::Arrow {
+                    dataset: self.dataset,
+                    source,
+                })?
+            }
+            None => self.batch,
         };
         let parquet_err = |source| ArchiveError::Parquet {
-            path: path.to_string(),
+            path: self.path.clone(),
             source,
         };
-        let mut writer = ArrowWriter::try_new(Vec::new(), C::schema(), Some(props.clone()))
-            .map_err(parquet_err)?;
+        let mut writer =
+            ArrowWriter::try_new(Vec::new(), self.schema, Some(self.props)).map_err(parquet_err)?;
         let rows = batch.num_rows();
         for offset in (0..rows).step_by(self.row_group_rows) {
             let chunk = batch.slice(offset, self.row_group_rows.min(rows - offset));
             writer.write(&chunk).map_err(parquet_err)?;
         }
         drop(batch);
-        let bytes = Bytes::from(writer.into_inner().map_err(parquet_err)?);
-        self.uploader.send(Upload {
-            path,
-            bytes,
-            dataset: C::DATASET,
-            rows: rows as u64,
-        })?;
-        self.queued += 1;
-        Ok(())
+        Ok(Bytes::from(writer.into_inner().map_err(parquet_err)?))
     }
 }
 
@@ -661,12 +702,13 @@ impl Output {
 ///   [`roll_event_time`](Self::roll_event_time)), or at [`finish`](Self::finish). When the
 ///   estimate over all partitions exceeds twice `max_file_bytes`, the largest partition is
 ///   written early.
-/// - Writing sorts the rows (telemetry by `(vehicle_id, ts)`, alerts by
-///   `(vehicle_id, event_time)`, rejects by `received_at`, features by
-///   `(vehicle_id, date, revision)`), encodes row groups of `row_group_rows` rows with zstd on
-///   the calling thread and queues the file for the uploader thread. At most 64 MiB of encoded
-///   files wait in the queue (one larger file may wait alone); a full queue blocks the caller
-///   (back-pressure).
+/// - Writing queues the partition's rows as one Arrow batch for the uploader thread, which
+///   sorts them (telemetry by `(vehicle_id, ts)`, alerts by `(vehicle_id, event_time)`,
+///   rejects by `received_at`, features by `(vehicle_id, date, revision)`) and encodes row
+///   groups of `row_group_rows` rows with zstd. Rows of at most 256 MiB (by the size
+///   estimate) wait in the queue (one larger partition may wait alone); a full queue blocks
+///   the caller (back-pressure). A file that cannot be encoded is given up on like one that cannot be
+///   published: logged, and no later mark is published.
 /// - The uploader publishes each file with one create-only `put` (never overwriting), in
 ///   queue order. While the writer runs a failed put is retried with exponential backoff
 ///   (200 ms doubling to 5 s) until it succeeds: during an outage of the store the queue
@@ -936,8 +978,10 @@ impl ArchiveWriter {
     /// all in the store. Never waits for uploads (only, like every roll, while the upload
     /// queue is full).
     ///
-    /// Fails with the first encoding error of this call or of an earlier roll triggered by a
-    /// push: rows were lost, so a checkpoint must not complete.
+    /// Fails with the first error of this call or of an earlier roll triggered by a push (rows
+    /// that could not be made a batch, or an uploader that is gone): rows were lost, so a
+    /// checkpoint must not complete. A file that cannot be encoded fails its mark instead
+    /// ([`UploadProgress::failed`]).
     pub fn roll_all(&mut self) -> Result<u64, ArchiveError> {
         self.roll_matching(|_, _, _| true);
         match self.deferred.take() {
@@ -961,8 +1005,8 @@ impl ArchiveWriter {
     /// every file, and returns what was published. Failing uploads are retried for `timeout`
     /// from this call; then the file still failing, and every file after it, is given up on.
     ///
-    /// Fails with the first encoding error, or with [`ArchiveError::Upload`] when any file
-    /// could not be published (each failure is also logged).
+    /// Fails with the first error of a roll, or with [`ArchiveError::Upload`] when any file
+    /// could not be encoded or published (each failure is also logged).
     pub fn finish_within(mut self, timeout: Duration) -> Result<ArchiveStats, ArchiveError> {
         self.roll_matching(|_, _, _| true);
         let report = self.out.uploader.finish(timeout)?;

@@ -1,7 +1,7 @@
-//! The uploader thread: takes finished Parquet files from the worker through a queue bounded
-//! in bytes and puts each into the object store as one object, so the worker never waits on
-//! storage I/O (a slow fsync, a slow S3, an outage) unless [`QUEUE_BYTES`] of files are
-//! already waiting (back-pressure).
+//! The uploader thread: takes rolled partitions from the worker through a queue bounded in
+//! bytes, encodes each (sorting and Parquet, see [`Encode`]) and puts it into the object store
+//! as one object, so the worker neither encodes nor waits on storage I/O (a slow fsync, a
+//! slow S3, an outage) unless [`QUEUE_BYTES`] of rows are already waiting (back-pressure).
 //!
 //! While the writer runs a failed put is retried with exponential backoff until it succeeds:
 //! an outage of the store stalls the queue (and, once it is full, the worker) but loses
@@ -24,11 +24,14 @@ use tokio::sync::Notify;
 use super::rows::Dataset;
 use super::{ArchiveError, ArchiveStats};
 
-/// Encoded bytes that may wait for the uploader; a full queue blocks the worker. Bounds the
-/// memory of encoded-but-unwritten files per writer (one larger file may always wait alone).
-/// A replay of many days writes hundreds of small hourly files, so the bound is in bytes:
-/// a count of files would make the worker wait on every fsync.
-pub(super) const QUEUE_BYTES: u64 = 64 << 20;
+/// Bytes of rolled rows (the writer's uncompressed size estimate) that may wait for the
+/// uploader; a full queue blocks the worker. Bounds the memory of rolled-but-unwritten files
+/// per writer (one larger file may always wait alone). It is the writer's own budget for open
+/// partitions (twice the default `max_file_bytes`), so that a checkpoint, which rolls them
+/// all, does not wait for their encoding. A replay of many days writes hundreds of small
+/// hourly files, so the bound is in bytes: a count of files would make the worker wait on
+/// every fsync.
+pub(super) const QUEUE_BYTES: u64 = 256 << 20;
 
 /// A failing file is logged at its first failed attempt and then at every this many attempts.
 const LOG_EVERY: u32 = 10;
@@ -66,12 +69,19 @@ pub fn degraded() -> bool {
     *lock(&FAILING) > 0
 }
 
-/// One complete Parquet file to publish.
+/// Makes a file's bytes from its rows, on the uploader thread: sorting and encoding a
+/// checkpoint's worth of rows takes hundreds of milliseconds, which on the worker thread
+/// would hold up every reading behind it.
+pub(super) type Encode = Box<dyn FnOnce() -> Result<Bytes, ArchiveError> + Send>;
+
+/// One file to publish.
 pub(super) struct Upload {
     /// Object key under the store's root.
     pub(super) path: Path,
-    /// The whole encoded file.
-    pub(super) bytes: Bytes,
+    /// Its bytes, once encoded.
+    pub(super) encode: Encode,
+    /// Size estimate of its rows, counted against [`QUEUE_BYTES`] while it waits.
+    pub(super) queued_bytes: u64,
     /// Dataset, for the row counters.
     pub(super) dataset: Dataset,
     /// Rows in the file.
@@ -82,7 +92,8 @@ pub(super) struct Upload {
 pub(super) struct Failure {
     /// Object key.
     pub(super) path: String,
-    /// Attempts made (0: not tried, as the store was already failing past the shutdown bound).
+    /// Attempts made (0: not tried, as the file could not be encoded or the store was already
+    /// failing past the shutdown bound).
     pub(super) attempts: u32,
     /// The last error.
     pub(super) error: object_store::Error,
@@ -376,7 +387,7 @@ impl Uploader {
     /// Queues a file; blocks while [`QUEUE_BYTES`] are already waiting.
     pub(super) fn send(&self, upload: Upload) -> Result<(), ArchiveError> {
         let tx = self.tx.as_ref().ok_or(ArchiveError::UploaderGone)?;
-        self.queued.reserve(upload.bytes.len() as u64);
+        self.queued.reserve(upload.queued_bytes);
         tx.send(upload).map_err(|_| ArchiveError::UploaderGone)
     }
 
@@ -425,51 +436,64 @@ impl Context {
         // A file failed past the shutdown deadline: the files after it are not tried.
         let mut abandoned = false;
         for upload in rx {
-            let size = upload.bytes.len() as u64;
-            let published = if abandoned {
+            let Upload {
+                path,
+                encode,
+                queued_bytes,
+                dataset,
+                rows,
+            } = upload;
+            let not_attempted = |source: Box<dyn std::error::Error + Send + Sync>| {
                 Err((
                     0,
                     object_store::Error::Generic {
                         store: "archive",
-                        source: "not attempted: the store was failing at the shutdown bound".into(),
+                        source,
                     },
                 ))
-            } else {
-                self.put_with_retries(&upload)
             };
-            self.queued.release(size);
+            let published = if abandoned {
+                not_attempted("not attempted: the store was failing at the shutdown bound".into())
+            } else {
+                match encode() {
+                    Ok(bytes) => self.put_with_retries(&path, &bytes).map(|()| bytes.len()),
+                    Err(error) => not_attempted(Box::new(error)),
+                }
+            };
+            self.queued.release(queued_bytes);
             match published {
-                Ok(()) => {
+                Ok(size) => {
+                    let size = size as u64;
                     self.progress.set_failing(false);
                     self.progress.file_done(true);
-                    tracing::debug!(path = %upload.path, bytes = size, rows = upload.rows, "Archive file published.");
-                    metrics::counter!("lienwatch_archive_files_total", "dataset" => upload.dataset.dir())
+                    tracing::debug!(path = %path, bytes = size, rows, "Archive file published.");
+                    metrics::counter!("lienwatch_archive_files_total", "dataset" => dataset.dir())
                         .increment(1);
-                    metrics::counter!("lienwatch_archive_bytes_total", "dataset" => upload.dataset.dir())
+                    metrics::counter!("lienwatch_archive_bytes_total", "dataset" => dataset.dir())
                         .increment(size);
-                    metrics::counter!("lienwatch_archive_rows_total", "dataset" => upload.dataset.dir())
-                        .increment(upload.rows);
+                    metrics::counter!("lienwatch_archive_rows_total", "dataset" => dataset.dir())
+                        .increment(rows);
                     let stats = &mut report.stats;
                     stats.files += 1;
                     stats.bytes += size;
-                    match upload.dataset {
-                        Dataset::Telemetry => stats.telemetry_rows += upload.rows,
-                        Dataset::Alerts => stats.alert_rows += upload.rows,
-                        Dataset::Rejects => stats.reject_rows += upload.rows,
-                        Dataset::FeaturesDaily => stats.features_rows += upload.rows,
+                    match dataset {
+                        Dataset::Telemetry => stats.telemetry_rows += rows,
+                        Dataset::Alerts => stats.alert_rows += rows,
+                        Dataset::Rejects => stats.reject_rows += rows,
+                        Dataset::FeaturesDaily => stats.features_rows += rows,
                     }
                 }
                 Err((attempts, error)) => {
                     abandoned |= self.deadline.passed();
                     self.progress.file_done(false);
                     tracing::error!(
-                        path = %upload.path, rows = upload.rows, attempts, %error,
+                        path = %path, rows, attempts, %error,
                         "Archive file could not be published; its rows are not archived."
                     );
-                    metrics::counter!("lienwatch_archive_failed_files_total", "dataset" => upload.dataset.dir())
+                    metrics::counter!("lienwatch_archive_failed_files_total", "dataset" => dataset.dir())
                         .increment(1);
                     report.failures.push(Failure {
-                        path: upload.path.to_string(),
+                        path: path.to_string(),
                         attempts,
                         error,
                     });
@@ -480,17 +504,17 @@ impl Context {
         report
     }
 
-    /// One attempt at publishing `upload`: a create-only put, or a multipart upload for a
-    /// file above `part_bytes`.
-    fn attempt(&self, upload: &Upload) -> Result<(), object_store::Error> {
+    /// One attempt at publishing `bytes` at `path`: a create-only put, or a multipart upload
+    /// for a file above `part_bytes`.
+    fn attempt(&self, path: &Path, bytes: &Bytes) -> Result<(), object_store::Error> {
         let store = self.store.as_ref();
-        if upload.bytes.len() > self.part_bytes {
+        if bytes.len() > self.part_bytes {
             self.runtime
-                .block_on(put_multipart(store, self.part_bytes, upload))
+                .block_on(put_multipart(store, self.part_bytes, path, bytes))
         } else {
-            let payload = PutPayload::from_bytes(upload.bytes.clone());
+            let payload = PutPayload::from_bytes(bytes.clone());
             self.runtime
-                .block_on(store.put_opts(&upload.path, payload, PutMode::Create.into()))
+                .block_on(store.put_opts(path, payload, PutMode::Create.into()))
                 .map(drop)
         }
     }
@@ -518,14 +542,18 @@ impl Context {
     /// The first failure of a file is logged, then every [`LOG_EVERY`]th; every failed
     /// attempt counts in `lienwatch_archive_upload_failures_total` and puts the uploader in
     /// the failing state ([`degraded`]) until a file is published.
-    fn put_with_retries(&self, upload: &Upload) -> Result<(), (u32, object_store::Error)> {
+    fn put_with_retries(
+        &self,
+        path: &Path,
+        bytes: &Bytes,
+    ) -> Result<(), (u32, object_store::Error)> {
         let mut wait = self.backoff.first;
         let mut attempt = 1;
         loop {
-            let error = match self.attempt(upload) {
+            let error = match self.attempt(path, bytes) {
                 Ok(()) => {
                     if attempt > 1 {
-                        tracing::info!(path = %upload.path, attempts = attempt, "Archive file published after failed attempts.");
+                        tracing::info!(path = %path, attempts = attempt, "Archive file published after failed attempts.");
                     }
                     return Ok(());
                 }
@@ -533,9 +561,9 @@ impl Context {
                     return Err((attempt, error));
                 }
                 Err(error @ object_store::Error::AlreadyExists { .. }) => {
-                    match self.runtime.block_on(self.store.head(&upload.path)) {
-                        Ok(meta) if meta.size == upload.bytes.len() as u64 => {
-                            tracing::info!(path = %upload.path, attempts = attempt, "Archive file found published by an earlier attempt.");
+                    match self.runtime.block_on(self.store.head(path)) {
+                        Ok(meta) if meta.size == bytes.len() as u64 => {
+                            tracing::info!(path = %path, attempts = attempt, "Archive file found published by an earlier attempt.");
                             return Ok(());
                         }
                         Ok(_) => return Err((attempt, error)),
@@ -553,7 +581,7 @@ impl Context {
             }
             if attempt == 1 || attempt.is_multiple_of(LOG_EVERY) {
                 tracing::warn!(
-                    path = %upload.path, attempt, retry_in_ms = wait.as_millis() as u64, %error,
+                    path = %path, attempt, retry_in_ms = wait.as_millis() as u64, %error,
                     "Archive upload failed; retrying until it succeeds (logged every {LOG_EVERY} attempts)."
                 );
             }
@@ -568,21 +596,22 @@ impl Context {
 async fn put_multipart(
     store: &dyn ObjectStore,
     part_bytes: usize,
-    upload: &Upload,
+    path: &Path,
+    bytes: &Bytes,
 ) -> Result<(), object_store::Error> {
-    match store.head(&upload.path).await {
+    match store.head(path).await {
         Ok(_) => {
             return Err(object_store::Error::AlreadyExists {
-                path: upload.path.to_string(),
+                path: path.to_string(),
                 source: "the object exists before its multipart upload".into(),
             });
         }
         Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(e),
     }
-    let parts = store.put_multipart(&upload.path).await?;
+    let parts = store.put_multipart(path).await?;
     let mut writer = WriteMultipart::new_with_chunk_size(parts, part_bytes);
-    writer.put(upload.bytes.clone());
+    writer.put(bytes.clone());
     writer.finish().await.map(drop)
 }
 
@@ -701,10 +730,46 @@ mod tests {
         assert_eq!(report.stats.files, 2);
     }
 
+    #[test]
+    fn a_file_that_cannot_be_encoded_is_given_up_and_the_next_ones_published() {
+        let store = Arc::new(InMemory::new());
+        let mut uploader =
+            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, "test-encode".into(), FAST).unwrap();
+        let progress = uploader.progress();
+        uploader.send(upload("alerts/a.parquet", b"a")).unwrap();
+        uploader
+            .send(Upload {
+                encode: Box::new(|| Err(ArchiveError::UploaderGone)),
+                ..upload("alerts/b.parquet", b"b")
+            })
+            .unwrap();
+        uploader.send(upload("alerts/c.parquet", b"c")).unwrap();
+        eventually("all done", || progress.done() == 3);
+        assert!(progress.published(1) && !progress.published(2) && progress.failed());
+        let report = uploader.finish(Duration::from_secs(1)).unwrap();
+        assert_eq!(report.stats.files, 2);
+        assert_eq!(report.failures.len(), 1);
+        assert_eq!(
+            (
+                report.failures[0].path.as_str(),
+                report.failures[0].attempts
+            ),
+            ("alerts/b.parquet", 0)
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let exists = |key: &str| runtime.block_on(store.head(&Path::from(key))).is_ok();
+        assert!(
+            exists("alerts/a.parquet") && !exists("alerts/b.parquet") && exists("alerts/c.parquet")
+        );
+    }
+
     fn upload(key: &str, body: &'static [u8]) -> Upload {
         Upload {
             path: Path::from(key),
-            bytes: Bytes::from_static(body),
+            encode: Box::new(move || Ok(Bytes::from_static(body))),
+            queued_bytes: body.len() as u64,
             dataset: Dataset::Alerts,
             rows: 3,
         }
@@ -745,11 +810,15 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let part = 5 << 20;
         let body: Vec<u8> = (0..part * 2 + 17).map(|i| (i % 251) as u8).collect();
-        let big = |key: &str| Upload {
-            path: Path::from(key),
-            bytes: Bytes::from(body.clone()),
-            dataset: Dataset::Telemetry,
-            rows: 9,
+        let big = |key: &str| {
+            let bytes = Bytes::from(body.clone());
+            Upload {
+                path: Path::from(key),
+                queued_bytes: bytes.len() as u64,
+                encode: Box::new(move || Ok(bytes)),
+                dataset: Dataset::Telemetry,
+                rows: 9,
+            }
         };
         let mut uploader =
             Uploader::spawn(Arc::clone(&store) as _, part, "test-multipart".into(), FAST).unwrap();
