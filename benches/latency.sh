@@ -16,7 +16,7 @@
 # subscriber is measured rather than dropped from. Needs scripts/services (Kafka, S3).
 #
 # Usage: [MAX_S=20] [DURATION=60] [RATE=0] [PROBES=50] [EPOCH_MS=100] [REORDER_S=120]
-#        [LINGER_MS=5] [DURABLE=true] [WALL_CLOCK=false] benches/latency.sh [QOS] [BATCH] [VEHICLES] [DAYS]
+#        [LINGER_MS=5] [DURABLE=true] [CHECKPOINT_S=30] [WALL_CLOCK=false] benches/latency.sh [QOS] [BATCH] [VEHICLES] [DAYS]
 #        (defaults: QoS 1, 1 reading per message, a fleet of 1000 vehicles x 7 days; BATCH N
 #        sends N readings of one device per message; EPOCH_MS, REORDER_S and LINGER_MS set
 #        pipeline.epoch_ms, rules.reorder_window_s and the producer's linger.ms, the settings
@@ -78,6 +78,7 @@ listen = "$HTTP"
 [durability]
 enabled = ${DURABLE:-true}
 journal_dir = "$PWD/$WORK/journal-$ID"
+checkpoint_interval_s = ${CHECKPOINT_S:-30}
 [rules]
 reorder_window_s = ${REORDER_S:-120}
 CONF

@@ -38,7 +38,8 @@
 //! messages/s); with a live fleet whose `ts` follow the wall clock it adds
 //! `rules.reorder_window_s` to every alert. `--wall-clock true` shows that: every message's
 //! `ts` (a batch's, all moved alike) is moved to the wall-clock time of its publish, as a
-//! live fleet would send them, and the probes' too (the probes of the phase's last window
+//! live fleet would send them (a message the file delivers late or twice keeps its age behind
+//! its device's newest message), and the probes' too (the probes of the phase's last window
 //! are then released only by the idle clock, after the run, and counted as without alert).
 //!
 //! When the file runs out it is published again with every integer `ts` moved past the end
@@ -457,6 +458,9 @@ struct Publisher {
     feed: Feed,
     /// `ts` moved to the wall clock of the publish.
     wall_clock: bool,
+    /// With `wall_clock`, per topic (device): the file's and the moved `ts` of its newest
+    /// message so far.
+    newest: HashMap<String, (i64, i64)>,
     /// Largest event time published.
     max_ts: i64,
     last_probe_ts: i64,
@@ -476,9 +480,23 @@ impl Publisher {
         if self.wall_clock
             && let Some(t) = ts
         {
-            let now = schemas::time::now_ms();
-            payload = shift_ts(&payload, now - t);
-            ts = Some(now);
+            // A message newer than its device's newest is stamped now; an older one (the file
+            // delivers some late, or twice) keeps its age behind the newest, as a tracker's
+            // buffered reading keeps its own time. Stamping it now too would give it an old
+            // `seq` with the newest time, which no tracker sends.
+            let (file_ts, moved_ts) = self
+                .newest
+                .entry(topic.clone())
+                .or_insert((i64::MIN, i64::MIN));
+            let moved = if t > *file_ts {
+                let now = schemas::time::now_ms().max(moved_ts.saturating_add(1));
+                (*file_ts, *moved_ts) = (t, now);
+                now
+            } else {
+                *moved_ts - (*file_ts - t)
+            };
+            payload = shift_ts(&payload, moved - t);
+            ts = Some(moved);
         }
         self.client.publish(topic, self.qos, false, payload)?;
         if self.feed.pass != pass {
@@ -647,6 +665,7 @@ fn main() -> Result<()> {
         prefix: args.prefix.clone(),
         feed: Feed::new(msgs),
         wall_clock: args.wall_clock,
+        newest: HashMap::new(),
         max_ts: NO_TS,
         last_probe_ts: NO_TS,
         probe_seq: 0,
