@@ -185,8 +185,8 @@ impl VehicleFeed {
             ..Reading::default()
         };
         Record {
-            vehicle_id: self.vehicle_id.clone(),
-            loan_id: Some(self.loan_id.clone()),
+            vehicle_id: Arc::clone(&self.vehicle_id),
+            loan_id: Some(Arc::clone(&self.loan_id)),
             class: self.class,
             registered: true,
             ingest_seq,

@@ -36,6 +36,7 @@
 //! Run: `cargo bench -p benches --bench detectors`.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
@@ -1021,7 +1022,7 @@ fn vehicle(c: &mut Criterion) {
             permitted: scene.permitted.as_slice().into(),
             ..feed.profile()
         };
-        let mut fed = Fed::new(VehicleState::new(feed.vehicle_id.clone(), profile));
+        let mut fed = Fed::new(VehicleState::new(Arc::clone(&feed.vehicle_id), profile));
         let mut out = Outputs::default();
         fed.feed(history.clone(), &env, &mut out);
         assert!(out.alerts.is_empty(), "{name}: the history raised alerts");

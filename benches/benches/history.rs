@@ -21,6 +21,7 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
+use std::sync::Arc;
 
 use benches::feed::{Fed, VehicleFeed};
 use operators::config::RulesConfig;
@@ -35,7 +36,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A vehicle after `days` days of history, and the readings of the day after.
 fn warmed(days: i64, env: &Env<'_>) -> (Fed, Vec<Record>) {
     let mut feed = VehicleFeed::new(7, DeviceClass::Wired);
-    let mut fed = Fed::new(VehicleState::new(feed.vehicle_id.clone(), feed.profile()));
+    let mut fed = Fed::new(VehicleState::new(
+        Arc::clone(&feed.vehicle_id),
+        feed.profile(),
+    ));
     let mut ingest_seq = 0;
     let (mut alerts, mut rows) = (0, 0);
     for day in 0..days {

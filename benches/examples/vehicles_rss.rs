@@ -248,7 +248,7 @@ fn grown_capacity(len: usize, size: usize) -> usize {
 /// Feeds a vehicle the compact days, one epoch per phase, as the fleet does.
 fn compact_state(days: i64, env: &Env<'_>) -> VehicleState {
     let mut feed = VehicleFeed::new(7, DeviceClass::Wireless);
-    let mut state = VehicleState::new(feed.vehicle_id.clone(), feed.profile());
+    let mut state = VehicleState::new(Arc::clone(&feed.vehicle_id), feed.profile());
     let (mut ingest_seq, mut max_ts, mut clock) = (0, i64::MIN, None);
     for day in 0..days {
         for phase in 0..2 {
@@ -271,7 +271,10 @@ fn compact_state(days: i64, env: &Env<'_>) -> VehicleState {
 /// Feeds a vehicle the realistic days of the `history` bench, one epoch per reading.
 fn realistic_state(days: i64, env: &Env<'_>) -> VehicleState {
     let mut feed = VehicleFeed::new(7, DeviceClass::Wired);
-    let mut fed = Fed::new(VehicleState::new(feed.vehicle_id.clone(), feed.profile()));
+    let mut fed = Fed::new(VehicleState::new(
+        Arc::clone(&feed.vehicle_id),
+        feed.profile(),
+    ));
     let mut ingest_seq = 0;
     for day in 0..days {
         let mut records = Vec::new();

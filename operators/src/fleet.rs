@@ -257,7 +257,7 @@ impl Fleet {
         let profile = profile(&self.registry, &self.fences, &record.vehicle_id);
         let i = u32::try_from(self.vehicles.len()).expect("fewer than 2^32 vehicles per worker");
         self.vehicles
-            .push(VehicleState::new(record.vehicle_id.clone(), profile));
+            .push(VehicleState::new(Arc::clone(&record.vehicle_id), profile));
         self.scheduled.push(UNSCHEDULED);
         let vehicles = &self.vehicles;
         self.index
@@ -683,7 +683,7 @@ mod reload {
     //! next reading on, and vehicle state that refers to fences stays valid.
 
     use super::*;
-    use schemas::{Alert, AlertKind, DeviceClass, Gnss, Reading};
+    use schemas::{Alert, AlertKind, Gnss, Reading};
 
     const T0: i64 = 1_764_000_000_000;
     const HEADER: &str =
@@ -711,16 +711,8 @@ mod reload {
             .enumerate()
             .map(|(i, lat)| {
                 let minute = from + i as i64;
-                let device = registry.device("D1").expect("registered");
-                Record {
-                    vehicle_id: device.vehicle_id.clone(),
-                    loan_id: registry
-                        .vehicle(&device.vehicle_id)
-                        .map(|v| v.loan_id.clone()),
-                    class: DeviceClass::Wired,
-                    registered: true,
-                    ingest_seq: minute as u64,
-                    reading: Box::new(Reading {
+                registry.identify(
+                    Reading {
                         device_id: "D1".into(),
                         ts_ms: T0 + minute * 60_000,
                         seq: Some(minute as u64),
@@ -734,8 +726,9 @@ mod reload {
                         speed_kmh: Some(40.0),
                         content_hash: minute as u64,
                         ..Reading::default()
-                    }),
-                }
+                    },
+                    minute as u64,
+                )
             })
             .collect();
         let last = records.last().map_or(T0, |r| r.reading.ts_ms);
@@ -1086,7 +1079,7 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
                 put(&a.vehicle_id.clone(), format!("{a:?}"));
             }
             for r in v.archive {
-                put(&r.vehicle_id.clone(), format!("{r:?}"));
+                put(&r.vehicle_id, format!("{r:?}"));
             }
             for f in v.features {
                 put(&f.vehicle_id.clone(), format!("{f:?}"));
