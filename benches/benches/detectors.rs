@@ -634,7 +634,7 @@ fn position_kinds(g: &mut BenchmarkGroup<'_, WallTime>, day: &[Reading], days5: 
 /// fires, re-arms a day later and fires again.
 fn odometer_mismatch(g: &mut BenchmarkGroup<'_, WallTime>, days8: &[Reading]) {
     let plain = Scene::plain();
-    let marks = |readings: &[Reading]| -> Vec<(i64, f64, f64, u64)> {
+    let marks = |readings: &[Reading]| -> Vec<(i64, f64, f64, u32)> {
         readings
             .iter()
             .zip(chain(readings, &plain.rules))

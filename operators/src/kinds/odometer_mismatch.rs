@@ -37,7 +37,7 @@ pub struct OdometerMismatch {
     pending: Option<Mark>,
     checkpoints: VecDeque<Mark>,
     /// The vehicle's count of GNSS gaps when the window started.
-    breaks: u64,
+    breaks: u32,
     /// Boxed: set only between a first out-of-range window and the next check.
     suspect: Option<Box<Suspect>>,
     quiet_until: Option<i64>,
@@ -51,7 +51,7 @@ impl OdometerMismatch {
         ts_ms: i64,
         km: f64,
         gnss_m: f64,
-        breaks: u64,
+        breaks: u32,
         dev: Dev<'_>,
         ctx: &mut Ctx<'_>,
     ) {
@@ -73,13 +73,13 @@ impl OdometerMismatch {
         }
     }
 
-    fn restart(&mut self, breaks: u64) {
+    fn restart(&mut self, breaks: u32) {
         self.checkpoints.clear();
         self.suspect = None;
         self.breaks = breaks;
     }
 
-    fn on_confirmed(&mut self, m: Mark, breaks: u64, dev: Dev<'_>, ctx: &mut Ctx<'_>) {
+    fn on_confirmed(&mut self, m: Mark, breaks: u32, dev: Dev<'_>, ctx: &mut Ctx<'_>) {
         let rules = &ctx.rules.odometer_mismatch;
         if let Some(until) = self.quiet_until {
             if m.ts_ms < until {
