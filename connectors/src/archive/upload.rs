@@ -713,12 +713,18 @@ mod tests {
         assert!(!progress.degraded(), "nothing is being retried any more");
     }
 
+    /// An uploader thread `name` onto a new in-memory store, and its progress.
+    fn in_memory(name: &str) -> (Arc<InMemory>, Uploader, UploadProgress) {
+        let store = Arc::new(InMemory::new());
+        let uploader =
+            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, name.into(), FAST).unwrap();
+        let progress = uploader.progress();
+        (store, uploader, progress)
+    }
+
     #[test]
     fn a_key_that_exists_on_the_first_attempt_is_given_up_at_once() {
-        let store = Arc::new(InMemory::new());
-        let mut uploader =
-            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, "test-exists".into(), FAST).unwrap();
-        let progress = uploader.progress();
+        let (_store, mut uploader, progress) = in_memory("test-exists");
         uploader.send(upload("alerts/a.parquet", b"a")).unwrap();
         uploader.send(upload("alerts/a.parquet", b"a")).unwrap();
         uploader.send(upload("alerts/c.parquet", b"c")).unwrap();
@@ -732,10 +738,7 @@ mod tests {
 
     #[test]
     fn a_file_that_cannot_be_encoded_is_given_up_and_the_next_ones_published() {
-        let store = Arc::new(InMemory::new());
-        let mut uploader =
-            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, "test-encode".into(), FAST).unwrap();
-        let progress = uploader.progress();
+        let (store, mut uploader, progress) = in_memory("test-encode");
         uploader.send(upload("alerts/a.parquet", b"a")).unwrap();
         uploader
             .send(Upload {
@@ -777,9 +780,7 @@ mod tests {
 
     #[test]
     fn publishes_and_counts_and_never_overwrites() {
-        let store = Arc::new(InMemory::new());
-        let mut uploader =
-            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, "test-upload".into(), FAST).unwrap();
+        let (store, mut uploader, _progress) = in_memory("test-upload");
         uploader.send(upload("alerts/a.parquet", b"first")).unwrap();
         uploader
             .send(upload("alerts/a.parquet", b"second"))
