@@ -1027,7 +1027,7 @@ impl ArchiveWriter {
 }
 
 /// What rolling a partition released from the buffer (its bytes estimate), and whether its
-/// file was written and queued.
+/// rows were queued as a file.
 type Rolled = (u64, Result<(), ArchiveError>);
 
 impl Drop for ArchiveWriter {
