@@ -52,39 +52,7 @@ start_broker "$PORT" "$WORK"
 
 ID=latency-$$
 TOPIC="lienwatch.bench.$ID"
-cat >"$WORK/run.toml" <<CONF
-[pipeline]
-workers = 2
-epoch_ms = ${EPOCH_MS:-100}
-[registry]
-vehicles_csv = "$PWD/${FLEET%.jsonl}.vehicles.csv"
-fences_geojson = "$PWD/${FLEET%.jsonl}.fences.geojson"
-[archive]
-url = "s3://lienwatch/bench/$ID"
-s3_endpoint = "http://127.0.0.1:9000"
-[mqtt]
-url = "mqtt://127.0.0.1:$PORT"
-client_id = "$ID"
-topics = ["bench/+"]
-qos = $QOS
-clean_start = true
-[kafka]
-alerts_topic = "$TOPIC"
-features_topic = "lienwatch.bench.features.$ID"
-[kafka.properties]
-"linger.ms" = "${LINGER_MS:-5}"
-[http]
-listen = "$HTTP"
-[durability]
-enabled = ${DURABLE:-true}
-journal_dir = "$PWD/$WORK/journal-$ID"
-checkpoint_interval_s = ${CHECKPOINT_S:-30}
-[rules]
-reorder_window_s = ${REORDER_S:-120}
-CONF
-AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test RUST_LOG=warn \
-    "$BIN" run --config "$WORK/run.toml" >"$WORK/run.out" 2>"$WORK/run.err" & RUN=$!
-until curl -sf "$HTTP/health" >/dev/null; do sleep 0.1; done
+start_service "$BIN" "$WORK" "$ID" "$PORT" "$HTTP" "$QOS"
 
 echo "QoS $QOS, batch $BATCH, epoch_ms ${EPOCH_MS:-100}, reorder_window_s ${REORDER_S:-120}, linger.ms ${LINGER_MS:-5}, durability ${DURABLE:-true}, wall clock ${WALL_CLOCK:-false}; $(uptime)"
 target/release/examples/latency --fleet "$FLEET" --mqtt "127.0.0.1:$PORT" --prefix bench \

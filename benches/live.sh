@@ -32,32 +32,7 @@ N=$(grep -ac . "$FLEET")
 start_broker "$PORT" "$WORK"
 
 ID=bench-$$
-cat >"$WORK/run.toml" <<CONF
-[pipeline]
-workers = 2
-[registry]
-vehicles_csv = "$PWD/${FLEET%.jsonl}.vehicles.csv"
-fences_geojson = "$PWD/${FLEET%.jsonl}.fences.geojson"
-[archive]
-url = "s3://lienwatch/bench/$ID"
-s3_endpoint = "http://127.0.0.1:9000"
-[mqtt]
-url = "mqtt://127.0.0.1:$PORT"
-client_id = "$ID"
-topics = ["bench/+"]
-qos = $QOS
-clean_start = true
-[kafka]
-alerts_topic = "lienwatch.bench.$ID"
-[http]
-listen = "$HTTP"
-[durability]
-enabled = ${DURABLE:-true}
-journal_dir = "$PWD/$WORK/journal-$ID"
-CONF
-AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test RUST_LOG=warn \
-    "$BIN" run --config "$WORK/run.toml" >"$WORK/run.out" 2>"$WORK/run.err" & RUN=$!
-until curl -sf "$HTTP/health" >/dev/null; do sleep 0.1; done
+start_service "$BIN" "$WORK" "$ID" "$PORT" "$HTTP" "$QOS"
 mosquitto_sub -h 127.0.0.1 -p $PORT -q "$QOS" -C "$N" -t 'bench/+' >/dev/null & BARE=$!
 sleep 0.3
 

@@ -676,54 +676,29 @@ fn main() -> Result<()> {
     };
     // Both subscribers are up before the first publish.
     thread::sleep(Duration::from_millis(500));
-    let base = scrape(&args.metrics)?;
-    let catch_up = Duration::from_secs(300);
-    let taken = |n: u64| {
-        let addr = args.metrics.clone();
-        move || scrape(&addr).is_ok_and(|m| m.messages - base.messages >= n as f64)
+    let watch = Watch {
+        metrics: &args.metrics,
+        bare: &bare,
+        pending: &pending,
+        hists: &hists,
     };
 
     // Max phase.
     let mut max_rate = 0.0;
     if args.max_s > 0.0 {
-        let start = p.phase(0, args.max_s, 0.0, args.probes_per_s)?;
-        let published = Instant::now();
-        let (n, r) = (p.sent, p.readings);
-        let bare_done = wait_until(catch_up, || bare.load(Ordering::Acquire) >= n);
-        let run_done = wait_until(catch_up, taken(n));
-        wait_until(Duration::from_secs(10), || {
-            pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
-        });
-        let m = scrape(&args.metrics)?;
-        let secs = |t: Option<Instant>| t.map_or(f64::NAN, |t| (t - start).as_secs_f64());
-        let (tp, tb, tr) = (secs(Some(published)), secs(bare_done), secs(run_done));
-        max_rate = n as f64 / tr;
-        println!(
-            "max phase: {n} messages ({r} readings, {} probes), QoS {}, batch {}",
-            p.probes, args.qos, args.batch
-        );
-        println!(
-            "  publisher        {tp:6.2} s  {:8.0} msg/s  {:9.0} readings/s",
-            n as f64 / tp,
-            r as f64 / tp
-        );
-        println!(
-            "  bare subscriber  {tb:6.2} s  {:8.0} msg/s  {:9.0} readings/s",
-            n as f64 / tb,
-            r as f64 / tb
-        );
-        println!(
-            "  lienwatch run    {tr:6.2} s  {:8.0} msg/s  {:9.0} readings/s  ({:.0}% of the bare subscriber; {} readings decoded, {} late)",
-            max_rate,
-            r as f64 / tr,
-            100.0 * tb / tr,
-            m.readings - base.readings,
-            m.late - base.late
-        );
-        report_latency("  max phase", &hists, 0, &base, &m);
+        max_rate = watch.phase(
+            &mut p,
+            0,
+            args.max_s,
+            0.0,
+            args.probes_per_s,
+            |n, r, probes| {
+                format!(
+                    "max phase: {n} messages ({r} readings, {probes} probes), QoS {}, batch {}",
+                    args.qos, args.batch
+                )
+            },
+        )?;
     }
 
     // Latency phase.
@@ -733,29 +708,73 @@ fn main() -> Result<()> {
         max_rate / 2.0
     };
     if args.duration_s > 0.0 && rate > 0.0 {
-        let before = scrape(&args.metrics)?;
+        watch.phase(&mut p, 1, args.duration_s, rate, args.probes_per_s, |n, r, probes| {
+            format!(
+                "latency phase: {n} messages ({r} readings, {probes} probes) at {rate:.0} msg/s offered, QoS {}, batch {}",
+                args.qos, args.batch
+            )
+        })?;
+    }
+    let unmatched = pending.lock().unwrap_or_else(PoisonError::into_inner).len();
+    println!(
+        "probes without an alert: {unmatched}; file passes: {}; publisher acks: {}",
+        p.feed.pass + 1,
+        acked.load(Ordering::Acquire)
+    );
+    stop.store(true, Ordering::Release);
+    p.client.disconnect()?;
+    let _ = driver.join();
+    let _ = bare_child.kill();
+    let _ = bare_child.wait();
+    Ok(())
+}
+
+/// What a measured phase watches besides the publisher.
+struct Watch<'a> {
+    /// The service's metrics address.
+    metrics: &'a str,
+    /// Messages the bare subscriber received.
+    bare: &'a AtomicU64,
+    pending: &'a Pending,
+    hists: &'a Hists,
+}
+
+impl Watch<'_> {
+    /// Publishes phase `index` (`seconds` at `rate` msg/s, 0 = as fast as the broker takes
+    /// them), waits until the bare subscriber and the service have taken every message and
+    /// the last probes' alerts are in, and prints the phase's `header` (given messages,
+    /// readings and probes), the three rates and the latencies. Returns the service's msg/s.
+    fn phase(
+        &self,
+        p: &mut Publisher,
+        index: usize,
+        seconds: f64,
+        rate: f64,
+        probes_per_s: f64,
+        header: impl Fn(u64, u64, u64) -> String,
+    ) -> Result<f64> {
+        let catch_up = Duration::from_secs(300);
+        let before = scrape(self.metrics)?;
         let (n0, r0, probes0) = (p.sent, p.readings, p.probes);
-        let start = p.phase(1, args.duration_s, rate, args.probes_per_s)?;
+        let bare0 = self.bare.load(Ordering::Acquire);
+        let start = p.phase(index, seconds, rate, probes_per_s)?;
         let published = Instant::now();
         let (n, r) = (p.sent - n0, p.readings - r0);
-        let bare_done = wait_until(catch_up, || bare.load(Ordering::Acquire) >= n0 + n);
-        let run_done = wait_until(catch_up, taken(n0 + n));
+        let bare_done = wait_until(catch_up, || self.bare.load(Ordering::Acquire) >= bare0 + n);
+        let run_done = wait_until(catch_up, || {
+            scrape(self.metrics).is_ok_and(|m| m.messages - before.messages >= n as f64)
+        });
         // The last alerts.
         wait_until(Duration::from_secs(10), || {
-            pending
+            self.pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_empty()
         });
-        let m = scrape(&args.metrics)?;
+        let m = scrape(self.metrics)?;
         let secs = |t: Option<Instant>| t.map_or(f64::NAN, |t| (t - start).as_secs_f64());
         let (tp, tb, tr) = (secs(Some(published)), secs(bare_done), secs(run_done));
-        println!(
-            "latency phase: {n} messages ({r} readings, {} probes) at {rate:.0} msg/s offered, QoS {}, batch {}",
-            p.probes - probes0,
-            args.qos,
-            args.batch
-        );
+        println!("{}", header(n, r, p.probes - probes0));
         println!(
             "  publisher        {tp:6.2} s  {:8.0} msg/s  {:9.0} readings/s",
             n as f64 / tp,
@@ -774,20 +793,14 @@ fn main() -> Result<()> {
             m.readings - before.readings,
             m.late - before.late
         );
-        report_latency("  latency phase", &hists, 1, &before, &m);
+        let label = if index == 0 {
+            "  max phase"
+        } else {
+            "  latency phase"
+        };
+        report_latency(label, self.hists, index, &before, &m);
+        Ok(n as f64 / tr)
     }
-    let unmatched = pending.lock().unwrap_or_else(PoisonError::into_inner).len();
-    println!(
-        "probes without an alert: {unmatched}; file passes: {}; publisher acks: {}",
-        p.feed.pass + 1,
-        acked.load(Ordering::Acquire)
-    );
-    stop.store(true, Ordering::Release);
-    p.client.disconnect()?;
-    let _ = driver.join();
-    let _ = bare_child.kill();
-    let _ = bare_child.wait();
-    Ok(())
 }
 
 fn report_latency(label: &str, hists: &Hists, phase: usize, before: &Metrics, after: &Metrics) {
