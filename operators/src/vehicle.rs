@@ -187,6 +187,12 @@ impl DeviceState {
         reference > i64::MIN && ts_ms < reference.saturating_sub(window_ms)
     }
 
+    /// Whether a reading with `seq` is the next of the device's sequence (the one after the
+    /// last it processed in order).
+    fn continues_seq(&self, seq: Option<u64>) -> bool {
+        self.next_seq > 0 && seq == Some(self.next_seq)
+    }
+
     /// Event time of the last reading processed in order.
     fn last_in_order(&self) -> Option<i64> {
         (self.last_ts > i64::MIN).then_some(self.last_ts)
@@ -451,6 +457,14 @@ impl VehicleState {
             || device.last_in_order().is_some_and(|l| r.ts_ms <= l)
             || device.beyond_reorder_window(r.ts_ms, env.rules.reorder_window_ms());
         device.note_newest(r.ts_ms);
+        if !late && one_device && device.buffer.is_empty() && device.continues_seq(r.seq) {
+            // What `release_in_sequence` would do with it, without a trip through the buffer
+            // (which would allocate and free it for nearly every live reading).
+            self.fire_timers_until(r.ts_ms, false, env, out);
+            self.process(0, &record, env, out);
+            out.archive.push(record);
+            return Arrival::Processed;
+        }
         if !late {
             device.buffer.push(record);
             self.buffered += 1;
@@ -523,8 +537,8 @@ impl VehicleState {
                 return processed;
             };
             let r = &record.reading;
-            let next = device.next_seq > 0 && r.seq == Some(device.next_seq);
-            if !next || device.last_in_order().is_some_and(|l| r.ts_ms <= l) {
+            if !device.continues_seq(r.seq) || device.last_in_order().is_some_and(|l| r.ts_ms <= l)
+            {
                 return processed;
             }
             let record = device.buffer.swap_remove(i);
