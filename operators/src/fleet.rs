@@ -15,7 +15,7 @@ use schemas::{Record, Reject, RejectReason};
 use crate::config::{RulesConfig, secs_ms};
 use crate::fences::{FenceIdx, FenceIndex};
 use crate::id_index::IdIndex;
-use crate::registry::Registry;
+use crate::registry::{Registry, VehicleEntry};
 use crate::snapshot::{Kind, Reader, SnapshotError, Writer};
 use crate::vehicle::{Arrival, Env, Outputs, Profile, VehicleState};
 
@@ -238,8 +238,7 @@ impl Fleet {
         self.registry = registry;
         self.fences = fences;
         for vehicle in &mut self.vehicles {
-            let profile = profile(&self.registry, &self.fences, &vehicle.vehicle_id);
-            vehicle.set_profile(profile);
+            adopt_reference(vehicle, &self.registry, &self.fences);
         }
     }
 
@@ -254,7 +253,7 @@ impl Fleet {
         if let Some(i) = self.position(&record.vehicle_id) {
             return i;
         }
-        let profile = profile(&self.registry, &self.fences, &record.vehicle_id);
+        let profile = profile(self.registry.vehicle(&record.vehicle_id), &self.fences);
         let i = u32::try_from(self.vehicles.len()).expect("fewer than 2^32 vehicles per worker");
         self.vehicles
             .push(VehicleState::new(Arc::clone(&record.vehicle_id), profile));
@@ -513,7 +512,7 @@ impl Fleet {
                 .iter()
                 .filter_map(|f| Some((f.idx, f.resolve(&fleet.fences)?)))
                 .collect();
-            let mut previous: Option<String> = None;
+            let mut previous: Option<Arc<str>> = None;
             for i in 0..header.vehicles {
                 let mut vehicle: VehicleState = reader.read(|| {
                     let after = previous
@@ -522,7 +521,7 @@ impl Fleet {
                         .unwrap_or_default();
                     format!("vehicle {} of {}{after}", i + 1, header.vehicles)
                 })?;
-                previous = Some(vehicle.vehicle_id.to_string());
+                previous = Some(Arc::clone(&vehicle.vehicle_id));
                 if !keep(&vehicle.vehicle_id) {
                     continue;
                 }
@@ -534,10 +533,7 @@ impl Fleet {
                     });
                 }
                 vehicle.remap_fences(|f| renumber.get(&f).copied());
-                vehicle.set_profile(profile(&fleet.registry, &fleet.fences, &vehicle.vehicle_id));
-                if let Some(entry) = fleet.registry.vehicle(&vehicle.vehicle_id) {
-                    vehicle.vehicle_id = Arc::clone(&entry.vehicle_id);
-                }
+                adopt_reference(&mut vehicle, &fleet.registry, &fleet.fences);
                 let Ok(v) = u32::try_from(fleet.vehicles.len()) else {
                     return Err(SnapshotError::Corrupt {
                         kind: Kind::Fleet,
@@ -569,9 +565,19 @@ impl Fleet {
     }
 }
 
+/// Gives `vehicle` the registry facts of its id (a reload or a restore: they apply from its
+/// next reading on) and, when registered, the registry's own id string, so they share it.
+fn adopt_reference(vehicle: &mut VehicleState, registry: &Registry, fences: &FenceIndex) {
+    let entry = registry.vehicle(&vehicle.vehicle_id);
+    vehicle.set_profile(profile(entry, fences));
+    if let Some(entry) = entry {
+        vehicle.vehicle_id = Arc::clone(&entry.vehicle_id);
+    }
+}
+
 /// The registry facts of a vehicle (defaults when unregistered).
-fn profile(registry: &Registry, fences: &FenceIndex, vehicle_id: &str) -> Profile {
-    let Some(entry) = registry.vehicle(vehicle_id) else {
+fn profile(entry: Option<&VehicleEntry>, fences: &FenceIndex) -> Profile {
+    let Some(entry) = entry else {
         return Profile::default();
     };
     Profile {
