@@ -224,6 +224,11 @@ pub struct Registry {
     next_with_vin: Vec<u32>,
 }
 
+/// The registered VIN of the vehicle at `i` (empty when it has none), the key of `by_vin`.
+fn vin_at(vehicles: &[VehicleEntry], i: u32) -> &str {
+    vehicles[i as usize].vin.as_deref().unwrap_or_default()
+}
+
 /// End of a `next_with_vin` chain.
 const NO_VEHICLE: u32 = u32::MAX;
 
@@ -444,7 +449,6 @@ impl Registry {
         // The last vehicle of each VIN's chain so far.
         let mut tails: HashMap<&str, u32> = HashMap::new();
         let vehicles = &self.vehicles;
-        let vin_of = |i: u32| vehicles[i as usize].vin.as_deref().unwrap_or_default();
         for (i, vehicle) in (0u32..).zip(vehicles) {
             let Some(vin) = vehicle.vin.as_deref() else {
                 continue;
@@ -456,7 +460,7 @@ impl Registry {
                 }
                 Entry::Vacant(slot) => {
                     slot.insert(i);
-                    self.by_vin.insert(vin, i, vin_of);
+                    self.by_vin.insert(vin, i, |j| vin_at(vehicles, j));
                 }
             }
         }
@@ -507,10 +511,7 @@ impl Registry {
 
     /// The vehicles registered with this VIN, in file order.
     pub fn vehicles_with_vin(&self, vin: &str) -> impl Iterator<Item = &VehicleEntry> {
-        let vehicles = &self.vehicles;
-        let first = self.by_vin.get(vin, |i| {
-            vehicles[i as usize].vin.as_deref().unwrap_or_default()
-        });
+        let first = self.by_vin.get(vin, |i| vin_at(&self.vehicles, i));
         self.vin_chain(first)
     }
 
@@ -528,9 +529,8 @@ impl Registry {
             .by_vin
             .positions()
             .map(|first| {
-                let vin = self.vehicles[first as usize].vin.as_deref();
                 (
-                    vin.unwrap_or_default(),
+                    vin_at(&self.vehicles, first),
                     self.vin_chain(Some(first)).collect(),
                 )
             })
