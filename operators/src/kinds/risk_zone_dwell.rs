@@ -36,12 +36,12 @@ impl RiskZoneDwell {
         self.open.iter().any(|(f, _)| *f == fence) || self.held.contains(&fence)
     }
 
-    /// Appends the fences the state refers to.
     /// Whether the state is the default: no incident open or held.
     pub fn at_rest(&self) -> bool {
         self.open.is_empty() && self.held.is_empty()
     }
 
+    /// Appends the fences the state refers to.
     pub(crate) fn fence_refs(&self, out: &mut Vec<FenceIdx>) {
         out.extend(self.open.iter().map(|(f, _)| *f));
         out.extend(&self.held);

@@ -69,12 +69,12 @@ struct LateInside {
 const LATE_CONFIRM_MS: i64 = 15 * 60_000;
 
 impl RiskZoneEnter {
-    /// Appends the fences the state refers to.
     /// Whether the state is the default: no visit, entry or late visit.
     pub fn at_rest(&self) -> bool {
         self.visits.is_empty() && self.entries.is_empty() && self.late_inside.is_none()
     }
 
+    /// Appends the fences the state refers to.
     pub(crate) fn fence_refs(&self, out: &mut Vec<FenceIdx>) {
         out.extend(self.visits.iter().map(|v| v.fence));
         out.extend(self.entries.iter().map(|(f, _)| *f));
