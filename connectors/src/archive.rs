@@ -705,8 +705,9 @@ impl RolledRows {
 /// - Writing queues the partition's rows as one Arrow batch for the uploader thread, which
 ///   sorts them (telemetry by `(vehicle_id, ts)`, alerts by `(vehicle_id, event_time)`,
 ///   rejects by `received_at`, features by `(vehicle_id, date, revision)`) and encodes row
-///   groups of `row_group_rows` rows with zstd. Rows of at most 256 MiB (by the size
-///   estimate) wait in the queue (one larger partition may wait alone); a full queue blocks
+///   groups of `row_group_rows` rows with zstd. Rows of at most the buffer budget (twice
+///   `max_file_bytes` by the size estimate, 256 MiB by default) wait in the queue (one larger
+///   partition may wait alone); a full queue blocks
 ///   the caller (back-pressure). A file that cannot be encoded is given up on like one that cannot be
 ///   published: logged, and no later mark is published.
 /// - The uploader publishes each file with one create-only `put` (never overwriting), in
@@ -797,9 +798,11 @@ impl ArchiveWriter {
         backoff: Backoff,
     ) -> Result<Self, ArchiveError> {
         let now_ms = schemas::time::now_ms();
+        let budget_bytes = config.max_file_bytes.saturating_mul(BUFFER_BUDGET_FILES);
         let uploader = Uploader::spawn(
             store,
             config.multipart_part_bytes.max(5 << 20),
+            budget_bytes,
             format!("archive-upload-{process}-{worker}"),
             backoff,
         )?;
@@ -808,7 +811,7 @@ impl ArchiveWriter {
             max_file_bytes: config.max_file_bytes,
             max_age_ms: i64::try_from(config.max_file_age_s.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
-            budget_bytes: config.max_file_bytes.saturating_mul(BUFFER_BUDGET_FILES),
+            budget_bytes,
             clock_ms: now_ms,
             buffered_bytes: 0,
             telemetry: Partitions::new(compression, rows),

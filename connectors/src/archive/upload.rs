@@ -1,7 +1,7 @@
 //! The uploader thread: takes rolled partitions from the worker through a queue bounded in
 //! bytes, encodes each (sorting and Parquet, see [`Encode`]) and puts it into the object store
 //! as one object, so the worker neither encodes nor waits on storage I/O (a slow fsync, a
-//! slow S3, an outage) unless [`QUEUE_BYTES`] of rows are already waiting (back-pressure).
+//! slow S3, an outage) unless the queue's bound of rows is already waiting (back-pressure).
 //!
 //! While the writer runs a failed put is retried with exponential backoff until it succeeds:
 //! an outage of the store stalls the queue (and, once it is full, the worker) but loses
@@ -23,15 +23,6 @@ use tokio::sync::Notify;
 
 use super::rows::Dataset;
 use super::{ArchiveError, ArchiveStats};
-
-/// Bytes of rolled rows (the writer's uncompressed size estimate) that may wait for the
-/// uploader; a full queue blocks the worker. Bounds the memory of rolled-but-unwritten files
-/// per writer (one larger file may always wait alone). It is the writer's own budget for open
-/// partitions (twice the default `max_file_bytes`), so that a checkpoint, which rolls them
-/// all, does not wait for their encoding. A replay of many days writes hundreds of small
-/// hourly files, so the bound is in bytes: a count of files would make the worker wait on
-/// every fsync.
-pub(super) const QUEUE_BYTES: u64 = 256 << 20;
 
 /// A failing file is logged at its first failed attempt and then at every this many attempts.
 const LOG_EVERY: u32 = 10;
@@ -80,7 +71,7 @@ pub(super) struct Upload {
     pub(super) path: Path,
     /// Its bytes, once encoded.
     pub(super) encode: Encode,
-    /// Size estimate of its rows, counted against [`QUEUE_BYTES`] while it waits.
+    /// Size estimate of its rows, counted against the queue's bound while it waits.
     pub(super) queued_bytes: u64,
     /// Dataset, for the row counters.
     pub(super) dataset: Dataset,
@@ -108,18 +99,34 @@ pub(super) struct Report {
     pub(super) failures: Vec<Failure>,
 }
 
-/// Bytes queued for the uploader, and a signal when some are published.
-#[derive(Default)]
+/// Bytes of rolled rows (the writer's uncompressed size estimate) queued for the uploader, and
+/// a signal when some are published.
+///
+/// Its bound is the writer's own budget for open partitions, so that a checkpoint, which
+/// rolls them all, does not wait for their encoding; a full queue blocks the worker. It bounds
+/// the memory of rolled-but-unwritten files per writer (one larger file may always wait
+/// alone). A replay of many days writes hundreds of small hourly files, so the bound is in
+/// bytes: a count of files would make the worker wait on every fsync.
 struct Queued {
+    /// The bound.
+    limit: u64,
     bytes: Mutex<u64>,
     published: Condvar,
 }
 
 impl Queued {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            bytes: Mutex::new(0),
+            published: Condvar::new(),
+        }
+    }
+
     /// Waits until `size` more bytes fit (or nothing is queued), then counts them.
     fn reserve(&self, size: u64) {
         let mut bytes = lock(&self.bytes);
-        while *bytes > 0 && *bytes + size > QUEUE_BYTES {
+        while *bytes > 0 && *bytes + size > self.limit {
             bytes = self
                 .published
                 .wait(bytes)
@@ -342,10 +349,12 @@ pub(super) struct Uploader {
 impl Uploader {
     /// Starts the uploader thread `name` with its own current-thread tokio runtime.
     /// Files above `part_bytes` go up as multipart uploads in parts of that size; failed puts
-    /// are retried after `backoff`.
+    /// are retried after `backoff`; rows of at most `queue_bytes` (by the writer's estimate)
+    /// wait in the queue.
     pub(super) fn spawn(
         store: Arc<dyn ObjectStore>,
         part_bytes: usize,
+        queue_bytes: u64,
         name: String,
         backoff: Backoff,
     ) -> Result<Self, ArchiveError> {
@@ -359,7 +368,7 @@ impl Uploader {
             metrics::gauge!("lienwatch_archive_degraded").set(if *failing > 0 { 1.0 } else { 0.0 });
         }
         let (tx, rx) = channel();
-        let queued = Arc::new(Queued::default());
+        let queued = Arc::new(Queued::new(queue_bytes));
         let progress = Arc::new(Progress::default());
         let deadline = Arc::new(Deadline::default());
         let context = Context {
@@ -384,7 +393,7 @@ impl Uploader {
         })
     }
 
-    /// Queues a file; blocks while [`QUEUE_BYTES`] are already waiting.
+    /// Queues a file; blocks while the queue's bound is already waiting.
     pub(super) fn send(&self, upload: Upload) -> Result<(), ArchiveError> {
         let tx = self.tx.as_ref().ok_or(ArchiveError::UploaderGone)?;
         self.queued.reserve(upload.queued_bytes);
@@ -621,6 +630,9 @@ mod tests {
     use object_store::local::LocalFileSystem;
     use object_store::memory::InMemory;
 
+    /// The queue bound of the tests (a writer's default budget).
+    const QUEUE: u64 = 256 << 20;
+
     /// Retries within milliseconds, so tests see many attempts quickly.
     const FAST: Backoff = Backoff {
         first: Duration::from_millis(2),
@@ -646,7 +658,7 @@ mod tests {
         std::fs::write(dir.path().join("alerts"), b"").unwrap();
         let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
         let uploader =
-            Uploader::spawn(Arc::new(store), 5 << 20, "test-blocked".into(), FAST).unwrap();
+            Uploader::spawn(Arc::new(store), 5 << 20, QUEUE, "test-blocked".into(), FAST).unwrap();
         (dir, uploader)
     }
 
@@ -717,7 +729,7 @@ mod tests {
     fn in_memory(name: &str) -> (Arc<InMemory>, Uploader, UploadProgress) {
         let store = Arc::new(InMemory::new());
         let uploader =
-            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, name.into(), FAST).unwrap();
+            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, QUEUE, name.into(), FAST).unwrap();
         let progress = uploader.progress();
         (store, uploader, progress)
     }
@@ -821,8 +833,14 @@ mod tests {
                 rows: 9,
             }
         };
-        let mut uploader =
-            Uploader::spawn(Arc::clone(&store) as _, part, "test-multipart".into(), FAST).unwrap();
+        let mut uploader = Uploader::spawn(
+            Arc::clone(&store) as _,
+            part,
+            QUEUE,
+            "test-multipart".into(),
+            FAST,
+        )
+        .unwrap();
         uploader.send(big("telemetry/big.parquet")).unwrap();
         uploader.send(big("telemetry/big.parquet")).unwrap();
         let report = uploader.finish(Duration::from_secs(5)).unwrap();
@@ -845,7 +863,8 @@ mod tests {
 
     #[test]
     fn queue_admits_by_bytes_and_waits_for_releases() {
-        let queued = Arc::new(Queued::default());
+        const QUEUE_BYTES: u64 = 256 << 20;
+        let queued = Arc::new(Queued::new(QUEUE_BYTES));
         queued.reserve(QUEUE_BYTES + 10);
         assert_eq!(
             *queued.bytes.lock().unwrap(),
