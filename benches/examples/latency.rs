@@ -289,25 +289,14 @@ impl Feed {
     }
 
     /// The next message: (topic, payload, readings, max ts).
-    fn next(&mut self) -> (String, Vec<u8>, u64, Option<i64>) {
+    /// The next message, and how far its `ts` move in event time (a later pass).
+    fn next(&mut self) -> (&Msg, i64) {
         if self.next == self.msgs.len() {
             self.next = 0;
             self.pass += 1;
         }
-        let m = &self.msgs[self.next];
         self.next += 1;
-        let shift = self.pass * self.span_ms;
-        let payload = if shift == 0 {
-            m.payload.clone()
-        } else {
-            shift_ts(&m.payload, shift)
-        };
-        (
-            m.topic.clone(),
-            payload,
-            m.readings,
-            m.max_ts.map(|t| t + shift),
-        )
+        (&self.msgs[self.next - 1], self.pass * self.span_ms)
     }
 }
 
@@ -476,7 +465,9 @@ struct Publisher {
 impl Publisher {
     fn fleet_message(&mut self) -> Result<()> {
         let pass = self.feed.pass;
-        let (topic, mut payload, readings, mut ts) = self.feed.next();
+        let (m, mut shift) = self.feed.next();
+        let (topic, readings) = (m.topic.clone(), m.readings);
+        let mut ts = m.max_ts.map(|t| t + shift);
         if self.wall_clock
             && let Some(t) = ts
         {
@@ -484,10 +475,10 @@ impl Publisher {
             // delivers some late, or twice) keeps its age behind the newest, as a tracker's
             // buffered reading keeps its own time. Stamping it now too would give it an old
             // `seq` with the newest time, which no tracker sends.
-            let (file_ts, moved_ts) = self
-                .newest
-                .entry(topic.clone())
-                .or_insert((i64::MIN, i64::MIN));
+            if !self.newest.contains_key(&topic) {
+                self.newest.insert(topic.clone(), (i64::MIN, i64::MIN));
+            }
+            let (file_ts, moved_ts) = self.newest.get_mut(&topic).expect("inserted above");
             let moved = if t > *file_ts {
                 let now = schemas::time::now_ms().max(moved_ts.saturating_add(1));
                 (*file_ts, *moved_ts) = (t, now);
@@ -495,9 +486,14 @@ impl Publisher {
             } else {
                 *moved_ts - (*file_ts - t)
             };
-            payload = shift_ts(&payload, moved - t);
+            shift += moved - t;
             ts = Some(moved);
         }
+        let payload = if shift == 0 {
+            m.payload.clone()
+        } else {
+            shift_ts(&m.payload, shift)
+        };
         self.client.publish(topic, self.qos, false, payload)?;
         if self.feed.pass != pass {
             // The next pass starts a day after the last one's largest `ts`.
