@@ -183,6 +183,11 @@ impl RiskZoneEnter {
         });
         let horizon = fix.ts_ms - i64::from(rules.history_days) * DAY_MS;
         self.entries.retain(|(_, t)| *t >= horizon);
+        // In-order entries are at accepted fixes, so an entry after the previous one was
+        // raised from late data filling the gap before this fix: the stay it found goes on
+        // with this fix and is not raised again.
+        let gap_from_ms = step.prev.map_or(i64::MIN, |p| p.ts_ms);
+        let known_ms = crate::config::secs_ms(ctx.rules.late_known_window_s);
         for &fence in inside {
             if self.visits.iter().any(|v| v.fence == fence) {
                 continue;
@@ -194,6 +199,12 @@ impl RiskZoneEnter {
                 at: (fix.lat, fix.lon),
                 outside: None,
             });
+            let raised_late = self.entries.iter().any(|&(f, t)| {
+                f == fence && t > gap_from_ms && t <= fix.ts_ms && fix.ts_ms - t <= known_ms
+            });
+            if raised_late {
+                continue;
+            }
             self.entries.push((fence, fix.ts_ms));
             if rules.enabled {
                 self.raise(fence, fix.ts_ms, device_id(fix.device).id, ctx);
@@ -240,6 +251,7 @@ mod tests {
         };
         let mut left = Vec::new();
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
+            let mut prev = None;
             for (i, (lat, inside)) in [
                 (31.1, false),
                 (31.0, true),
@@ -253,16 +265,20 @@ mod tests {
             .into_iter()
             .enumerate()
             {
-                let step = Step::lone(Fix {
-                    ts_ms: i as i64 * 60_000,
-                    lat,
-                    lon: 121.0,
-                    device: 0,
-                    ignition: None,
-                    speed_kmh: None,
-                });
+                let step = Step {
+                    prev,
+                    ..Step::lone(Fix {
+                        ts_ms: i as i64 * 60_000,
+                        lat,
+                        lon: 121.0,
+                        device: 0,
+                        ignition: None,
+                        speed_kmh: None,
+                    })
+                };
                 let inside: Vec<_> = if inside { vec![pawn] } else { vec![] };
                 k.on_step(&step, &inside, dev, ctx, &mut left);
+                prev = Some(step.fix);
             }
         });
         assert_eq!(out.len(), 2);
@@ -306,5 +322,50 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].event_time_ms, 100 * 60_000);
         assert!(out[0].backfill);
+    }
+
+    #[test]
+    fn a_stay_raised_from_late_data_goes_on_with_the_next_in_order_fix() {
+        let rules = RulesConfig::default();
+        let fences = FenceIndex::from_geojson_str(FENCES, "test").unwrap();
+        let pawn = fences.lookup("pawn").unwrap();
+        let dev = |_| Dev {
+            id: "D1",
+            class: DeviceClass::Wired,
+            reports_ignition: true,
+        };
+        let fix = |min: i64, lat: f64| Fix {
+            ts_ms: min * 60_000,
+            lat,
+            lon: 121.0,
+            device: 0,
+            ignition: None,
+            speed_kmh: None,
+        };
+        let step = |prev: i64, at: i64| Step {
+            prev: Some(fix(prev, 31.1)),
+            ..Step::lone(fix(at, 31.0))
+        };
+        // The tracker was offline from minute 10; its buffered fixes (minutes 20, 21) show the
+        // car at the pawn shop, and the first live fix (minute 30) is still there.
+        let run = |live: Step| {
+            let mut k = RiskZoneEnter::default();
+            let mut left = Vec::new();
+            with_ctx(&rules, &fences, &[], None, |ctx| {
+                ctx.backfill = true;
+                k.on_late_fix(&fix(20, 31.0), &[pawn], dev, ctx);
+                k.on_late_fix(&fix(21, 31.0), &[pawn], dev, ctx);
+                ctx.backfill = false;
+                k.on_step(&live, &[pawn], dev, ctx, &mut left);
+            })
+        };
+        let out = run(step(10, 30));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].backfill);
+        // A live fix after the late ones' gap is a visit of its own.
+        let out = run(step(25, 30));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[1].event_time_ms, 30 * 60_000);
+        assert!(!out[1].backfill);
     }
 }
