@@ -3,6 +3,8 @@
 # `lienwatch run` (release, 2 workers, all rules, alerts to Kafka, archive to S3) beside a bare
 # subscriber (mosquitto_sub) on the same broker, in the same run, driven by
 # benches/examples/latency.rs:
+#   0. warm-up (WARMUP_S > 0): WARMUP_RATE msg/s, paced, so that every device has been seen
+#      before the measured phases (a device's first reading waits out the reorder window);
 #   1. max phase: the fleet published as fast as the broker takes it for MAX_S seconds;
 #      messages/s and readings/s of the publisher, the bare subscriber and lienwatch;
 #   2. latency phase: DURATION seconds at half the rate lienwatch reached in phase 1 (or RATE
@@ -15,7 +17,7 @@
 # The broker is a Mosquitto of its own on 127.0.0.1:18831 with unbounded queues, so a slower
 # subscriber is measured rather than dropped from. Needs scripts/services (Kafka, S3).
 #
-# Usage: [MAX_S=20] [DURATION=60] [RATE=0] [PROBES=50] [EPOCH_MS=100] [REORDER_S=120]
+# Usage: [WARMUP_S=0] [WARMUP_RATE=5000] [MAX_S=20] [DURATION=60] [RATE=0] [PROBES=50] [EPOCH_MS=100] [REORDER_S=120]
 #        [LINGER_MS=5] [DURABLE=true] [CHECKPOINT_S=30] [WALL_CLOCK=false] benches/latency.sh [QOS] [BATCH] [VEHICLES] [DAYS]
 #        (defaults: QoS 1, 1 reading per message, a fleet of 1000 vehicles x 7 days; BATCH N
 #        sends N readings of one device per message; EPOCH_MS, REORDER_S and LINGER_MS set
@@ -57,7 +59,7 @@ start_service "$BIN" "$WORK" "$ID" "$PORT" "$HTTP" "$QOS"
 echo "QoS $QOS, batch $BATCH, epoch_ms ${EPOCH_MS:-100}, reorder_window_s ${REORDER_S:-120}, linger.ms ${LINGER_MS:-5}, durability ${DURABLE:-true}, wall clock ${WALL_CLOCK:-false}; $(uptime)"
 target/release/examples/latency --fleet "$FLEET" --mqtt "127.0.0.1:$PORT" --prefix bench \
     --qos "$QOS" --batch "$BATCH" --metrics "$HTTP" --alerts-topic "$TOPIC" \
-    --max-s "${MAX_S:-20}" --duration "${DURATION:-60}" --rate "${RATE:-0}" --probes "${PROBES:-50}" \
+    --warmup-s "${WARMUP_S:-0}" --warmup-rate "${WARMUP_RATE:-5000}" --max-s "${MAX_S:-20}" --duration "${DURATION:-60}" --rate "${RATE:-0}" --probes "${PROBES:-50}" \
     --wall-clock "${WALL_CLOCK:-false}"
 echo "after: $(uptime)"
 kill -TERM "$RUN"; wait "$RUN" || true; RUN=""

@@ -16,14 +16,18 @@
 //!    go out as they are;
 //! 2. starts a bare subscriber (`mosquitto_sub`, its output counted line by line) on the same
 //!    topics and a Kafka consumer of the alerts topic;
-//! 3. **max phase** (`--max-s`): publishes as fast as the broker takes it; reports messages/s
+//! 3. **warm-up** (`--warmup-s`, 0 = none): publishes at `--warmup-rate` messages/s, paced, so
+//!    that every device has been seen before the measured phases (with wall-clock time a
+//!    device's first reading, and so all its readings behind it, waits out the reorder
+//!    window: a fleet's start, not its steady state); reported like the others;
+//! 4. **max phase** (`--max-s`): publishes as fast as the broker takes it; reports messages/s
 //!    and readings/s of the publisher, of the bare subscriber and of lienwatch (its
 //!    `lienwatch_messages_total` / `lienwatch_readings_total` from `/metrics`), each from the
 //!    first publish to the last message in;
-//! 4. **latency phase** (`--duration`): once both subscribers caught up, publishes at `--rate`
+//! 5. **latency phase** (`--duration`): once both subscribers caught up, publishes at `--rate`
 //!    messages/s (0 = half the rate lienwatch reached in the max phase), paced, the file
 //!    continuing where the max phase stopped;
-//! 5. in both phases, `--probes` times a second, a **probe**: a reading of device `lw-probe`
+//! 6. in every phase, `--probes` times a second, a **probe**: a reading of device `lw-probe`
 //!    (unregistered) with alarm `tamper`, then one without, so every probe raises one
 //!    `device_tamper` instant alert (edge-triggered, SPEC §4). Its `ts` is 1 ms after the
 //!    largest event time published so far, so it is released as soon as the rest of the
@@ -68,6 +72,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 /// The probe device: unregistered, so its vehicle is itself.
 const PROBE_DEVICE: &str = "lw-probe";
 
+/// The warm-up phase's index (its histogram's), after the max (0) and latency (1) phases.
+const WARM_UP: usize = 2;
+
 /// No event time published yet.
 const NO_TS: i64 = i64::MIN / 2;
 
@@ -85,6 +92,8 @@ struct Args {
     metrics: String,
     kafka: String,
     alerts_topic: String,
+    warmup_s: f64,
+    warmup_rate: f64,
     max_s: f64,
     rate: f64,
     duration_s: f64,
@@ -103,6 +112,8 @@ impl Args {
             metrics: "127.0.0.1:19470".into(),
             kafka: "127.0.0.1:9092".into(),
             alerts_topic: "lienwatch.alerts".into(),
+            warmup_s: 0.0,
+            warmup_rate: 5000.0,
             max_s: 20.0,
             rate: 0.0,
             duration_s: 60.0,
@@ -123,6 +134,8 @@ impl Args {
                 "--metrics" => a.metrics = value,
                 "--kafka" => a.kafka = value,
                 "--alerts-topic" => a.alerts_topic = value,
+                "--warmup-s" => a.warmup_s = value.parse()?,
+                "--warmup-rate" => a.warmup_rate = value.parse()?,
                 "--max-s" => a.max_s = value.parse()?,
                 "--rate" => a.rate = value.parse()?,
                 "--duration" => a.duration_s = value.parse()?,
@@ -361,8 +374,8 @@ fn bare_subscriber(args: &Args, count: Arc<AtomicU64>) -> Result<Child> {
 /// Probes published and not yet matched: `ts` → (published at, phase).
 type Pending = Arc<Mutex<HashMap<i64, (Instant, usize)>>>;
 
-/// Latencies of the two phases, in µs.
-type Hists = Arc<Mutex<[Histogram<u64>; 2]>>;
+/// Latencies of the max, latency and warm-up phases, in µs.
+type Hists = Arc<Mutex<[Histogram<u64>; 3]>>;
 
 /// Reads the alerts topic from its start and matches `device_tamper` alerts of the probe
 /// device to their probes.
@@ -619,6 +632,7 @@ fn main() -> Result<()> {
     let hists: Hists = Arc::new(Mutex::new([
         Histogram::new_with_bounds(1, 600_000_000, 3)?,
         Histogram::new_with_bounds(1, 600_000_000, 3)?,
+        Histogram::new_with_bounds(1, 600_000_000, 3)?,
     ]));
     let stop = Arc::new(AtomicBool::new(false));
     alert_consumer(
@@ -678,6 +692,24 @@ fn main() -> Result<()> {
         pending: &pending,
         hists: &hists,
     };
+
+    // Warm-up: every device has been seen (its first reading waits out the reorder window)
+    // before the measured phases.
+    if args.warmup_s > 0.0 {
+        watch.phase(
+            &mut p,
+            WARM_UP,
+            args.warmup_s,
+            args.warmup_rate,
+            args.probes_per_s,
+            |n, r, probes| {
+                format!(
+                    "warm-up: {n} messages ({r} readings, {probes} probes) at {} msg/s offered",
+                    args.warmup_rate
+                )
+            },
+        )?;
+    }
 
     // Max phase.
     let mut max_rate = 0.0;
@@ -789,10 +821,10 @@ impl Watch<'_> {
             m.readings - before.readings,
             m.late - before.late
         );
-        let label = if index == 0 {
-            "  max phase"
-        } else {
-            "  latency phase"
+        let label = match index {
+            0 => "  max phase",
+            1 => "  latency phase",
+            _ => "  warm-up",
         };
         report_latency(label, self.hists, index, &before, &m);
         Ok(n as f64 / tr)
