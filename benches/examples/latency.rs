@@ -51,7 +51,7 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -152,6 +152,7 @@ impl Args {
 }
 
 /// One MQTT message of the fleet.
+#[derive(Default)]
 struct Msg {
     topic: String,
     payload: Vec<u8>,
@@ -159,12 +160,18 @@ struct Msg {
     readings: u64,
     /// The largest integer or RFC 3339 `ts` in it.
     max_ts: Option<i64>,
+    /// The smallest and largest integer `seq` in it.
+    seq: Option<(u64, u64)>,
+    /// How far its device's `seq` move on each later pass: the span of the device's `seq` in
+    /// the file, so that a pass continues the sequence where the last one ended.
+    seq_span: u64,
 }
 
 #[derive(Deserialize)]
 struct Head {
     device_id: Option<String>,
     ts: Option<serde_json::Value>,
+    seq: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +189,23 @@ fn ts_of(h: &Head) -> Option<i64> {
     }
 }
 
+/// The smallest and largest integer `seq` of `heads`.
+fn seq_range<'a>(heads: impl IntoIterator<Item = &'a Head>) -> Option<(u64, u64)> {
+    heads
+        .into_iter()
+        .filter_map(|h| h.seq.as_ref()?.as_u64())
+        .fold(None, |r, s| {
+            Some(r.map_or((s, s), |(lo, hi)| (s.min(lo), s.max(hi))))
+        })
+}
+
+fn widen(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match (a, b) {
+        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+        (a, b) => a.or(b),
+    }
+}
+
 fn topic_device(id: Option<&str>) -> &str {
     id.filter(|d| !d.contains(['/', '+', '#', '\0']))
         .unwrap_or_default()
@@ -192,7 +216,8 @@ fn topic_device(id: Option<&str>) -> &str {
 fn load(path: &str, prefix: &str, batch: usize) -> Result<Vec<Msg>> {
     let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
     let mut out = Vec::new();
-    let mut open: HashMap<String, (Vec<u8>, u64, Option<i64>)> = HashMap::new();
+    // Batches being gathered, by device.
+    let mut open: HashMap<String, Msg> = HashMap::new();
     for line in BufReader::with_capacity(1 << 20, file).split(b'\n') {
         let line = line?;
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -202,25 +227,27 @@ fn load(path: &str, prefix: &str, batch: usize) -> Result<Vec<Msg>> {
             Ok(Payload::One(h)) if batch > 1 && h.device_id.is_some() => {
                 let ts = ts_of(&h);
                 let device = topic_device(h.device_id.as_deref()).to_owned();
-                let entry = open.entry(device.clone()).or_default();
-                entry.0.push(if entry.1 == 0 { b'[' } else { b',' });
-                entry.0.extend_from_slice(&line);
-                entry.1 += 1;
-                entry.2 = entry.2.max(ts);
-                if entry.1 as usize >= batch {
-                    let (mut payload, readings, max_ts) = open.remove(&device).unwrap_or_default();
-                    payload.push(b']');
-                    out.push(Msg {
-                        topic: format!("{prefix}/{device}"),
-                        payload,
-                        readings,
-                        max_ts,
-                    });
+                let m = open.entry(device.clone()).or_insert_with(|| Msg {
+                    topic: format!("{prefix}/{device}"),
+                    ..Msg::default()
+                });
+                m.payload.push(if m.readings == 0 { b'[' } else { b',' });
+                m.payload.extend_from_slice(&line);
+                m.readings += 1;
+                m.max_ts = m.max_ts.max(ts);
+                m.seq = widen(m.seq, seq_range([&h]));
+                if m.readings as usize >= batch
+                    && let Some(mut m) = open.remove(&device)
+                {
+                    m.payload.push(b']');
+                    out.push(m);
                 }
             }
             Ok(Payload::One(h)) => out.push(Msg {
                 topic: format!("{prefix}/{}", topic_device(h.device_id.as_deref())),
                 max_ts: ts_of(&h),
+                seq: seq_range([&h]),
+                seq_span: 0,
                 payload: line,
                 readings: 1,
             }),
@@ -230,6 +257,8 @@ fn load(path: &str, prefix: &str, batch: usize) -> Result<Vec<Msg>> {
                     topic_device(b.first().and_then(|h| h.device_id.as_deref()))
                 ),
                 max_ts: b.iter().filter_map(ts_of).max(),
+                seq: seq_range(&b),
+                seq_span: 0,
                 readings: b.len() as u64,
                 payload: line,
             }),
@@ -238,30 +267,46 @@ fn load(path: &str, prefix: &str, batch: usize) -> Result<Vec<Msg>> {
                 payload: line,
                 readings: 1,
                 max_ts: None,
+                seq: None,
+                seq_span: 0,
             }),
         }
     }
     let mut rest: Vec<_> = open.into_iter().collect();
     rest.sort_by(|a, b| a.0.cmp(&b.0));
-    for (device, (mut payload, readings, max_ts)) in rest {
-        payload.push(b']');
-        out.push(Msg {
-            topic: format!("{prefix}/{device}"),
-            payload,
-            readings,
-            max_ts,
-        });
+    for (_, mut m) in rest {
+        m.payload.push(b']');
+        out.push(m);
+    }
+    let mut ranges: HashMap<&str, (u64, u64)> = HashMap::new();
+    for m in &out {
+        if let Some(r) = m.seq {
+            let range = ranges.entry(&m.topic).or_insert(r);
+            *range = (range.0.min(r.0), range.1.max(r.1));
+        }
+    }
+    let spans: HashMap<String, u64> = ranges
+        .into_iter()
+        .map(|(topic, (lo, hi))| (topic.to_owned(), hi - lo + 1))
+        .collect();
+    for m in &mut out {
+        m.seq_span = spans.get(&m.topic).copied().unwrap_or(0);
     }
     Ok(out)
 }
 
-/// `payload` with every integer `"ts":N` moved by `shift_ms` (a later pass over the file).
-fn shift_ts(payload: &[u8], shift_ms: i64) -> Vec<u8> {
-    const KEY: &[u8] = b"\"ts\":";
+/// `payload` with every integer `"<key>":N` moved by `shift` (`ts` and `seq` of a later pass
+/// over the file, `ts` to the wall clock).
+fn shift_ints(payload: &[u8], key: &str, shift: i64) -> Vec<u8> {
+    if shift == 0 {
+        return payload.to_vec();
+    }
+    let key = format!("\"{key}\":");
+    let key = key.as_bytes();
     let mut out = Vec::with_capacity(payload.len() + 8);
     let mut rest = payload;
-    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
-        let start = at + KEY.len();
+    while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+        let start = at + key.len();
         out.extend_from_slice(&rest[..start]);
         let digits = rest[start..]
             .iter()
@@ -271,13 +316,51 @@ fn shift_ts(payload: &[u8], shift_ms: i64) -> Vec<u8> {
             .ok()
             .and_then(|s| s.parse::<i64>().ok());
         match n {
-            Some(n) => out.extend_from_slice((n + shift_ms).to_string().as_bytes()),
+            Some(n) => out.extend_from_slice((n + shift).to_string().as_bytes()),
             None => out.extend_from_slice(&rest[start..start + digits]),
         }
         rest = &rest[start + digits..];
     }
     out.extend_from_slice(rest);
     out
+}
+
+/// Recent stamps kept per device for [`wall_clock_ts`]: more than the file's reordering spans.
+const STAMPS_KEPT: usize = 64;
+
+/// The wall-clock `ts` of a message of a device whose largest `ts` in the file is `t`, given
+/// the device's recent `stamps` (file `ts`, moved `ts`) of messages that were its newest.
+/// A message newer than the device's newest is stamped `now`. An older one (the file delivers
+/// some out of order, late, or twice) goes where it was among its device's messages: between
+/// the two it falls between, in proportion, so that neighbours the file swapped keep their
+/// order, as a tracker's own times would; one older than every kept stamp keeps its age
+/// behind the oldest (a back-filled upload). Stamping it now would give it an old `seq` with
+/// the newest time, which no tracker sends, and make it wait out the reorder window.
+fn wall_clock_ts(stamps: &mut VecDeque<(i64, i64)>, t: i64, now: i64) -> i64 {
+    match stamps.back() {
+        Some(&(newest, _)) if t <= newest => {
+            let after = stamps.partition_point(|&(f, _)| f <= t);
+            let Some(&(f0, m0)) = after.checked_sub(1).and_then(|i| stamps.get(i)) else {
+                let (f1, m1) = stamps[0];
+                return m1 - (f1 - t);
+            };
+            match stamps.get(after) {
+                Some(&(f1, m1)) if f0 < t => {
+                    let part = i128::from(t - f0) * i128::from(m1 - m0) / i128::from(f1 - f0);
+                    m0 + part as i64
+                }
+                _ => m0,
+            }
+        }
+        last => {
+            let moved = now.max(last.map_or(i64::MIN, |&(_, m)| m.saturating_add(1)));
+            if stamps.len() == STAMPS_KEPT {
+                stamps.pop_front();
+            }
+            stamps.push_back((t, moved));
+            moved
+        }
+    }
 }
 
 /// The fleet as an endless stream: passes after the first are shifted in event time.
@@ -301,15 +384,15 @@ impl Feed {
         }
     }
 
-    /// The next message: (topic, payload, readings, max ts).
-    /// The next message, and how far its `ts` move in event time (a later pass).
-    fn next(&mut self) -> (&Msg, i64) {
+    /// The next message, and how far its `ts` and its `seq` move (a later pass).
+    fn next(&mut self) -> (&Msg, i64, i64) {
         if self.next == self.msgs.len() {
             self.next = 0;
             self.pass += 1;
         }
         self.next += 1;
-        (&self.msgs[self.next - 1], self.pass * self.span_ms)
+        let m = &self.msgs[self.next - 1];
+        (m, self.pass * self.span_ms, self.pass * m.seq_span as i64)
     }
 }
 
@@ -460,9 +543,9 @@ struct Publisher {
     feed: Feed,
     /// `ts` moved to the wall clock of the publish.
     wall_clock: bool,
-    /// With `wall_clock`, per topic (device): the file's and the moved `ts` of its newest
-    /// message so far.
-    newest: HashMap<String, (i64, i64)>,
+    /// With `wall_clock`, per topic (device): the file's and the moved `ts` of its last
+    /// `STAMPS_KEPT` messages that were its newest, oldest first.
+    stamps: HashMap<String, VecDeque<(i64, i64)>>,
     /// Largest event time published.
     max_ts: i64,
     last_probe_ts: i64,
@@ -478,35 +561,21 @@ struct Publisher {
 impl Publisher {
     fn fleet_message(&mut self) -> Result<()> {
         let pass = self.feed.pass;
-        let (m, mut shift) = self.feed.next();
+        let (m, mut shift, seq_shift) = self.feed.next();
         let (topic, readings) = (m.topic.clone(), m.readings);
         let mut ts = m.max_ts.map(|t| t + shift);
         if self.wall_clock
             && let Some(t) = ts
         {
-            // A message newer than its device's newest is stamped now; an older one (the file
-            // delivers some late, or twice) keeps its age behind the newest, as a tracker's
-            // buffered reading keeps its own time. Stamping it now too would give it an old
-            // `seq` with the newest time, which no tracker sends.
-            if !self.newest.contains_key(&topic) {
-                self.newest.insert(topic.clone(), (i64::MIN, i64::MIN));
+            if !self.stamps.contains_key(&topic) {
+                self.stamps.insert(topic.clone(), VecDeque::new());
             }
-            let (file_ts, moved_ts) = self.newest.get_mut(&topic).expect("inserted above");
-            let moved = if t > *file_ts {
-                let now = schemas::time::now_ms().max(moved_ts.saturating_add(1));
-                (*file_ts, *moved_ts) = (t, now);
-                now
-            } else {
-                *moved_ts - (*file_ts - t)
-            };
+            let stamps = self.stamps.get_mut(&topic).expect("inserted above");
+            let moved = wall_clock_ts(stamps, t, schemas::time::now_ms());
             shift += moved - t;
             ts = Some(moved);
         }
-        let payload = if shift == 0 {
-            m.payload.clone()
-        } else {
-            shift_ts(&m.payload, shift)
-        };
+        let payload = shift_ints(&shift_ints(&m.payload, "ts", shift), "seq", seq_shift);
         self.client.publish(topic, self.qos, false, payload)?;
         if self.feed.pass != pass {
             // The next pass starts a day after the last one's largest `ts`.
@@ -675,7 +744,7 @@ fn main() -> Result<()> {
         prefix: args.prefix.clone(),
         feed: Feed::new(msgs),
         wall_clock: args.wall_clock,
-        newest: HashMap::new(),
+        stamps: HashMap::new(),
         max_ts: NO_TS,
         last_probe_ts: NO_TS,
         probe_seq: 0,
