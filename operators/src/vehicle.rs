@@ -150,6 +150,9 @@ struct DeviceState {
     device_id: Box<str>,
     class: DeviceClass,
     dedup: Dedup,
+    /// Readings waiting for the pipeline clock, in release order: by event time, then input
+    /// order. Kept sorted as they come (nearly always at the end), so the clock's every
+    /// epoch finds what is due without sorting.
     buffer: Vec<Record>,
     /// The two largest event times received, largest first (`i64::MIN` = none yet).
     newest: [i64; 2],
@@ -315,6 +318,11 @@ pub struct VehicleState {
     buffered: u32,
 }
 
+/// The order buffered readings are released in: event time, then input order.
+fn release_key(r: &Record) -> (i64, u64) {
+    (r.reading.ts_ms, r.ingest_seq)
+}
+
 fn make_ctx<'a>(
     vehicle_id: &'a str,
     profile: &'a Profile,
@@ -397,6 +405,14 @@ impl VehicleState {
         self.baseline.has_revisions()
     }
 
+    /// Puts the reorder buffers in release order (a restored snapshot's may not be: earlier
+    /// builds kept them in arrival order).
+    pub(crate) fn order_buffers(&mut self) {
+        for device in &mut self.devices {
+            device.buffer.sort_by_key(release_key);
+        }
+    }
+
     /// Whether readings wait in the reorder buffers.
     pub fn has_buffered(&self) -> bool {
         self.buffered > 0
@@ -466,7 +482,13 @@ impl VehicleState {
             return Arrival::Processed;
         }
         if !late {
-            device.buffer.push(record);
+            let key = release_key(&record);
+            if device.buffer.last().is_none_or(|b| release_key(b) <= key) {
+                device.buffer.push(record);
+            } else {
+                let at = device.buffer.partition_point(|b| release_key(b) <= key);
+                device.buffer.insert(at, record);
+            }
             self.buffered += 1;
             if one_device && self.release_in_sequence(env, out) {
                 return Arrival::Processed;
@@ -526,12 +548,7 @@ impl VehicleState {
         let mut processed = false;
         loop {
             let device = &mut self.devices[0];
-            let Some((i, record)) = device
-                .buffer
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, r)| (r.reading.ts_ms, r.ingest_seq))
-            else {
+            let Some(record) = device.buffer.first() else {
                 // An idle vehicle keeps no room for the next drive's readings.
                 device.buffer = Vec::new();
                 return processed;
@@ -541,7 +558,7 @@ impl VehicleState {
             {
                 return processed;
             }
-            let record = device.buffer.swap_remove(i);
+            let record = device.buffer.remove(0);
             self.buffered -= 1;
             self.fire_timers_until(record.reading.ts_ms, false, env, out);
             self.process(0, &record, env, out);
@@ -591,14 +608,12 @@ impl VehicleState {
         let mut ready: Vec<(usize, Record)> = Vec::new();
         for (d, device) in self.devices.iter_mut().enumerate() {
             let due = match clock_ms {
-                Some(c) => {
-                    device
-                        .buffer
-                        .sort_unstable_by_key(|r| (r.reading.ts_ms, r.ingest_seq));
-                    device.buffer.partition_point(|r| r.reading.ts_ms <= c)
-                }
+                Some(c) => device.buffer.partition_point(|r| r.reading.ts_ms <= c),
                 None => device.buffer.len(),
             };
+            if due == 0 {
+                continue;
+            }
             ready.extend(device.buffer.drain(..due).map(|r| (d, r)));
             if device.buffer.is_empty() {
                 // An idle vehicle keeps no room for the next drive's readings.
@@ -606,7 +621,7 @@ impl VehicleState {
             }
         }
         self.buffered -= u32::try_from(ready.len()).expect("the buffered readings are counted");
-        ready.sort_by_key(|(_, r)| (r.reading.ts_ms, r.ingest_seq));
+        ready.sort_by_key(|(_, r)| release_key(r));
         for (d, record) in ready {
             self.fire_timers_until(record.reading.ts_ms, false, env, out);
             let device = &self.devices[d];

@@ -112,18 +112,22 @@ impl Checkpointer {
         let vins_to = Arc::clone(self);
         Checkpoints {
             barrier: self.barrier(after_epoch),
-            fleet: Box::new(move |epoch, fleet: &Fleet| match fleet.snapshot() {
-                Ok(bytes) => fleet_to.state_part(worker, epoch, "fleet", bytes),
-                Err(e) => {
-                    tracing::error!(error = %e, epoch, "fleet state not serializable; checkpoint skipped")
-                }
-            }),
-            vins: Box::new(move |epoch, index: &VinIndex| match index.snapshot() {
-                Ok(bytes) => vins_to.state_part(worker, epoch, "vins", bytes),
-                Err(e) => {
-                    tracing::error!(error = %e, epoch, "VIN index not serializable; checkpoint skipped")
-                }
-            }),
+            fleet: Box::new(
+                move |epoch, fleet: &Fleet| match paused(|| fleet.snapshot()) {
+                    Ok(bytes) => fleet_to.state_part(worker, epoch, "fleet", bytes),
+                    Err(e) => {
+                        tracing::error!(error = %e, epoch, "fleet state not serializable; checkpoint skipped")
+                    }
+                },
+            ),
+            vins: Box::new(
+                move |epoch, index: &VinIndex| match paused(|| index.snapshot()) {
+                    Ok(bytes) => vins_to.state_part(worker, epoch, "vins", bytes),
+                    Err(e) => {
+                        tracing::error!(error = %e, epoch, "VIN index not serializable; checkpoint skipped")
+                    }
+                },
+            ),
         }
     }
 
@@ -299,6 +303,15 @@ impl Checkpointer {
             }
         }
     }
+}
+
+/// Runs a worker's snapshot, recording how long the worker stood still for it.
+fn paused<T>(snapshot: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let out = snapshot();
+    metrics::histogram!("lienwatch_checkpoint_pause_seconds")
+        .record(started.elapsed().as_secs_f64());
+    out
 }
 
 /// A complete checkpoint read back at start.
