@@ -11,6 +11,7 @@
 #      msg/s), paced; PROBES tamper readings a second, each raising one `device_tamper`
 #      alert; (alert read from Kafka - probe published) in an HDR histogram: p50/p99/p99.9/max
 #      (printed for phase 1 too, i.e. at the maximum rate).
+# Every probe's publish time and latency go to $WORK/probes.tsv (when were the slow ones?).
 # One process of each for the whole run (~MAX_S + DURATION + 30 s, plus the fleet's simulation
 # the first time).
 #
@@ -60,7 +61,7 @@ echo "QoS $QOS, batch $BATCH, epoch_ms ${EPOCH_MS:-100}, reorder_window_s ${REOR
 target/release/examples/latency --fleet "$FLEET" --mqtt "127.0.0.1:$PORT" --prefix bench \
     --qos "$QOS" --batch "$BATCH" --metrics "$HTTP" --alerts-topic "$TOPIC" \
     --warmup-s "${WARMUP_S:-0}" --warmup-rate "${WARMUP_RATE:-5000}" --max-s "${MAX_S:-20}" --duration "${DURATION:-60}" --rate "${RATE:-0}" --probes "${PROBES:-50}" \
-    --wall-clock "${WALL_CLOCK:-false}"
+    --wall-clock "${WALL_CLOCK:-false}" --trace "$WORK/probes.tsv"
 echo "after: $(uptime)"
 kill -TERM "$RUN"; wait "$RUN" || true; RUN=""
 tail -6 "$WORK/run.out"

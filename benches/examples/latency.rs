@@ -36,6 +36,9 @@
 //!    p50/p99/p99.9/max per phase are printed, with the service's own
 //!    `lienwatch_ingest_latency_seconds` mean (MQTT receipt → leaving the rules) beside it.
 //!
+//! `--trace FILE` also writes every probe as a line (phase: 0 max, 1 latency, 2 warm-up;
+//! publish time, epoch ms; latency, ms), to see when the slow ones were.
+//!
 //! Event time runs much faster than wall time here (a recorded fleet replayed at thousands of
 //! messages per second), so the 120-s reorder window is passed in tens of milliseconds of
 //! wall time (1000 vehicles send about 360 messages in 120 s of event time: 36 ms at 10 k
@@ -99,6 +102,7 @@ struct Args {
     duration_s: f64,
     probes_per_s: f64,
     wall_clock: bool,
+    trace: Option<String>,
 }
 
 impl Args {
@@ -119,6 +123,7 @@ impl Args {
             duration_s: 60.0,
             probes_per_s: 50.0,
             wall_clock: false,
+            trace: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(key) = it.next() {
@@ -141,6 +146,7 @@ impl Args {
                 "--duration" => a.duration_s = value.parse()?,
                 "--probes" => a.probes_per_s = value.parse()?,
                 "--wall-clock" => a.wall_clock = value.parse()?,
+                "--trace" => a.trace = Some(value),
                 _ => return Err(format!("unknown option {key}").into()),
             }
         }
@@ -480,6 +486,16 @@ fn alert_consumer(
         .set("session.timeout.ms", "6000")
         .create()?;
     let topic = args.alerts_topic.clone();
+    let mut trace = match &args.trace {
+        Some(path) => {
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?,
+            );
+            writeln!(file, "phase\tpublished_ms\tlatency_ms")?;
+            Some(file)
+        }
+        None => None,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let partitions = loop {
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
@@ -527,6 +543,13 @@ fn alert_consumer(
                 .remove(&ts);
             if let Some((published, phase)) = probe {
                 let us = at.duration_since(published).as_micros() as u64;
+                if let Some(trace) = trace.as_mut() {
+                    let at_ms = schemas::time::now_ms() - (us / 1000) as i64;
+                    // A lost trace line loses nothing measured: the histogram has the probe.
+                    // (The thread is not joined: each line goes out at once.)
+                    let _ = writeln!(trace, "{phase}\t{at_ms}\t{:.1}", us as f64 / 1000.0)
+                        .and_then(|()| trace.flush());
+                }
                 hists.lock().unwrap_or_else(PoisonError::into_inner)[phase]
                     .saturating_record(us.max(1));
             }
