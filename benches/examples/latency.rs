@@ -45,12 +45,16 @@
 //! messages/s); with a live fleet whose `ts` follow the wall clock it adds
 //! `rules.reorder_window_s` to every alert. `--wall-clock true` shows that: every message's
 //! `ts` (a batch's, all moved alike) is moved to the wall-clock time of its publish, as a
-//! live fleet would send them (a message the file delivers late or twice keeps its age behind
-//! its device's newest message), and the probes' too (the probes of the phase's last window
-//! are then released only by the idle clock, after the run, and counted as without alert).
+//! live fleet would send them (a message the file delivers out of order goes between the two
+//! it falls between, a late one keeps its age: `wall_clock_ts`), and the probes' too (the
+//! probes of the phase's last window are then released only by the idle clock, after the run,
+//! and counted as without alert). It squeezes each device's file into minutes: a fleet of
+//! many vehicles over one day (`latency.sh 1 1 20000 1`) keeps a device's message rate nearer
+//! a live one.
 //!
 //! When the file runs out it is published again with every integer `ts` moved past the end
-//! of the previous pass (the count of passes is printed).
+//! of the previous pass and every `seq` moved by its device's span in the file, so that each
+//! device's sequence goes on (the count of passes is printed).
 
 #![allow(clippy::print_stdout)]
 
@@ -331,7 +335,7 @@ fn shift_ints(payload: &[u8], key: &str, shift: i64) -> Vec<u8> {
     out
 }
 
-/// Recent stamps kept per device for [`wall_clock_ts`]: more than the file's reordering spans.
+/// Recent stamps kept per device for `wall_clock_ts`: more than the file's reordering spans.
 const STAMPS_KEPT: usize = 64;
 
 /// The wall-clock `ts` of a message of a device whose largest `ts` in the file is `t`, given
