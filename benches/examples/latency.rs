@@ -36,8 +36,10 @@
 //!    p50/p99/p99.9/max per phase are printed, with the service's own
 //!    `lienwatch_ingest_latency_seconds` mean (MQTT receipt → leaving the rules) beside it.
 //!
-//! `--trace FILE` also writes every probe as a line (phase: 0 max, 1 latency, 2 warm-up;
-//! publish time, epoch ms; latency, ms), to see when the slow ones were.
+//! `--trace FILE` also writes every probe as a line (phase: 0 max, 1 latency, 2 warm-up, 3 the
+//! unmeasured probe that ends each phase; publish time, epoch ms; latency, ms), to see when
+//! the slow ones were. A phase ends once that last probe's alert is back, so the next one
+//! starts on a service that has processed everything before it, not merely received it.
 //!
 //! Event time runs much faster than wall time here (a recorded fleet replayed at thousands of
 //! messages per second), so the 120-s reorder window is passed in tens of milliseconds of
@@ -81,6 +83,9 @@ const PROBE_DEVICE: &str = "lw-probe";
 
 /// The warm-up phase's index (its histogram's), after the max (0) and latency (1) phases.
 const WARM_UP: usize = 2;
+
+/// The index of the unmeasured probe that ends each phase (no histogram).
+const DRAIN: usize = 3;
 
 /// No event time published yet.
 const NO_TS: i64 = i64::MIN / 2;
@@ -554,8 +559,13 @@ fn alert_consumer(
                     let _ = writeln!(trace, "{phase}\t{at_ms}\t{:.1}", us as f64 / 1000.0)
                         .and_then(|()| trace.flush());
                 }
-                hists.lock().unwrap_or_else(PoisonError::into_inner)[phase]
-                    .saturating_record(us.max(1));
+                if let Some(h) = hists
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_mut(phase)
+                {
+                    h.saturating_record(us.max(1));
+                }
             }
         }
     });
@@ -923,6 +933,23 @@ impl Watch<'_> {
             _ => "  warm-up",
         };
         report_latency(label, self.hists, index, &before, &m);
+        // The next phase starts on a service that has processed this one (the wait above is
+        // for its intake): one more probe, not measured, comes back once everything before
+        // it has gone through the rules.
+        let drain = Instant::now();
+        p.probe(DRAIN)?;
+        let drained = wait_until(catch_up, || {
+            !self
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .any(|&(_, phase)| phase == DRAIN)
+        });
+        println!(
+            "  processed {:.2} s after the last message in",
+            drained.map_or(f64::NAN, |t| (t - drain).as_secs_f64())
+        );
         Ok(n as f64 / tr)
     }
 }
