@@ -30,8 +30,8 @@
 //! 6. in every phase, `--probes` times a second, a **probe**: a reading of device `lw-probe`
 //!    (unregistered) with alarm `tamper`, then one without, so every probe raises one
 //!    `device_tamper` instant alert (edge-triggered, SPEC §4). Its `ts` is 1 ms after the
-//!    largest event time published so far, so it is released as soon as the rest of the
-//!    fleet pushes the pipeline clock past it. The alert is matched to its probe by
+//!    largest event time published so far and its `seq` follows the probe device's last, so
+//!    the service processes it as it comes (the in-order fast path). The alert is matched to its probe by
 //!    `event_time` and (received from Kafka − published) goes into an HDR histogram (µs);
 //!    p50/p99/p99.9/max per phase are printed, with the service's own
 //!    `lienwatch_ingest_latency_seconds` mean (MQTT receipt → leaving the rules) beside it.
@@ -48,11 +48,9 @@
 //! `rules.reorder_window_s` to every alert. `--wall-clock true` shows that: every message's
 //! `ts` (a batch's, all moved alike) is moved to the wall-clock time of its publish, as a
 //! live fleet would send them (a message the file delivers out of order goes between the two
-//! it falls between, a late one keeps its age: `wall_clock_ts`), and the probes' too (the
-//! probes of the phase's last window are then released only by the idle clock, after the run,
-//! and counted as without alert). It squeezes each device's file into minutes: a fleet of
-//! many vehicles over one day (`latency.sh 1 1 20000 1`) keeps a device's message rate nearer
-//! a live one.
+//! it falls between, a late one keeps its age: `wall_clock_ts`), and the probes' too. It
+//! squeezes each device's file into minutes: a fleet of many vehicles over one day
+//! (`latency.sh 1 1 20000 1`) keeps a device's message rate nearer a live one.
 //!
 //! When the file runs out it is published again with every integer `ts` moved past the end
 //! of the previous pass and every `seq` moved by its device's span in the file, so that each
@@ -60,6 +58,7 @@
 
 #![allow(clippy::print_stdout)]
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -209,11 +208,10 @@ fn seq_range<'a>(heads: impl IntoIterator<Item = &'a Head>) -> Option<(u64, u64)
     heads
         .into_iter()
         .filter_map(|h| h.seq.as_ref()?.as_u64())
-        .fold(None, |r, s| {
-            Some(r.map_or((s, s), |(lo, hi)| (s.min(lo), s.max(hi))))
-        })
+        .fold(None, |r, s| widen(r, Some((s, s))))
 }
 
+/// The range covering both.
 fn widen(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
     match (a, b) {
         (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
@@ -293,16 +291,15 @@ fn load(path: &str, prefix: &str, batch: usize) -> Result<Vec<Msg>> {
         m.payload.push(b']');
         out.push(m);
     }
-    let mut ranges: HashMap<&str, (u64, u64)> = HashMap::new();
+    let mut ranges: HashMap<&str, Option<(u64, u64)>> = HashMap::new();
     for m in &out {
-        if let Some(r) = m.seq {
-            let range = ranges.entry(&m.topic).or_insert(r);
-            *range = (range.0.min(r.0), range.1.max(r.1));
-        }
+        let range = ranges.entry(&m.topic).or_default();
+        *range = widen(*range, m.seq);
     }
     let spans: HashMap<String, u64> = ranges
         .into_iter()
-        .map(|(topic, (lo, hi))| (topic.to_owned(), hi - lo + 1))
+        .filter_map(|(topic, range)| Some((topic.to_owned(), range?)))
+        .map(|(topic, (lo, hi))| (topic, hi - lo + 1))
         .collect();
     for m in &mut out {
         m.seq_span = spans.get(&m.topic).copied().unwrap_or(0);
@@ -312,9 +309,9 @@ fn load(path: &str, prefix: &str, batch: usize) -> Result<Vec<Msg>> {
 
 /// `payload` with every integer `"<key>":N` moved by `shift` (`ts` and `seq` of a later pass
 /// over the file, `ts` to the wall clock).
-fn shift_ints(payload: &[u8], key: &str, shift: i64) -> Vec<u8> {
+fn shift_ints<'a>(payload: &'a [u8], key: &str, shift: i64) -> Cow<'a, [u8]> {
     if shift == 0 {
-        return payload.to_vec();
+        return Cow::Borrowed(payload);
     }
     let key = format!("\"{key}\":");
     let key = key.as_bytes();
@@ -337,7 +334,7 @@ fn shift_ints(payload: &[u8], key: &str, shift: i64) -> Vec<u8> {
         rest = &rest[start + digits..];
     }
     out.extend_from_slice(rest);
-    out
+    Cow::Owned(out)
 }
 
 /// Recent stamps kept per device for `wall_clock_ts`: more than the file's reordering spans.
@@ -612,7 +609,8 @@ impl Publisher {
             shift += moved - t;
             ts = Some(moved);
         }
-        let payload = shift_ints(&shift_ints(&m.payload, "ts", shift), "seq", seq_shift);
+        let payload =
+            shift_ints(&shift_ints(&m.payload, "ts", shift), "seq", seq_shift).into_owned();
         self.client.publish(topic, self.qos, false, payload)?;
         if self.feed.pass != pass {
             // The next pass starts a day after the last one's largest `ts`.
@@ -874,9 +872,19 @@ struct Watch<'a> {
 }
 
 impl Watch<'_> {
+    /// Whether every probe of `phase` has its alert.
+    fn answered(&self, phase: usize) -> bool {
+        !self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|&(_, p)| p == phase)
+    }
+
     /// Publishes phase `index` (`seconds` at `rate` msg/s, 0 = as fast as the broker takes
     /// them), waits until the bare subscriber and the service have taken every message and
-    /// the last probes' alerts are in, and prints the phase's `header` (given messages,
+    /// the service has processed them, and prints the phase's `header` (given messages,
     /// readings and probes), the three rates and the latencies. Returns the service's msg/s.
     fn phase(
         &self,
@@ -893,22 +901,23 @@ impl Watch<'_> {
         let bare0 = self.bare.load(Ordering::Acquire);
         let start = p.phase(index, seconds, rate, probes_per_s)?;
         let published = Instant::now();
-        let (n, r) = (p.sent - n0, p.readings - r0);
+        let (n, r, probes) = (p.sent - n0, p.readings - r0, p.probes - probes0);
         let bare_done = wait_until(catch_up, || self.bare.load(Ordering::Acquire) >= bare0 + n);
         let run_done = wait_until(catch_up, || {
             scrape(self.metrics).is_ok_and(|m| m.messages - before.messages >= n as f64)
         });
-        // The last alerts.
-        wait_until(Duration::from_secs(10), || {
-            self.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
-        });
+        // The service has taken every message in; one more probe, not measured, comes back
+        // once everything before it has gone through the rules. So the next phase starts on
+        // a service that has processed this one.
+        let drain = Instant::now();
+        p.probe(DRAIN)?;
+        let drained = wait_until(catch_up, || self.answered(DRAIN));
+        // The phase's last alerts (they are normally in by now).
+        wait_until(Duration::from_secs(10), || self.answered(index));
         let m = scrape(self.metrics)?;
         let secs = |t: Option<Instant>| t.map_or(f64::NAN, |t| (t - start).as_secs_f64());
         let (tp, tb, tr) = (secs(Some(published)), secs(bare_done), secs(run_done));
-        println!("{}", header(n, r, p.probes - probes0));
+        println!("{}", header(n, r, probes));
         println!(
             "  publisher        {tp:6.2} s  {:8.0} msg/s  {:9.0} readings/s",
             n as f64 / tp,
@@ -933,19 +942,6 @@ impl Watch<'_> {
             _ => "  warm-up",
         };
         report_latency(label, self.hists, index, &before, &m);
-        // The next phase starts on a service that has processed this one (the wait above is
-        // for its intake): one more probe, not measured, comes back once everything before
-        // it has gone through the rules.
-        let drain = Instant::now();
-        p.probe(DRAIN)?;
-        let drained = wait_until(catch_up, || {
-            !self
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-                .any(|&(_, phase)| phase == DRAIN)
-        });
         println!(
             "  processed {:.2} s after the last message in",
             drained.map_or(f64::NAN, |t| (t - drain).as_secs_f64())
