@@ -30,9 +30,9 @@ CONF
 
 # start_service BIN WORK ID PORT HTTP QOS: `lienwatch run` (2 workers, all rules, the registry
 # and fences of the caller's FLEET) subscribed to bench/+ on the broker at 127.0.0.1:PORT with
-# QoS QOS, alerts to the Kafka topic
-# lienwatch.bench.ID, the archive and checkpoints to S3 under bench/ID, the journal in
-# WORK/journal-ID, metrics on HTTP; returns once it is healthy, its pid in RUN. Settings that
+# QoS QOS, alerts to the Kafka topic lienwatch.bench.ID, the archive and checkpoints to S3
+# under bench/ID, the journal in WORK/journal-ID, metrics on HTTP; returns once it is
+# healthy, its pid in RUN. Settings that
 # bound latency come from the environment, with the service's own defaults: EPOCH_MS (100),
 # REORDER_S (120), LINGER_MS (5), DURABLE (true), CHECKPOINT_S (30). Needs scripts/services.
 start_service() {

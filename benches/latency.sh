@@ -18,8 +18,9 @@
 # The broker is a Mosquitto of its own on 127.0.0.1:18831 with unbounded queues, so a slower
 # subscriber is measured rather than dropped from. Needs scripts/services (Kafka, S3).
 #
-# Usage: [WARMUP_S=0] [WARMUP_RATE=5000] [MAX_S=20] [DURATION=60] [RATE=0] [PROBES=50] [EPOCH_MS=100] [REORDER_S=120]
-#        [LINGER_MS=5] [DURABLE=true] [CHECKPOINT_S=30] [WALL_CLOCK=false] benches/latency.sh [QOS] [BATCH] [VEHICLES] [DAYS]
+# Usage: [WARMUP_S=0] [WARMUP_RATE=5000] [MAX_S=20] [DURATION=60] [RATE=0] [PROBES=50]
+#        [EPOCH_MS=100] [REORDER_S=120] [LINGER_MS=5] [DURABLE=true] [CHECKPOINT_S=30]
+#        [WALL_CLOCK=false] benches/latency.sh [QOS] [BATCH] [VEHICLES] [DAYS]
 #        (defaults: QoS 1, 1 reading per message, a fleet of 1000 vehicles x 7 days; BATCH N
 #        sends N readings of one device per message; EPOCH_MS, REORDER_S and LINGER_MS set
 #        pipeline.epoch_ms, rules.reorder_window_s and the producer's linger.ms, the settings
@@ -60,7 +61,8 @@ start_service "$BIN" "$WORK" "$ID" "$PORT" "$HTTP" "$QOS"
 echo "QoS $QOS, batch $BATCH, epoch_ms ${EPOCH_MS:-100}, reorder_window_s ${REORDER_S:-120}, linger.ms ${LINGER_MS:-5}, durability ${DURABLE:-true}, wall clock ${WALL_CLOCK:-false}; $(uptime)"
 target/release/examples/latency --fleet "$FLEET" --mqtt "127.0.0.1:$PORT" --prefix bench \
     --qos "$QOS" --batch "$BATCH" --metrics "$HTTP" --alerts-topic "$TOPIC" \
-    --warmup-s "${WARMUP_S:-0}" --warmup-rate "${WARMUP_RATE:-5000}" --max-s "${MAX_S:-20}" --duration "${DURATION:-60}" --rate "${RATE:-0}" --probes "${PROBES:-50}" \
+    --warmup-s "${WARMUP_S:-0}" --warmup-rate "${WARMUP_RATE:-5000}" --max-s "${MAX_S:-20}" \
+    --duration "${DURATION:-60}" --rate "${RATE:-0}" --probes "${PROBES:-50}" \
     --wall-clock "${WALL_CLOCK:-false}" --trace "$WORK/probes.tsv"
 echo "after: $(uptime)"
 kill -TERM "$RUN"; wait "$RUN" || true; RUN=""

@@ -707,9 +707,9 @@ impl RolledRows {
 ///   rejects by `received_at`, features by `(vehicle_id, date, revision)`) and encodes row
 ///   groups of `row_group_rows` rows with zstd. Rows of at most the buffer budget (twice
 ///   `max_file_bytes` by the size estimate, 256 MiB by default) wait in the queue (one larger
-///   partition may wait alone); a full queue blocks
-///   the caller (back-pressure). A file that cannot be encoded is given up on like one that cannot be
-///   published: logged, and no later mark is published.
+///   partition may wait alone); a full queue blocks the caller (back-pressure). A file that
+///   cannot be encoded is given up on like one that cannot be published: logged, and no
+///   later mark is published.
 /// - The uploader publishes each file with one create-only `put` (never overwriting), in
 ///   queue order. While the writer runs a failed put is retried with exponential backoff
 ///   (200 ms doubling to 5 s) until it succeeds: during an outage of the store the queue
