@@ -36,6 +36,9 @@
 //!    p50/p99/p99.9/max per phase are printed, with the service's own
 //!    `lienwatch_ingest_latency_seconds` mean (MQTT receipt → leaving the rules) beside it.
 //!
+//! `--stamp-out FILE` instead writes one pass of the fleet as `--wall-clock` would stamp it
+//! at `--warmup-rate` messages/s, for a `lienwatch replay` of what the service sees live.
+//!
 //! `--trace FILE` also writes every probe as a line (phase: 0 max, 1 latency, 2 warm-up, 3 the
 //! unmeasured probe that ends each phase; publish time, epoch ms; latency, ms), to see when
 //! the slow ones were. A phase ends once that last probe's alert is back, so the next one
@@ -111,6 +114,7 @@ struct Args {
     probes_per_s: f64,
     wall_clock: bool,
     trace: Option<String>,
+    stamp_out: Option<String>,
 }
 
 impl Args {
@@ -132,6 +136,7 @@ impl Args {
             probes_per_s: 50.0,
             wall_clock: false,
             trace: None,
+            stamp_out: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(key) = it.next() {
@@ -155,6 +160,7 @@ impl Args {
                 "--probes" => a.probes_per_s = value.parse()?,
                 "--wall-clock" => a.wall_clock = value.parse()?,
                 "--trace" => a.trace = Some(value),
+                "--stamp-out" => a.stamp_out = Some(value),
                 _ => return Err(format!("unknown option {key}").into()),
             }
         }
@@ -373,6 +379,33 @@ fn wall_clock_ts(stamps: &mut VecDeque<(i64, i64)>, t: i64, now: i64) -> i64 {
             moved
         }
     }
+}
+
+/// Writes one pass of the fleet to `path` as `--wall-clock` would publish it at `rate`
+/// messages/s (a clock of its own, from now), without a broker: the input of a `replay` that
+/// sees what the service sees live.
+fn stamp_out(msgs: &[Msg], path: &str, rate: f64) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut out = std::io::BufWriter::new(file);
+    let start = schemas::time::now_ms();
+    let mut stamps: HashMap<&str, VecDeque<(i64, i64)>> = HashMap::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let shift = match m.max_ts {
+            Some(t) => {
+                let now = start + (i as f64 * 1000.0 / rate) as i64;
+                wall_clock_ts(stamps.entry(&m.topic).or_default(), t, now) - t
+            }
+            None => 0,
+        };
+        out.write_all(&shift_ints(&m.payload, "ts", shift))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    println!(
+        "{} messages stamped at {rate} msg/s into {path}",
+        msgs.len()
+    );
+    Ok(())
 }
 
 /// The fleet as an endless stream: passes after the first are shifted in event time.
@@ -725,6 +758,9 @@ fn main() -> Result<()> {
         args.batch,
         loaded.elapsed().as_secs_f64()
     );
+    if let Some(path) = &args.stamp_out {
+        return stamp_out(&msgs, path, args.warmup_rate);
+    }
     let qos = match args.qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
