@@ -67,7 +67,7 @@ checkpoint_interval_s = ${CHECKPOINT_S:-30}
 [rules]
 reorder_window_s = ${REORDER_S:-120}
 CONF
-    AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test RUST_LOG=warn \
+    AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test RUST_LOG=${RUST_LOG:-warn} \
         "$bin" run --config "$work/run.toml" >"$work/run.out" 2>"$work/run.err" & RUN=$!
     until curl -sf "$http/health" >/dev/null; do sleep 0.1; done
 }

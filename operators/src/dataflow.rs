@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -15,7 +16,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use schemas::{Alert, DailyFeatures, Record, Reject};
 
-use crate::fleet::{EpochSample, Fleet, FleetOutputs, FleetStats};
+use crate::fleet::{EpochSample, FinishedSnapshot, Fleet, FleetOutputs, FleetStats};
 use crate::reference::{ReferenceSlot, ReferenceView};
 use crate::vin_index::{VinClaim, VinIndex};
 
@@ -95,15 +96,80 @@ impl Barrier {
 /// Takes an operator's state at a checkpoint epoch.
 pub type SaveState<S> = Box<dyn FnMut(u64, &S)>;
 
+/// Receives a worker's fleet snapshot of a checkpoint epoch once encoded, with the longest
+/// time the worker spent on it at once.
+pub type SaveSnapshot = Box<dyn FnMut(FinishedSnapshot, Duration)>;
+
 /// What the keyed operators do at checkpoint epochs: hand their state to the caller, who
 /// stores it (operators do no I/O).
 pub struct Checkpoints {
     /// When.
     pub barrier: Barrier,
-    /// Takes a worker's fleet state at a checkpoint epoch.
-    pub fleet: SaveState<Fleet>,
+    /// Receives a worker's fleet state of each checkpoint epoch. It is encoded a share after
+    /// each later epoch ([`Fleet::begin_snapshot`]), spread over `fleet_spread_epochs`.
+    pub fleet: SaveSnapshot,
+    /// Epochs a fleet snapshot is spread over.
+    pub fleet_spread_epochs: u64,
     /// Takes a worker's share of the VIN index at a checkpoint epoch.
     pub vins: SaveState<VinIndex>,
+}
+
+/// A worker's fleet snapshots.
+struct FleetSnapshots {
+    barrier: Barrier,
+    save: SaveSnapshot,
+    spread_epochs: u64,
+    /// Vehicles of the snapshot in progress to encode per epoch.
+    per_epoch: usize,
+    /// The epoch the snapshot in progress was encoded up to.
+    encoded_upto: u64,
+    /// The longest the worker spent on the snapshot in progress at once.
+    longest: Duration,
+}
+
+impl FleetSnapshots {
+    /// Begins the snapshot of checkpoint `epoch` if `next` (the first epoch not processed)
+    /// crossed one. One still in progress is finished at once first.
+    fn at(&mut self, next: u64, fleet: &mut Fleet) {
+        let Some(epoch) = self.barrier.crossed(next) else {
+            return;
+        };
+        self.finish(fleet);
+        let started = Instant::now();
+        let none = fleet.begin_snapshot(epoch);
+        debug_assert!(none.is_none(), "the previous snapshot was collected");
+        self.longest = started.elapsed();
+        let vehicles = fleet.stats.vehicles.div_ceil(self.spread_epochs.max(1));
+        self.per_epoch = usize::try_from(vehicles).unwrap_or(usize::MAX).max(1);
+        self.encoded_upto = epoch;
+    }
+
+    /// The worker is at epoch `now`: encodes the share of the snapshot in progress of the
+    /// epochs gone by since the last call, and saves the snapshot once finished.
+    fn progress(&mut self, now: u64, fleet: &mut Fleet) {
+        let epochs = now.saturating_sub(self.encoded_upto);
+        if epochs == 0 || !fleet.snapshot_pending() {
+            return;
+        }
+        self.encoded_upto = now;
+        let share = usize::try_from(epochs)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(self.per_epoch);
+        let started = Instant::now();
+        let finished = fleet.continue_snapshot(share);
+        self.longest = self.longest.max(started.elapsed());
+        if let Some(done) = finished {
+            (self.save)(done, self.longest);
+        }
+    }
+
+    /// Saves the snapshot in progress, finished at once.
+    fn finish(&mut self, fleet: &mut Fleet) {
+        let started = Instant::now();
+        if let Some(done) = fleet.finish_snapshot() {
+            (self.save)(done, self.longest.max(started.elapsed()));
+        }
+    }
 }
 
 /// The lowest time of two frontiers, if any.
@@ -142,8 +208,11 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
         reference: ReferenceSlot,
         checkpoints: Option<Checkpoints>,
     ) -> StreamVec<'scope, u64, Output> {
-        let (mut fleet_checkpoints, vin_checkpoints) = match checkpoints {
-            Some(c) => (Some((c.barrier, c.fleet)), Some((c.barrier, c.vins))),
+        let (fleet_checkpoints, vin_checkpoints) = match checkpoints {
+            Some(c) => (
+                Some((c.barrier, c.fleet, c.fleet_spread_epochs)),
+                Some((c.barrier, c.vins)),
+            ),
             None => (None, None),
         };
         let by_vehicle = Exchange::new(|r: &Record| id_key(&r.vehicle_id));
@@ -155,6 +224,15 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
             Pipeline,
             "RunFleet",
             move |capability, _info| {
+                let mut snapshots =
+                    fleet_checkpoints.map(|(barrier, save, spread_epochs)| FleetSnapshots {
+                        barrier,
+                        save,
+                        spread_epochs,
+                        per_epoch: 1,
+                        encoded_upto: 0,
+                        longest: Duration::ZERO,
+                    });
                 let mut held = Some(capability);
                 let mut records: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
                 let mut epoch_samples: BTreeMap<u64, Vec<EpochSample>> = BTreeMap::new();
@@ -181,10 +259,8 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         if !complete(next) {
                             break;
                         }
-                        if let Some((barrier, save)) = fleet_checkpoints.as_mut()
-                            && let Some(epoch) = barrier.crossed(next)
-                        {
-                            save(epoch, &fleet);
+                        if let Some(snapshots) = snapshots.as_mut() {
+                            snapshots.at(next, &mut fleet);
                         }
                         let batch = records.remove(&next).unwrap_or_default();
                         let samples = epoch_samples.remove(&next).unwrap_or_default();
@@ -193,6 +269,9 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                             fleet.set_reference(Arc::clone(&r.registry), Arc::clone(&r.fences));
                         });
                         fleet.run_epoch(batch, &samples, wall_clock(), &mut out);
+                        if let Some(snapshots) = snapshots.as_mut() {
+                            snapshots.progress(next + 1, &mut fleet);
+                        }
                         let watermark = fleet.clock().watermark_ms(fleet.rules());
                         if let Some(cap) = held.as_mut() {
                             cap.downgrade(&next);
@@ -214,19 +293,23 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                             fleet.finish(wall_clock(), &mut out);
                             output.session(&cap).give_iterator(outputs(out));
                         }
+                        if let Some(snapshots) = snapshots.as_mut() {
+                            snapshots.finish(&mut fleet);
+                        }
                     } else if let Some(cap) = held.as_mut() {
                         let low = low_of(&frontier.frontier(), &sample_frontier.frontier());
                         // Every epoch before `low` is processed unless one is still held.
                         let first_held = records.keys().chain(epoch_samples.keys()).min();
-                        if let (Some((barrier, save)), Some(low)) =
-                            (fleet_checkpoints.as_mut(), low)
+                        if let (Some(snapshots), Some(low)) = (snapshots.as_mut(), low)
                             && first_held.is_none_or(|h| *h >= low)
-                            && let Some(epoch) = barrier.crossed(low)
                         {
-                            save(epoch, &fleet);
+                            snapshots.at(low, &mut fleet);
                         }
                         if let Some(low) = low.filter(|l| l > cap.time()) {
                             cap.downgrade(&low);
+                            if let Some(snapshots) = snapshots.as_mut() {
+                                snapshots.progress(low, &mut fleet);
+                            }
                         }
                     }
                     *stats.borrow_mut() = fleet.stats;

@@ -16,8 +16,13 @@ use crate::config::{RulesConfig, secs_ms};
 use crate::fences::{FenceIdx, FenceIndex};
 use crate::id_index::IdIndex;
 use crate::registry::{Registry, VehicleEntry};
-use crate::snapshot::{Kind, Reader, SnapshotError, Writer};
+use crate::snapshot::{Kind, Reader, SnapshotError};
 use crate::vehicle::{Arrival, Env, Outputs, Profile, VehicleState};
+
+mod snapshotting;
+
+pub use snapshotting::FinishedSnapshot;
+use snapshotting::SnapshotInProgress;
 
 /// How many devices a source reports per epoch: those with the largest event times.
 pub const SAMPLE_SIZE: usize = 16;
@@ -197,6 +202,11 @@ pub struct Fleet {
     clock: PipelineClock,
     /// Counters.
     pub stats: FleetStats,
+    /// A checkpoint's snapshot being encoded between epochs ([`Fleet::begin_snapshot`]).
+    snapshotting: Option<SnapshotInProgress>,
+    /// A snapshot finished before a change to every vehicle, for the next
+    /// [`Fleet::continue_snapshot`].
+    snapshot_done: Option<FinishedSnapshot>,
 }
 
 impl Fleet {
@@ -213,6 +223,8 @@ impl Fleet {
             buffered: Vec::new(),
             clock: PipelineClock::default(),
             stats: FleetStats::default(),
+            snapshotting: None,
+            snapshot_done: None,
         }
     }
 
@@ -235,6 +247,7 @@ impl Fleet {
     /// its next reading on. `fences` must keep the indices of fences that stayed
     /// ([`FenceIndex::reloaded`]), since vehicle state refers to fences by index.
     pub fn set_reference(&mut self, registry: Arc<Registry>, fences: Arc<FenceIndex>) {
+        self.settle_snapshot();
         self.registry = registry;
         self.fences = fences;
         for vehicle in &mut self.vehicles {
@@ -293,6 +306,7 @@ impl Fleet {
                 self.stats.unregistered += 1;
             }
             let v = self.vehicle_index(&record);
+            self.preserve(v);
             let vehicle = &mut self.vehicles[v as usize];
             let waiting = |v: &VehicleState| v.has_buffered() || v.has_revisions();
             let was_waiting = waiting(vehicle);
@@ -325,6 +339,18 @@ impl Fleet {
     fn advance(&mut self, watermark: i64, env: &Env<'_>, out: &mut Outputs) {
         let mut still = Vec::new();
         for v in std::mem::take(&mut self.buffered) {
+            if self.snapshotting.as_ref().is_some_and(|s| s.waits_for(v))
+                && !self.vehicles[v as usize].wants_release(watermark)
+            {
+                // Not encoded for the snapshot yet, and nothing to release: most vehicles
+                // waiting for the clock have nothing due in a given epoch, and a due timer
+                // is the timer index's (below).
+                if self.vehicles[v as usize].has_buffered() {
+                    still.push(v);
+                }
+                continue;
+            }
+            self.preserve(v);
             let vehicle = &mut self.vehicles[v as usize];
             vehicle.advance(watermark, env, out);
             if vehicle.has_buffered() {
@@ -339,6 +365,7 @@ impl Fleet {
             }
             self.timers.pop_first();
             self.scheduled[v as usize] = UNSCHEDULED;
+            self.preserve(v);
             self.vehicles[v as usize].advance(watermark, env, out);
             self.reschedule(v);
         }
@@ -362,6 +389,7 @@ impl Fleet {
 
     /// End of input: processes every buffered reading. Open incidents stay open.
     pub fn finish(&mut self, wall_now_ms: i64, out: &mut FleetOutputs) {
+        self.settle_snapshot();
         let (rules, fences) = (Arc::clone(&self.rules), Arc::clone(&self.fences));
         let env = Env {
             rules: &rules,
@@ -429,16 +457,86 @@ impl Fleet {
     /// Take it between two [`run_epoch`](Self::run_epoch) calls, the same epoch on every
     /// worker: the parts of one checkpoint must share the pipeline clock.
     pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        SnapshotInProgress::start(0, &self.snapshot_header(), &self.vehicles)
+            .finish(&self.vehicles)
+            .bytes
+    }
+
+    /// Begins the [`snapshot`](Self::snapshot) of the fleet as it is now, for checkpoint
+    /// `epoch`, to be encoded a slice at a time by [`continue_snapshot`](Self::continue_snapshot)
+    /// while epochs go on: a vehicle about to change is encoded first. Only the header is
+    /// written now; it lists the fences the vehicles refer to, a read of every vehicle.
+    ///
+    /// Returns the previous snapshot if it was not collected yet (finished now if need be).
+    pub fn begin_snapshot(&mut self, epoch: u64) -> Option<FinishedSnapshot> {
+        let previous = self.finish_snapshot();
+        let header = self.snapshot_header();
+        self.snapshotting = Some(SnapshotInProgress::start(epoch, &header, &self.vehicles));
+        previous
+    }
+
+    /// Encodes up to `vehicles` more vehicles of the snapshot begun by
+    /// [`begin_snapshot`](Self::begin_snapshot); returns it once finished.
+    pub fn continue_snapshot(&mut self, vehicles: usize) -> Option<FinishedSnapshot> {
+        if let Some(done) = self.snapshot_done.take() {
+            return Some(done);
+        }
+        if self
+            .snapshotting
+            .as_mut()?
+            .encode_next(&self.vehicles, vehicles)
+        {
+            return self.finish_snapshot();
+        }
+        None
+    }
+
+    /// Finishes the snapshot begun by [`begin_snapshot`](Self::begin_snapshot) at once, if
+    /// it was not collected yet.
+    pub fn finish_snapshot(&mut self) -> Option<FinishedSnapshot> {
+        self.settle_snapshot();
+        self.snapshot_done.take()
+    }
+
+    /// Whether a snapshot is begun and not collected.
+    pub fn snapshot_pending(&self) -> bool {
+        self.snapshotting.is_some() || self.snapshot_done.is_some()
+    }
+
+    /// Encodes the rest of the snapshot in progress, before a change to every vehicle.
+    fn settle_snapshot(&mut self) {
+        if let Some(s) = self.snapshotting.take() {
+            self.snapshot_done = Some(s.finish(&self.vehicles));
+        }
+    }
+
+    /// Encodes vehicle `v` for the snapshot in progress if it is not yet: it is about to
+    /// change.
+    fn preserve(&mut self, v: u32) {
+        if let Some(s) = self.snapshotting.as_mut() {
+            s.preserve(v, &self.vehicles[v as usize]);
+        }
+    }
+
+    /// The snapshot's header: the fences the vehicles refer to are marked in a table of the
+    /// fence index, which lists them in index order without sorting.
+    fn snapshot_header(&self) -> SnapshotHeader {
+        let mut referred = vec![false; self.fences.len()];
         let mut refs = Vec::new();
         for vehicle in &self.vehicles {
             vehicle.fence_refs(&mut refs);
+            for idx in refs.drain(..) {
+                if let Some(r) = referred.get_mut(idx as usize) {
+                    *r = true;
+                }
+            }
         }
-        refs.sort_unstable();
-        refs.dedup();
-        let fences = refs
-            .into_iter()
-            .filter(|&idx| (idx as usize) < self.fences.len())
-            .map(|idx| {
+        let fences = referred
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r)
+            .map(|(idx, _)| {
+                let idx = FenceIdx::try_from(idx).expect("fence indices fit their type");
                 let id = &self.fences.fence(idx).id;
                 FenceRef {
                     idx,
@@ -447,19 +545,12 @@ impl Fleet {
                 }
             })
             .collect();
-        let header = SnapshotHeader {
+        SnapshotHeader {
             clock: self.clock.clone(),
             stats: self.stats,
             fences,
             vehicles: self.vehicles.len() as u64,
-        };
-        // About 2.7 KB per vehicle with a month of history (`measure_snapshot_of_a_month`).
-        let mut w = Writer::new(Kind::Fleet, 256 + self.vehicles.len() * 2816);
-        w.write(&header)?;
-        for vehicle in &self.vehicles {
-            w.write(vehicle)?;
         }
-        Ok(w.finish())
     }
 
     /// A fleet from the snapshots of one or more workers (`parts`, from
@@ -1180,6 +1271,51 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
             run(&mut restored, &epochs, cut..epochs.len(), &mut got);
             prop_assert_eq!(&got, &expected);
             prop_assert_eq!(restored[0].stats, original[0].stats);
+        }
+
+        #[test]
+        fn a_snapshot_encoded_in_slices_is_the_snapshot_of_its_epoch(
+            steps in proptest::collection::vec(step(), 1..400),
+            swaps in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+            delays in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..40), 0..12),
+            dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            cuts in proptest::collection::vec(1usize..40, 1..8),
+            cut in any::<prop::sample::Index>(),
+            slices in proptest::collection::vec(0usize..3, 1..20),
+            reload in any::<Option<prop::sample::Index>>(),
+        ) {
+            let epochs = epochs(readings(&steps, &registry()), &swaps, &delays, &dups, &cuts);
+            let cut = cut.index(epochs.len() + 1);
+            let reload = reload.map(|r| cut + r.index(epochs.len() - cut + 1));
+            let (mut plain, mut sliced) = (new_fleets(1), new_fleets(1));
+            run(&mut plain, &epochs, 0..cut, &mut Seen::default());
+            run(&mut sliced, &epochs, 0..cut, &mut Seen::default());
+            let expected = plain[0].snapshot().expect("snapshot");
+            prop_assert!(sliced[0].begin_snapshot(7).is_none());
+
+            // The later epochs on both, a few vehicles encoded after each on one of them.
+            let (mut want, mut got) = (Seen::default(), Seen::default());
+            let mut finished = None;
+            for e in cut..epochs.len().max(cut + 1) {
+                if reload == Some(e) {
+                    for fleet in [&mut plain[0], &mut sliced[0]] {
+                        fleet.set_reference(registry(), fences(false));
+                    }
+                }
+                let epoch = e..(e + 1).min(epochs.len());
+                run(&mut plain, &epochs, epoch.clone(), &mut want);
+                run(&mut sliced, &epochs, epoch, &mut got);
+                if finished.is_none() {
+                    finished = sliced[0].continue_snapshot(slices[(e - cut) % slices.len()]);
+                }
+            }
+            let finished = finished.or_else(|| sliced[0].finish_snapshot()).expect("the snapshot");
+            prop_assert!(!sliced[0].snapshot_pending());
+            prop_assert_eq!(finished.epoch, 7);
+            prop_assert!(finished.bytes.expect("encoded") == expected);
+            // Encoding changed nothing: the same outputs and the same state after.
+            prop_assert_eq!(&got, &want);
+            prop_assert!(sliced[0].snapshot().expect("snapshot") == plain[0].snapshot().expect("snapshot"));
         }
 
         #[test]

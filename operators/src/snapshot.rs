@@ -144,6 +144,17 @@ fn options() -> impl Options + Copy {
     bincode::DefaultOptions::new()
 }
 
+/// Appends `value` to `buf` as [`Writer::write`] appends it to a snapshot of `kind`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    kind: Kind,
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), SnapshotError> {
+    options()
+        .serialize_into(buf, value)
+        .map_err(|source| SnapshotError::Encode { kind, source })
+}
+
 /// Builds a snapshot: the frame, then values appended one by one.
 pub(crate) struct Writer {
     kind: Kind,
@@ -160,12 +171,12 @@ impl Writer {
 
     /// Appends one value to the body.
     pub(crate) fn write<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SnapshotError> {
-        options()
-            .serialize_into(&mut self.buf, value)
-            .map_err(|source| SnapshotError::Encode {
-                kind: self.kind,
-                source,
-            })
+        encode_into(self.kind, &mut self.buf, value)
+    }
+
+    /// Appends values [`encode_into`] encoded for a snapshot of this kind.
+    pub(crate) fn append_encoded(&mut self, encoded: &[u8]) {
+        self.buf.extend_from_slice(encoded);
     }
 
     /// The framed bytes.

@@ -575,6 +575,17 @@ impl VehicleState {
         self.clock_days(clock_ms, env, out);
     }
 
+    /// Whether [`advance`](Self::advance) to `clock_ms` would do more than what is due at
+    /// [`next_wakeup`](Self::next_wakeup): release a buffered reading or emit revised days.
+    pub fn wants_release(&self, clock_ms: i64) -> bool {
+        self.has_revisions()
+            || self.devices.iter().any(|d| {
+                d.buffer
+                    .first()
+                    .is_some_and(|r| r.reading.ts_ms <= clock_ms)
+            })
+    }
+
     /// Closes the open day if `clock_ms` passed it and emits revised days.
     fn clock_days(&mut self, clock_ms: i64, env: &Env<'_>, out: &mut Outputs) {
         let row = RowIdentity {

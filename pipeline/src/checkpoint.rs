@@ -2,6 +2,9 @@
 //!
 //! Every `checkpoint_interval_s` the keyed operators of every worker reach a checkpoint
 //! epoch `b` (see [`Barrier`]): their state then covers exactly the messages of epochs `< b`.
+//! The fleet's state is encoded a share after each later epoch, over half an interval
+//! (`Fleet::begin_snapshot`: a vehicle about to change is encoded first), so a large state
+//! neither stops the worker nor takes its CPU all at once.
 //! Each worker hands over three parts: its fleet state and its share of the VIN index
 //! (stored under `_checkpoints/` in the archive's object store) and its sink's (every archive
 //! file of epochs `< b` published, every Kafka message sent before confirmed). When a
@@ -26,7 +29,7 @@ use connectors::archive::UploadProgress;
 use connectors::checkpoints::{CheckpointStore, Marker};
 use operators::dataflow::{Barrier, Checkpoints, id_key};
 use operators::fences::FenceIndex;
-use operators::fleet::Fleet;
+use operators::fleet::{FinishedSnapshot, Fleet};
 use operators::registry::Registry;
 use operators::vin_index::VinIndex;
 use schemas::time::now_ms;
@@ -112,14 +115,19 @@ impl Checkpointer {
         let vins_to = Arc::clone(self);
         Checkpoints {
             barrier: self.barrier(after_epoch),
-            fleet: Box::new(
-                move |epoch, fleet: &Fleet| match paused(|| fleet.snapshot()) {
+            fleet: Box::new(move |snapshot: FinishedSnapshot, longest_pause| {
+                record_pause(longest_pause);
+                let epoch = snapshot.epoch;
+                match snapshot.bytes {
                     Ok(bytes) => fleet_to.state_part(worker, epoch, "fleet", bytes),
                     Err(e) => {
                         tracing::error!(error = %e, epoch, "fleet state not serializable; checkpoint skipped")
                     }
-                },
-            ),
+                }
+            }),
+            // Half an interval: the CPU it takes is spread thin, and it is done well before
+            // the next checkpoint.
+            fleet_spread_epochs: (self.every_epochs / 2).max(1),
             vins: Box::new(
                 move |epoch, index: &VinIndex| match paused(|| index.snapshot()) {
                     Ok(bytes) => vins_to.state_part(worker, epoch, "vins", bytes),
@@ -309,9 +317,13 @@ impl Checkpointer {
 fn paused<T>(snapshot: impl FnOnce() -> T) -> T {
     let started = std::time::Instant::now();
     let out = snapshot();
-    metrics::histogram!("lienwatch_checkpoint_pause_seconds")
-        .record(started.elapsed().as_secs_f64());
+    record_pause(started.elapsed());
     out
+}
+
+/// Records how long a worker stood still at once for a snapshot.
+fn record_pause(pause: Duration) {
+    metrics::histogram!("lienwatch_checkpoint_pause_seconds").record(pause.as_secs_f64());
 }
 
 /// A complete checkpoint read back at start.
