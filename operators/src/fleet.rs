@@ -197,8 +197,13 @@ pub struct Fleet {
     /// Per vehicle, the due time of its entry in `timers` (`UNSCHEDULED`: none; 8 bytes a
     /// vehicle instead of an `Option`'s 16).
     scheduled: Vec<i64>,
-    /// Vehicles with buffered readings or revised days.
-    buffered: Vec<u32>,
+    /// Vehicles to move at the end of the epoch: those with readings of the epoch that were
+    /// processed at once.
+    touched: Vec<u32>,
+    /// (earliest buffered event time, vehicle) of every vehicle with buffered readings, so
+    /// an epoch moves only those with readings due; `i64::MIN` for revised days to emit.
+    /// Kept equal to [`waiting_key`] of every vehicle.
+    waiting: BTreeSet<(i64, u32)>,
     clock: PipelineClock,
     /// Counters.
     pub stats: FleetStats,
@@ -220,7 +225,8 @@ impl Fleet {
             index: IdIndex::default(),
             timers: BTreeSet::new(),
             scheduled: Vec::new(),
-            buffered: Vec::new(),
+            touched: Vec::new(),
+            waiting: BTreeSet::new(),
             clock: PipelineClock::default(),
             stats: FleetStats::default(),
             snapshotting: None,
@@ -308,9 +314,9 @@ impl Fleet {
             let v = self.vehicle_index(&record);
             self.preserve(v);
             let vehicle = &mut self.vehicles[v as usize];
-            let waiting = |v: &VehicleState| v.has_buffered() || v.has_revisions();
-            let was_waiting = waiting(vehicle);
+            let was_waiting = waiting_key(vehicle);
             let arrival = vehicle.arrive(record, clock, &env, &mut out.vehicle);
+            let waits = waiting_key(vehicle);
             match arrival {
                 Arrival::Duplicate => self.stats.duplicates += 1,
                 Arrival::Late => {
@@ -319,55 +325,76 @@ impl Fleet {
                 }
                 Arrival::Buffered | Arrival::Processed => self.stats.accepted += 1,
             }
-            // Buffered readings and revised days wait for the end of the epoch; a reading
-            // processed at once may have moved the vehicle's timers, which the end of the
-            // epoch reschedules.
-            if matches!(arrival, Arrival::Processed) || (!was_waiting && waiting(vehicle)) {
-                self.buffered.push(v);
+            self.rekey_waiting(v, was_waiting, waits);
+            // A reading processed at once may have moved the vehicle's timers, which the end
+            // of the epoch reschedules; buffered readings and revised days are found there
+            // by their key in `waiting`.
+            if matches!(arrival, Arrival::Processed) {
+                self.touched.push(v);
             }
         }
-        // A vehicle is moved once, however many of its readings were processed at once.
-        self.buffered.sort_unstable();
-        self.buffered.dedup();
         self.clock.close_epoch(samples, limit);
         if let Some(watermark) = self.clock.watermark_ms(&self.rules) {
             self.advance(watermark, &env, &mut out.vehicle);
         }
     }
 
-    /// Moves every vehicle with buffered readings or due timers to `watermark`.
+    /// Moves the vehicles of the epoch, those with buffered readings or timers due, and
+    /// those with revised days to `watermark`: the vehicles with buffered readings in
+    /// vehicle order, then the others in timer order.
     fn advance(&mut self, watermark: i64, env: &Env<'_>, out: &mut Outputs) {
-        let mut still = Vec::new();
-        for v in std::mem::take(&mut self.buffered) {
-            if self.snapshotting.as_ref().is_some_and(|s| s.waits_for(v))
-                && !self.vehicles[v as usize].wants_release(watermark)
-            {
-                // Not encoded for the snapshot yet, and nothing to release: most vehicles
-                // waiting for the clock have nothing due in a given epoch, and a due timer
-                // is the timer index's (below).
-                if self.vehicles[v as usize].has_buffered() {
-                    still.push(v);
-                }
-                continue;
-            }
-            self.preserve(v);
-            let vehicle = &mut self.vehicles[v as usize];
-            vehicle.advance(watermark, env, out);
-            if vehicle.has_buffered() {
-                still.push(v);
-            }
-            self.reschedule(v);
+        let mut moved = std::mem::take(&mut self.touched);
+        moved.extend(
+            self.waiting
+                .range(..=(watermark, u32::MAX))
+                .map(|&(_, v)| v),
+        );
+        // A vehicle with buffered readings whose timer is due fires it with its release,
+        // as one whose reading is due.
+        moved.extend(
+            self.timers
+                .range(..=(watermark, u32::MAX))
+                .map(|&(_, v)| v)
+                .filter(|&v| waiting_key(&self.vehicles[v as usize]).is_some()),
+        );
+        // A vehicle is moved once, however many of its readings were processed at once.
+        moved.sort_unstable();
+        moved.dedup();
+        for v in moved {
+            self.move_vehicle(v, watermark, env, out);
         }
-        self.buffered = still;
         while let Some(&(due, v)) = self.timers.first() {
             if due > watermark {
                 break;
             }
             self.timers.pop_first();
             self.scheduled[v as usize] = UNSCHEDULED;
-            self.preserve(v);
-            self.vehicles[v as usize].advance(watermark, env, out);
-            self.reschedule(v);
+            self.move_vehicle(v, watermark, env, out);
+        }
+    }
+
+    /// Moves vehicle `v` to `watermark` and files it again under its timer and its
+    /// buffered readings.
+    fn move_vehicle(&mut self, v: u32, watermark: i64, env: &Env<'_>, out: &mut Outputs) {
+        self.preserve(v);
+        let vehicle = &mut self.vehicles[v as usize];
+        let was_waiting = waiting_key(vehicle);
+        vehicle.advance(watermark, env, out);
+        let waits = waiting_key(vehicle);
+        self.rekey_waiting(v, was_waiting, waits);
+        self.reschedule(v);
+    }
+
+    /// Files vehicle `v` under its new [`waiting_key`].
+    fn rekey_waiting(&mut self, v: u32, was: Option<i64>, now: Option<i64>) {
+        if was == now {
+            return;
+        }
+        if let Some(key) = was {
+            self.waiting.remove(&(key, v));
+        }
+        if let Some(key) = now {
+            self.waiting.insert((key, v));
         }
     }
 
@@ -396,9 +423,27 @@ impl Fleet {
             fences: &fences,
             detected_at_ms: wall_now_ms,
         };
-        for v in std::mem::take(&mut self.buffered) {
+        let mut waiting = std::mem::take(&mut self.touched);
+        waiting.extend(
+            std::mem::take(&mut self.waiting)
+                .into_iter()
+                .map(|(_, v)| v),
+        );
+        waiting.sort_unstable();
+        waiting.dedup();
+        for v in waiting {
             self.vehicles[v as usize].flush(&env, &mut out.vehicle);
         }
+    }
+}
+
+/// The key of a vehicle in [`Fleet::waiting`]: the event time of its earliest buffered
+/// reading, `i64::MIN` if it has revised days to emit, `None` if it waits for nothing.
+fn waiting_key(vehicle: &VehicleState) -> Option<i64> {
+    if vehicle.has_revisions() {
+        Some(i64::MIN)
+    } else {
+        vehicle.earliest_buffered()
     }
 }
 
@@ -648,9 +693,8 @@ impl Fleet {
         fleet.stats.vehicles = fleet.vehicles.len() as u64;
         for v in 0..fleet.vehicles.len() as u32 {
             fleet.reschedule(v);
-            let vehicle = &fleet.vehicles[v as usize];
-            if vehicle.has_buffered() || vehicle.has_revisions() {
-                fleet.buffered.push(v);
+            if let Some(key) = waiting_key(&fleet.vehicles[v as usize]) {
+                fleet.waiting.insert((key, v));
             }
         }
         Ok(fleet)

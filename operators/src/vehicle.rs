@@ -418,6 +418,17 @@ impl VehicleState {
         self.buffered > 0
     }
 
+    /// Event time of the earliest buffered reading: the clock releases nothing before it.
+    pub fn earliest_buffered(&self) -> Option<i64> {
+        if self.buffered == 0 {
+            return None;
+        }
+        self.devices
+            .iter()
+            .filter_map(|d| d.buffer.first().map(|r| r.reading.ts_ms))
+            .min()
+    }
+
     /// GNSS distance driven so far, metres.
     pub fn gnss_distance_m(&self) -> f64 {
         self.chain.distance_m
@@ -573,17 +584,6 @@ impl VehicleState {
         self.release(Some(clock_ms), env, out);
         self.fire_timers_until(clock_ms, true, env, out);
         self.clock_days(clock_ms, env, out);
-    }
-
-    /// Whether [`advance`](Self::advance) to `clock_ms` would do more than what is due at
-    /// [`next_wakeup`](Self::next_wakeup): release a buffered reading or emit revised days.
-    pub fn wants_release(&self, clock_ms: i64) -> bool {
-        self.has_revisions()
-            || self.devices.iter().any(|d| {
-                d.buffer
-                    .first()
-                    .is_some_and(|r| r.reading.ts_ms <= clock_ms)
-            })
     }
 
     /// Closes the open day if `clock_ms` passed it and emits revised days.
