@@ -1277,20 +1277,30 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
         [s.accepted, s.late, s.duplicates, s.future, s.unregistered]
     }
 
+    /// The readings of random steps, some neighbours swapped, some delayed or repeated,
+    /// cut into epochs.
+    fn arrivals() -> impl Strategy<Value = Vec<Vec<Record>>> {
+        (
+            proptest::collection::vec(step(), 1..400),
+            proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+            proptest::collection::vec((any::<prop::sample::Index>(), 1usize..40), 0..12),
+            proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            proptest::collection::vec(1usize..40, 1..8),
+        )
+            .prop_map(|(steps, swaps, delays, dups, cuts)| {
+                epochs(readings(&steps, &registry()), &swaps, &delays, &dups, &cuts)
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
         #[test]
         fn a_restored_fleet_continues_as_the_uninterrupted_run(
-            steps in proptest::collection::vec(step(), 1..400),
-            swaps in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
-            delays in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..40), 0..12),
-            dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
-            cuts in proptest::collection::vec(1usize..40, 1..8),
+            epochs in arrivals(),
             cut in any::<prop::sample::Index>(),
             reordered in any::<bool>(),
         ) {
-            let epochs = epochs(readings(&steps, &registry()), &swaps, &delays, &dups, &cuts);
             let cut = cut.index(epochs.len() + 1);
             let mut original = new_fleets(1);
             run(&mut original, &epochs, 0..cut, &mut Seen::default());
@@ -1319,16 +1329,11 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
 
         #[test]
         fn a_snapshot_encoded_in_slices_is_the_snapshot_of_its_epoch(
-            steps in proptest::collection::vec(step(), 1..400),
-            swaps in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
-            delays in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..40), 0..12),
-            dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
-            cuts in proptest::collection::vec(1usize..40, 1..8),
+            epochs in arrivals(),
             cut in any::<prop::sample::Index>(),
             slices in proptest::collection::vec(0usize..3, 1..20),
             reload in any::<Option<prop::sample::Index>>(),
         ) {
-            let epochs = epochs(readings(&steps, &registry()), &swaps, &delays, &dups, &cuts);
             let cut = cut.index(epochs.len() + 1);
             let reload = reload.map(|r| cut + r.index(epochs.len() - cut + 1));
             let (mut plain, mut sliced) = (new_fleets(1), new_fleets(1));
