@@ -27,6 +27,12 @@ use super::{ArchiveError, ArchiveStats};
 /// A failing file is logged at its first failed attempt and then at every this many attempts.
 const LOG_EVERY: u32 = 10;
 
+/// The nice value of the uploader threads. Encoding and uploading a file is never urgent, but
+/// a checkpoint hands over every open partition at once: at the default priority that
+/// encoding took 80–90 % of a core for ~0.5 s from the workers on a busy 2-core machine, and
+/// live readings waited behind it (`benches/README.md`, "Checkpoints without a stop").
+const UPLOADER_NICE: i32 = 10;
+
 /// Waits between the attempts of a failing put: `first`, doubled after each failure, at most
 /// `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,7 +388,10 @@ impl Uploader {
         };
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || context.run(&rx))
+            .spawn(move || {
+                lower_priority();
+                context.run(&rx)
+            })
             .map_err(ArchiveError::Thread)?;
         Ok(Self {
             tx: Some(tx),
@@ -622,6 +631,14 @@ async fn put_multipart(
     let mut writer = WriteMultipart::new_with_chunk_size(parts, part_bytes);
     writer.put(bytes.clone());
     writer.finish().await.map(drop)
+}
+
+/// Runs the calling thread at [`UPLOADER_NICE`]: on Linux a thread id names that thread alone.
+fn lower_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), UPLOADER_NICE) {
+        tracing::warn!(%error, "archive uploader keeps the default priority");
+    }
 }
 
 #[cfg(test)]
