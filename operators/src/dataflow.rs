@@ -129,15 +129,15 @@ struct FleetSnapshots {
 
 impl FleetSnapshots {
     /// Begins the snapshot of checkpoint `epoch` if `next` (the first epoch not processed)
-    /// crossed one. One still in progress is finished at once first.
+    /// crossed one. One still in progress is finished at once and saved first.
     fn at(&mut self, next: u64, fleet: &mut Fleet) {
         let Some(epoch) = self.barrier.crossed(next) else {
             return;
         };
-        self.finish(fleet);
         let started = Instant::now();
-        let none = fleet.begin_snapshot(epoch);
-        debug_assert!(none.is_none(), "the previous snapshot was collected");
+        if let Some(previous) = fleet.begin_snapshot(epoch) {
+            (self.save)(previous, self.longest.max(started.elapsed()));
+        }
         self.longest = started.elapsed();
         let vehicles = fleet.stats.vehicles.div_ceil(self.spread_epochs.max(1));
         self.per_epoch = usize::try_from(vehicles).unwrap_or(usize::MAX).max(1);
