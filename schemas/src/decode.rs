@@ -175,33 +175,55 @@ pub fn decode_payload(
     };
     match text.trim_start().as_bytes().first() {
         Some(b'[') => {
-            let elements = match fast::array_elements(text) {
-                Some(elements) => elements,
-                None => match serde_json::from_str::<Vec<&RawValue>>(text) {
-                    Ok(elements) => elements.into_iter().map(RawValue::get).collect(),
-                    Err(e) => {
-                        out.push(Err(reject(json_reason(&e), e.to_string(), payload)));
-                        return;
+            let before = out.len();
+            let fast = fast::array_elements(text, |element, wire| {
+                out.push(decode_object(
+                    element,
+                    wire,
+                    topic_device_id,
+                    received_at_ms,
+                    limits,
+                ));
+            });
+            let count = match fast {
+                Some(count) => count,
+                None => {
+                    out.truncate(before);
+                    match serde_json::from_str::<Vec<&RawValue>>(text) {
+                        Ok(elements) => {
+                            for element in &elements {
+                                out.push(decode_object(
+                                    element.get(),
+                                    None,
+                                    topic_device_id,
+                                    received_at_ms,
+                                    limits,
+                                ));
+                            }
+                            elements.len()
+                        }
+                        Err(e) => {
+                            out.push(Err(reject(json_reason(&e), e.to_string(), payload)));
+                            return;
+                        }
                     }
-                },
+                }
             };
-            if elements.is_empty() {
+            if count == 0 {
                 out.push(Err(reject(
                     RejectReason::EmptyBatch,
                     "batch array has no elements".to_owned(),
                     payload,
                 )));
             }
-            for element in elements {
-                out.push(decode_object(
-                    element,
-                    topic_device_id,
-                    received_at_ms,
-                    limits,
-                ));
-            }
         }
-        _ => out.push(decode_object(text, topic_device_id, received_at_ms, limits)),
+        _ => out.push(decode_object(
+            text,
+            None,
+            topic_device_id,
+            received_at_ms,
+            limits,
+        )),
     }
 }
 
@@ -212,9 +234,11 @@ fn json_reason(e: &serde_json::Error) -> RejectReason {
     }
 }
 
-/// Decodes and validates one JSON object.
-fn decode_object(
-    text: &str,
+/// Decodes and validates one JSON object; `scanned` is its message when the batch's scan
+/// already read it.
+fn decode_object<'a>(
+    text: &'a str,
+    scanned: Option<WireMessage<'a>>,
     topic_device_id: Option<&str>,
     received_at_ms: i64,
     limits: &DecodeLimits,
@@ -241,7 +265,7 @@ fn decode_object(
         };
         return Err(fail(reject, reason, "expected a JSON object".to_owned()));
     }
-    let wire: WireMessage<'_> = match fast::wire_message(text) {
+    let wire: WireMessage<'_> = match scanned.or_else(|| fast::wire_message(text)) {
         Some(w) => w,
         None => match serde_json::from_str(text) {
             Ok(w) => w,
@@ -579,6 +603,19 @@ mod tests {
         let rej = out[1].as_ref().unwrap_err();
         assert_eq!(rej.reason, "missing_ts");
         assert_eq!(rej.raw, br#"{"device_id":"d"}"#);
+    }
+
+    #[test]
+    fn a_batch_that_turns_out_invalid_is_one_reject_whatever_came_before() {
+        for text in [
+            r#"[{"device_id":"d","ts":1},{"device_id":"d","ts":2}"#,
+            r#"[{"device_id":"d","ts":1},{"device_id":"d"}] x"#,
+            r#"[{"device_id":"d","ts":1},{"device_id":"d","ts":2},]"#,
+        ] {
+            let out = decode(text, None);
+            assert_eq!(out.len(), 1, "{text}");
+            assert_eq!(out[0].as_ref().unwrap_err().reason, "invalid_json");
+        }
     }
 
     #[test]

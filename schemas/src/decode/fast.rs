@@ -25,43 +25,35 @@ const POW10: [f64; 23] = [
 /// Scans `text` as one wire message; `None` means "ask serde".
 pub(super) fn wire_message(text: &str) -> Option<WireMessage<'_>> {
     let mut scan = Scan::new(text);
-    let mut m = WireMessage::default();
-    let mut seen = Seen::default();
-    scan.object(|scan, key| {
-        match key {
-            "device_id" => seen.put(0, &mut m.device_id, scan.opt_str()?.map(Cow::Borrowed))?,
-            "ts" => seen.put(1, &mut m.ts, scan.opt_ts()?)?,
-            "seq" => seen.put(2, &mut m.seq, scan.opt_uint(u64::MAX)?)?,
-            "backfill" => seen.put(3, &mut m.backfill, scan.opt_bool()?)?,
-            "gnss" => seen.put(4, &mut m.gnss, scan.opt_gnss()?)?,
-            "ignition" => seen.put(5, &mut m.ignition, scan.opt_bool()?)?,
-            "speed_kmh" => seen.put(6, &mut m.speed_kmh, scan.opt_f64()?)?,
-            "odometer_km" => seen.put(7, &mut m.odometer_km, scan.opt_f64()?)?,
-            "obd" => seen.put(8, &mut m.obd, scan.opt_obd()?)?,
-            "power" => seen.put(9, &mut m.power, scan.opt_power()?)?,
-            "alarms" => seen.put(10, &mut m.alarms, scan.opt_alarms()?)?,
-            _ => scan.skip_value(0)?,
-        }
-        Some(())
-    })?;
+    let m = scan.message()?;
     scan.ws();
     (scan.at == scan.bytes.len()).then_some(m)
 }
 
-/// Splits a batch array into the text of its elements, exactly as `Vec<&RawValue>` would;
-/// `None` means "ask serde".
-pub(super) fn array_elements(text: &str) -> Option<Vec<&str>> {
+/// Splits a batch array into the text of its elements, exactly as `Vec<&RawValue>` would,
+/// calling `element` with each one's text and, when the scanner could read it in the same
+/// pass, its message (what `wire_message` of that text returns). Returns how many elements
+/// there were; `None` means "ask serde", and the elements passed so far are to be dropped.
+pub(super) fn array_elements<'a>(
+    text: &'a str,
+    mut element: impl FnMut(&'a str, Option<WireMessage<'a>>),
+) -> Option<usize> {
     let mut scan = Scan::new(text);
-    let mut elements = Vec::new();
+    let mut count = 0;
     scan.array(|scan| {
         scan.ws();
         let start = scan.at;
-        scan.skip_value(1)?;
-        elements.push(&text[start..scan.at]);
+        let message = scan.message();
+        if message.is_none() {
+            scan.at = start;
+            scan.skip_value(1)?;
+        }
+        element(&text[start..scan.at], message);
+        count += 1;
         Some(())
     })?;
     scan.ws();
-    (scan.at == scan.bytes.len()).then_some(elements)
+    (scan.at == scan.bytes.len()).then_some(count)
 }
 
 /// The known keys of one object already given (serde rejects a repeated field).
@@ -113,6 +105,30 @@ impl<'a> Scan<'a> {
             bytes: text.as_bytes(),
             at: 0,
         }
+    }
+
+    /// One wire message from here, ending after its closing brace.
+    fn message(&mut self) -> Option<WireMessage<'a>> {
+        let mut m = WireMessage::default();
+        let mut seen = Seen::default();
+        self.object(|scan, key| {
+            match key {
+                "device_id" => seen.put(0, &mut m.device_id, scan.opt_str()?.map(Cow::Borrowed))?,
+                "ts" => seen.put(1, &mut m.ts, scan.opt_ts()?)?,
+                "seq" => seen.put(2, &mut m.seq, scan.opt_uint(u64::MAX)?)?,
+                "backfill" => seen.put(3, &mut m.backfill, scan.opt_bool()?)?,
+                "gnss" => seen.put(4, &mut m.gnss, scan.opt_gnss()?)?,
+                "ignition" => seen.put(5, &mut m.ignition, scan.opt_bool()?)?,
+                "speed_kmh" => seen.put(6, &mut m.speed_kmh, scan.opt_f64()?)?,
+                "odometer_km" => seen.put(7, &mut m.odometer_km, scan.opt_f64()?)?,
+                "obd" => seen.put(8, &mut m.obd, scan.opt_obd()?)?,
+                "power" => seen.put(9, &mut m.power, scan.opt_power()?)?,
+                "alarms" => seen.put(10, &mut m.alarms, scan.opt_alarms()?)?,
+                _ => scan.skip_value(0)?,
+            }
+            Some(())
+        })?;
+        Some(m)
     }
 
     fn ws(&mut self) {
@@ -545,13 +561,34 @@ mod tests {
             .map(|v| v.into_iter().map(|e| e.get()).collect())
     }
 
+    /// The batch scan's elements; each message it read in passing is checked against
+    /// `wire_message` of the element's text.
+    fn split(text: &str) -> Option<Vec<&str>> {
+        let mut elements = Vec::new();
+        let count = array_elements(text, |element, message| {
+            if let Some(message) = message {
+                assert_eq!(
+                    Some(format!("{message:?}")),
+                    wire_message(element).map(|m| format!("{m:?}")),
+                    "{element}"
+                );
+            }
+            elements.push(element);
+        })?;
+        assert_eq!(count, elements.len());
+        Some(elements)
+    }
+
     #[test]
     fn plain_batches_split_as_serde_splits_them() {
         let batch = format!(" [ {} ,{},\n{}] ", PLAIN[0], PLAIN[2], PLAIN[5]);
-        let fast = array_elements(&batch);
+        let mut read = 0;
+        array_elements(&batch, |_, message| read += usize::from(message.is_some()));
+        assert_eq!(read, 3, "every plain element is read in the same pass");
+        let fast = split(&batch);
         assert_eq!(fast.as_ref().map(Vec::len), Some(3));
         assert_eq!(fast, serde_elements(&batch));
-        assert_eq!(array_elements("[]"), Some(vec![]));
+        assert_eq!(split("[]"), Some(vec![]));
     }
 
     proptest! {
@@ -574,7 +611,7 @@ mod tests {
                 }
                 text.replace_range(at..end, PIECES[piece]);
             }
-            if let Some(fast) = array_elements(&text) {
+            if let Some(fast) = split(&text) {
                 prop_assert_eq!(Some(fast), serde_elements(&text), "{}", text);
             }
         }
