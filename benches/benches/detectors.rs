@@ -194,6 +194,7 @@ struct Scene {
     fences: FenceIndex,
     permitted: Vec<FenceIdx>,
     vin: Option<String>,
+    registry: Registry,
 }
 
 impl Scene {
@@ -203,6 +204,7 @@ impl Scene {
             fences: FenceIndex::empty(),
             permitted: Vec::new(),
             vin: None,
+            registry: Registry::empty(),
         }
     }
 
@@ -245,6 +247,7 @@ impl Scene {
         Env {
             rules: &self.rules,
             fences: &self.fences,
+            registry: &self.registry,
             detected_at_ms: 0,
         }
     }

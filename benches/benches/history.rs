@@ -27,6 +27,7 @@ use benches::feed::{Fed, VehicleFeed};
 use operators::config::RulesConfig;
 use operators::days::{ActiveDays, NightLocations};
 use operators::fences::FenceIndex;
+use operators::registry::Registry;
 use operators::vehicle::{Env, Outputs, VehicleState};
 use schemas::{DeviceClass, Record};
 
@@ -63,6 +64,7 @@ fn history(c: &mut Criterion) {
     let env = Env {
         rules: &rules,
         fences: &fences,
+        registry: &Registry::empty(),
         detected_at_ms: 0,
     };
     let mut group = c.benchmark_group("history");

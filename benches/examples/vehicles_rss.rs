@@ -291,6 +291,7 @@ fn calibration(days: i64) {
     let env = Env {
         rules: &rules,
         fences: &fences,
+        registry: &Registry::empty(),
         detected_at_ms: 0,
     };
     let sizes = Sizes::new();
@@ -418,14 +419,6 @@ impl Sizes {
             parts.push((label, bytes, mi_size(bytes)));
         };
         let s = |n| (n, 1, n);
-        for (name, path) in [
-            ("vehicle_id", &["vehicle_id"][..]),
-            ("profile.loan_id", &["profile", "loan_id"]),
-            ("profile.vin", &["profile", "vin"]),
-        ] {
-            let (len, elem, cap) = s(str_len(path));
-            part(name.into(), len, elem, cap);
-        }
         let ds = self.0.device_state;
         part("devices: Vec<DeviceState>".into(), devices, ds, devices);
         for d in 0..devices {
@@ -435,8 +428,6 @@ impl Sizes {
                 p.extend_from_slice(rest);
                 p
             };
-            let (len, elem, cap) = s(str_len(&dev(&["device_id"])));
-            part(format!("devices[{d}].device_id"), len, elem, cap);
             let rec = size_of::<Record>();
             part(
                 format!(
@@ -542,7 +533,9 @@ impl Sizes {
         let (req, rounded): (usize, usize) =
             parts.iter().fold((0, 0), |(a, b), p| (a + p.1, b + p.2));
         let inline = size_of::<VehicleState>();
-        println!("  heap of the vehicle (requested B, mimalloc size class B):");
+        println!(
+            "  heap of the vehicle (requested B, mimalloc size class B; the vehicle, loan, device and registered VIN strings are the registry's):"
+        );
         for (name, bytes, mi) in &parts {
             if *bytes > 0 {
                 println!("    {name:<78} {bytes:5} {mi:5}");

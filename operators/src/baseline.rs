@@ -409,7 +409,7 @@ mod reference {
     use super::*;
     use crate::fences::FenceIndex;
     use crate::geo::{haversine_m, implied_speed_kmh};
-    use crate::registry::DEFAULT_TIMEZONE;
+    use crate::registry::{DEFAULT_TIMEZONE, Registry};
     use crate::vehicle::{Env, Outputs, Profile, VehicleState};
 
     /// 2025-11-01T00:00+08:00.
@@ -540,6 +540,7 @@ mod reference {
         let env = Env {
             rules: &rules,
             fences: &fences,
+            registry: &Registry::empty(),
             detected_at_ms: 0,
         };
         let mut arrivals: Vec<Reading> = Vec::new();

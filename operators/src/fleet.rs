@@ -297,9 +297,11 @@ impl Fleet {
         let limit = self.clock.future_limit_ms(&self.rules, samples);
         let clock = self.clock.watermark_ms(&self.rules);
         let (rules, fences) = (Arc::clone(&self.rules), Arc::clone(&self.fences));
+        let registry = Arc::clone(&self.registry);
         let env = Env {
             rules: &rules,
             fences: &fences,
+            registry: &registry,
             detected_at_ms: wall_now_ms,
         };
         for record in records {
@@ -418,9 +420,11 @@ impl Fleet {
     pub fn finish(&mut self, wall_now_ms: i64, out: &mut FleetOutputs) {
         self.settle_snapshot();
         let (rules, fences) = (Arc::clone(&self.rules), Arc::clone(&self.fences));
+        let registry = Arc::clone(&self.registry);
         let env = Env {
             rules: &rules,
             fences: &fences,
+            registry: &registry,
             detected_at_ms: wall_now_ms,
         };
         let mut waiting = std::mem::take(&mut self.touched);
@@ -702,13 +706,10 @@ impl Fleet {
 }
 
 /// Gives `vehicle` the registry facts of its id (a reload or a restore: they apply from its
-/// next reading on) and, when registered, the registry's own id string, so they share it.
+/// next reading on) and the registry's own id strings, so they share them.
 fn adopt_reference(vehicle: &mut VehicleState, registry: &Registry, fences: &FenceIndex) {
-    let entry = registry.vehicle(&vehicle.vehicle_id);
-    vehicle.set_profile(profile(entry, fences));
-    if let Some(entry) = entry {
-        vehicle.vehicle_id = Arc::clone(&entry.vehicle_id);
-    }
+    vehicle.set_profile(profile(registry.vehicle(&vehicle.vehicle_id), fences));
+    vehicle.share_ids(registry);
 }
 
 /// The registry facts of a vehicle (defaults when unregistered).
@@ -1710,6 +1711,45 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
             .collect();
         assert_eq!(claims.len(), 1, "{claims:#?}");
         assert!(claims[0].contains("\"L9\""), "{claims:#?}");
+    }
+
+    /// Every device id string the vehicles hold is the registry's own (or, for an
+    /// unregistered device, its vehicle's).
+    fn assert_device_ids_shared(fleet: &Fleet) {
+        let mut devices = 0;
+        for vehicle in &fleet.vehicles {
+            for id in vehicle.device_ids() {
+                let expected = match fleet.registry.device(id) {
+                    Some(entry) => &entry.device_id,
+                    None => &vehicle.vehicle_id,
+                };
+                assert!(Arc::ptr_eq(id, expected), "device {id}");
+                devices += 1;
+            }
+        }
+        assert!(
+            devices > fleet.vehicles.len(),
+            "a vehicle with two devices is checked"
+        );
+    }
+
+    /// As the fleet runs, and after a restore, where the vehicle ids are the registry's too.
+    #[test]
+    fn id_strings_are_the_registrys() {
+        let (fleet, _) = run_scenario();
+        assert!(
+            fleet.position("U9").is_some(),
+            "an unregistered device is checked"
+        );
+        assert_device_ids_shared(&fleet);
+        let bytes = fleet.snapshot().expect("snapshot");
+        let restored = restore(&[&bytes]).expect("restore");
+        assert_device_ids_shared(&restored);
+        for vehicle in &restored.vehicles {
+            if let Some(entry) = restored.registry.vehicle(&vehicle.vehicle_id) {
+                assert!(Arc::ptr_eq(&vehicle.vehicle_id, &entry.vehicle_id));
+            }
+        }
     }
 
     /// Prints the golden snapshot of this build (after a format change: bump

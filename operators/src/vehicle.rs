@@ -28,7 +28,7 @@ use crate::kinds::{
     stationary_long::StationaryLong, tow_suspected::TowSuspected, vin_mismatch::VinMismatch,
 };
 use crate::position::{Fix, PositionChain, Step};
-use crate::registry::DEFAULT_TIMEZONE;
+use crate::registry::{DEFAULT_TIMEZONE, Registry};
 use crate::vin_index::{ClaimSource, VinClaim};
 
 /// Read-only inputs of the rules.
@@ -38,6 +38,8 @@ pub struct Env<'a> {
     pub rules: &'a RulesConfig,
     /// Fences.
     pub fences: &'a FenceIndex,
+    /// The registry, whose id strings a new device's state shares.
+    pub registry: &'a Registry,
     /// Wall-clock time stamped on alerts emitted now.
     pub detected_at_ms: i64,
 }
@@ -147,7 +149,9 @@ struct DeviceIncidents {
 /// One device of the vehicle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct DeviceState {
-    device_id: Box<str>,
+    /// The registry's string when registered.
+    #[serde(with = "schemas::shared_str")]
+    device_id: Arc<str>,
     class: DeviceClass,
     dedup: Dedup,
     /// Readings waiting for the pipeline clock, in release order: by event time, then input
@@ -373,6 +377,28 @@ impl VehicleState {
         self.profile = profile;
     }
 
+    /// Takes the registry's strings for the vehicle's and its devices' ids where it has them
+    /// (a restore or a reload), so they are shared rather than held twice; an unregistered
+    /// device shares its vehicle's id, which is its own.
+    pub(crate) fn share_ids(&mut self, registry: &Registry) {
+        if let Some(entry) = registry.vehicle(&self.vehicle_id) {
+            self.vehicle_id = Arc::clone(&entry.vehicle_id);
+        }
+        for device in &mut self.devices {
+            if let Some(entry) = registry.device(&device.device_id) {
+                device.device_id = Arc::clone(&entry.device_id);
+            } else if device.device_id == self.vehicle_id {
+                device.device_id = Arc::clone(&self.vehicle_id);
+            }
+        }
+    }
+
+    /// The ids of the vehicle's devices.
+    #[cfg(test)]
+    pub(crate) fn device_ids(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.devices.iter().map(|d| &d.device_id)
+    }
+
     /// Appends the fence indices the state refers to (the profile's permitted fences, the
     /// risk fences of visits, entries and dwell incidents), with repeats.
     pub(crate) fn fence_refs(&self, out: &mut Vec<FenceIdx>) {
@@ -434,7 +460,7 @@ impl VehicleState {
         self.chain.distance_m
     }
 
-    fn device_index(&mut self, record: &Record) -> usize {
+    fn device_index(&mut self, record: &Record, registry: &Registry) -> usize {
         let id = &record.reading.device_id;
         if let Some(i) = self.devices.iter().position(|d| *d.device_id == **id) {
             return i;
@@ -442,7 +468,12 @@ impl VehicleState {
         // Most vehicles have one device: the default growth would make room for four.
         self.devices.reserve_exact(1);
         self.devices.push(DeviceState {
-            device_id: id.as_str().into(),
+            // An unregistered device is its own vehicle, whose id is the device's.
+            device_id: match registry.device(id) {
+                Some(entry) => Arc::clone(&entry.device_id),
+                None if !record.registered => Arc::clone(&record.vehicle_id),
+                None => id.as_str().into(),
+            },
             class: record.class,
             dedup: Dedup::default(),
             buffer: Vec::new(),
@@ -472,7 +503,7 @@ impl VehicleState {
         env: &Env<'_>,
         out: &mut Outputs,
     ) -> Arrival {
-        let d = self.device_index(&record);
+        let d = self.device_index(&record, env.registry);
         let one_device = self.devices.len() == 1;
         let r = &record.reading;
         let device = &mut self.devices[d];
@@ -996,6 +1027,7 @@ mod tests {
         let env = Env {
             rules: &rules,
             fences: &fences,
+            registry: &Registry::empty(),
             detected_at_ms: 0,
         };
         let mut v = VehicleState::new("V".into(), Profile::default());
@@ -1071,6 +1103,7 @@ mod tests {
         let env = Env {
             rules: &rules,
             fences: &fences,
+            registry: &Registry::empty(),
             detected_at_ms: 0,
         };
         let steps: Vec<Step> = (0..4)
@@ -1220,6 +1253,7 @@ mod noise {
         let env = Env {
             rules: &rules,
             fences: &fences,
+            registry: &Registry::empty(),
             detected_at_ms: 0,
         };
         let profile = Profile {
