@@ -203,6 +203,7 @@ impl ArchiveSettings {
             max_file_age_s: self.max_file_age_s,
             row_group_rows: self.row_group_rows,
             zstd_level: self.zstd_level,
+            yield_to_workers: false,
         }
     }
 }

@@ -16,7 +16,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{Scope, StreamVec};
 
 use anyhow::Context;
-use connectors::{ArchiveStats, ArchiveWriter, JsonlWriter, KafkaProducer};
+use connectors::{ArchiveConfig, ArchiveStats, ArchiveWriter, JsonlWriter, KafkaProducer};
 use operators::dataflow::{Barrier, Output, RunFleet, id_key};
 use operators::fleet::{EpochSample, Fleet, FleetStats, TopTimes};
 use operators::reference::{ReferenceSlot, ReferenceView};
@@ -238,8 +238,12 @@ pub(crate) fn run_worker(
     let report = Rc::new(RefCell::new(WorkerReport::default()));
     let fleet_stats = Rc::new(RefCell::new(FleetStats::default()));
     let archive = if config.archive.enabled {
+        let archive = ArchiveConfig {
+            yield_to_workers: source.live(),
+            ..config.archive.connector()
+        };
         Some(
-            ArchiveWriter::open(&config.archive.connector(), process, index)
+            ArchiveWriter::open(&archive, process, index)
                 // With its causes: "error sending request" alone hides e.g. an untrusted
                 // certificate.
                 .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?,

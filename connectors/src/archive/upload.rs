@@ -27,7 +27,7 @@ use super::{ArchiveError, ArchiveStats};
 /// A failing file is logged at its first failed attempt and then at every this many attempts.
 const LOG_EVERY: u32 = 10;
 
-/// The nice value of the uploader threads. Encoding and uploading a file is never urgent, but
+/// The nice value of the uploader threads of a live service. Encoding and uploading a file is never urgent, but
 /// a checkpoint hands over every open partition at once: at the default priority that
 /// encoding took 80–90 % of a core for ~0.5 s from the workers on a busy 2-core machine, and
 /// live readings waited behind it (`benches/README.md`, "Checkpoints without a stop").
@@ -353,7 +353,8 @@ pub(super) struct Uploader {
 }
 
 impl Uploader {
-    /// Starts the uploader thread `name` with its own current-thread tokio runtime.
+    /// Starts the uploader thread `name` with its own current-thread tokio runtime, at
+    /// [`UPLOADER_NICE`] if `yield_to_workers`.
     /// Files above `part_bytes` go up as multipart uploads in parts of that size; failed puts
     /// are retried after `backoff`; rows of at most `queue_bytes` (by the writer's estimate)
     /// wait in the queue.
@@ -363,6 +364,7 @@ impl Uploader {
         queue_bytes: u64,
         name: String,
         backoff: Backoff,
+        yield_to_workers: bool,
     ) -> Result<Self, ArchiveError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -389,7 +391,9 @@ impl Uploader {
         let thread = thread::Builder::new()
             .name(name)
             .spawn(move || {
-                lower_priority();
+                if yield_to_workers {
+                    lower_priority();
+                }
                 context.run(&rx)
             })
             .map_err(ArchiveError::Thread)?;
@@ -674,8 +678,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("alerts"), b"").unwrap();
         let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
-        let uploader =
-            Uploader::spawn(Arc::new(store), 5 << 20, QUEUE, "test-blocked".into(), FAST).unwrap();
+        let uploader = Uploader::spawn(
+            Arc::new(store),
+            5 << 20,
+            QUEUE,
+            "test-blocked".into(),
+            FAST,
+            false,
+        )
+        .unwrap();
         (dir, uploader)
     }
 
@@ -745,8 +756,15 @@ mod tests {
     /// An uploader thread `name` onto a new in-memory store, and its progress.
     fn in_memory(name: &str) -> (Arc<InMemory>, Uploader, UploadProgress) {
         let store = Arc::new(InMemory::new());
-        let uploader =
-            Uploader::spawn(Arc::clone(&store) as _, 5 << 20, QUEUE, name.into(), FAST).unwrap();
+        let uploader = Uploader::spawn(
+            Arc::clone(&store) as _,
+            5 << 20,
+            QUEUE,
+            name.into(),
+            FAST,
+            false,
+        )
+        .unwrap();
         let progress = uploader.progress();
         (store, uploader, progress)
     }
@@ -856,6 +874,7 @@ mod tests {
             QUEUE,
             "test-multipart".into(),
             FAST,
+            false,
         )
         .unwrap();
         uploader.send(big("telemetry/big.parquet")).unwrap();
@@ -897,5 +916,47 @@ mod tests {
         assert_eq!(*queued.bytes.lock().unwrap(), 5);
         queued.reserve(QUEUE_BYTES - 5);
         assert_eq!(*queued.bytes.lock().unwrap(), QUEUE_BYTES);
+    }
+
+    /// The nice value of this process's thread named `name` (Linux `/proc`).
+    fn nice_of(name: &str) -> Option<i64> {
+        std::fs::read_dir("/proc/self/task").ok()?.find_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the parenthesised name: state is field 3, nice field 19.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split(' ').nth(16)?.parse().ok()
+        })
+    }
+
+    #[test]
+    fn only_a_yielding_uploader_runs_below_the_workers() {
+        let spawn = |name: &str, yield_to_workers| {
+            Uploader::spawn(
+                Arc::new(InMemory::new()),
+                5 << 20,
+                QUEUE,
+                name.into(),
+                FAST,
+                yield_to_workers,
+            )
+            .unwrap()
+        };
+        let yielding = spawn("test-yielding", true);
+        let pacing = spawn("test-pacing", false);
+        let own = nice_of(
+            std::fs::read_to_string("/proc/self/comm")
+                .unwrap()
+                .trim_end(),
+        );
+        eventually("the yielding thread lowered its priority", || {
+            nice_of("test-yielding").is_some_and(|n| n >= i64::from(UPLOADER_NICE))
+        });
+        assert_eq!(nice_of("test-pacing"), own);
+        drop((yielding, pacing));
     }
 }
