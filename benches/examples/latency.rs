@@ -41,8 +41,10 @@
 //!
 //! `--trace FILE` also writes every probe as a line (phase: 0 max, 1 latency, 2 warm-up, 3 the
 //! unmeasured probe that ends each phase; publish time, epoch ms; latency, ms), to see when
-//! the slow ones were. A phase ends once that last probe's alert is back, so the next one
-//! starts on a service that has processed everything before it, not merely received it.
+//! the slow ones were. A phase ends once that last probe's alert is back and the archive's
+//! uploaders have published what they were given (`lienwatch_archive_queued_bytes` at 0), so
+//! the next one starts on a service that has processed everything before it, not merely
+//! received it.
 //!
 //! Event time runs much faster than wall time here (a recorded fleet replayed at thousands of
 //! messages per second), so the 120-s reorder window is passed in tens of milliseconds of
@@ -449,6 +451,10 @@ struct Metrics {
     late: f64,
     ingest_sum_s: f64,
     ingest_count: f64,
+    /// Rows handed to the archive's uploaders, not yet published (estimated bytes).
+    archive_queued: f64,
+    /// Seconds workers waited for room in an uploader's queue.
+    archive_wait_s: f64,
 }
 
 fn scrape(addr: &str) -> Result<Metrics> {
@@ -470,6 +476,8 @@ fn scrape(addr: &str) -> Result<Metrics> {
             "lienwatch_late_total" => m.late = value,
             "lienwatch_ingest_latency_seconds_sum" => m.ingest_sum_s = value,
             "lienwatch_ingest_latency_seconds_count" => m.ingest_count = value,
+            "lienwatch_archive_queued_bytes" => m.archive_queued = value,
+            "lienwatch_archive_wait_seconds_sum" => m.archive_wait_s = value,
             _ => {}
         }
     }
@@ -948,6 +956,13 @@ impl Watch<'_> {
         let drain = Instant::now();
         p.probe(DRAIN)?;
         let drained = wait_until(catch_up, || self.answered(DRAIN));
+        // The archive's uploader threads (below the workers' priority) may still be encoding
+        // and uploading the phase's rows; were they behind at the next phase's start, the
+        // workers would wait for room in their queues then, and that phase would measure
+        // this one's backlog.
+        let archived = wait_until(catch_up, || {
+            scrape(self.metrics).is_ok_and(|m| m.archive_queued <= 0.0)
+        });
         // The phase's last alerts (they are normally in by now).
         wait_until(Duration::from_secs(10), || self.answered(index));
         let m = scrape(self.metrics)?;
@@ -979,8 +994,10 @@ impl Watch<'_> {
         };
         report_latency(label, self.hists, index, &before, &m);
         println!(
-            "  processed {:.2} s after the last message in",
-            drained.map_or(f64::NAN, |t| (t - drain).as_secs_f64())
+            "  processed {:.2} s after the last message in, archived {:.2} s after; workers waited {:.2} s for the archive's queue",
+            drained.map_or(f64::NAN, |t| (t - drain).as_secs_f64()),
+            archived.map_or(f64::NAN, |t| (t - drain).as_secs_f64()),
+            m.archive_wait_s - before.archive_wait_s
         );
         Ok(n as f64 / tr)
     }

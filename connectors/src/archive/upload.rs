@@ -129,22 +129,31 @@ impl Queued {
         }
     }
 
-    /// Waits until `size` more bytes fit (or nothing is queued), then counts them.
+    /// Waits until `size` more bytes fit (or nothing is queued), then counts them. A wait
+    /// goes into `lienwatch_archive_wait_seconds`: the archive holding the dataflow back.
     fn reserve(&self, size: u64) {
         let mut bytes = lock(&self.bytes);
-        while *bytes > 0 && *bytes + size > self.limit {
-            bytes = self
-                .published
-                .wait(bytes)
-                .unwrap_or_else(PoisonError::into_inner);
+        if *bytes > 0 && *bytes + size > self.limit {
+            let waiting = Instant::now();
+            while *bytes > 0 && *bytes + size > self.limit {
+                bytes = self
+                    .published
+                    .wait(bytes)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            metrics::histogram!("lienwatch_archive_wait_seconds")
+                .record(waiting.elapsed().as_secs_f64());
         }
         *bytes += size;
+        metrics::gauge!("lienwatch_archive_queued_bytes").increment(size as f64);
     }
 
     /// Releases `size` bytes after their file was published (or given up on).
     fn release(&self, size: u64) {
         let mut bytes = lock(&self.bytes);
-        *bytes = bytes.saturating_sub(size);
+        let released = size.min(*bytes);
+        *bytes -= released;
+        metrics::gauge!("lienwatch_archive_queued_bytes").decrement(released as f64);
         self.published.notify_all();
     }
 }
