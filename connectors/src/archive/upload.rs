@@ -927,6 +927,85 @@ mod tests {
         assert_eq!(*queued.bytes.lock().unwrap(), QUEUE_BYTES);
     }
 
+    /// The value of gauge `lienwatch_archive_queued_bytes`, as a recorder sees it.
+    #[derive(Default)]
+    struct QueuedGauge(Mutex<f64>);
+
+    impl metrics::GaugeFn for QueuedGauge {
+        fn increment(&self, value: f64) {
+            *lock(&self.0) += value;
+        }
+        fn decrement(&self, value: f64) {
+            *lock(&self.0) -= value;
+        }
+        fn set(&self, value: f64) {
+            *lock(&self.0) = value;
+        }
+    }
+
+    #[derive(Default)]
+    struct GaugeRecorder(Arc<QueuedGauge>);
+
+    impl metrics::Recorder for GaugeRecorder {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            assert_eq!(key.name(), "lienwatch_archive_queued_bytes");
+            metrics::Gauge::from_arc(Arc::clone(&self.0))
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn the_queued_bytes_gauge_follows_the_queue() {
+        let recorder = GaugeRecorder::default();
+        let queued = Queued::new(1 << 20);
+        let gauge = || *lock(&recorder.0.0);
+        metrics::with_local_recorder(&recorder, || {
+            queued.reserve(300);
+            queued.reserve(200);
+            assert_eq!(gauge(), 500.0);
+            queued.release(300);
+            assert_eq!(gauge(), 200.0);
+            // More released than queued leaves both at 0 (the queue saturates).
+            queued.release(250);
+        });
+        assert_eq!(gauge(), 0.0);
+        assert_eq!(*lock(&queued.bytes), 0);
+    }
+
     /// The nice value of this process's thread named `name` (Linux `/proc`).
     fn nice_of(name: &str) -> Option<i64> {
         std::fs::read_dir("/proc/self/task").ok()?.find_map(|task| {
