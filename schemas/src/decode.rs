@@ -194,7 +194,7 @@ pub fn decode_payload(
                             for element in &elements {
                                 out.push(decode_object(
                                     element.get(),
-                                    None,
+                                    fast::wire_message(element.get()),
                                     topic_device_id,
                                     received_at_ms,
                                     limits,
@@ -219,7 +219,7 @@ pub fn decode_payload(
         }
         _ => out.push(decode_object(
             text,
-            None,
+            fast::wire_message(text),
             topic_device_id,
             received_at_ms,
             limits,
@@ -234,8 +234,8 @@ fn json_reason(e: &serde_json::Error) -> RejectReason {
     }
 }
 
-/// Decodes and validates one JSON object; `scanned` is its message when the batch's scan
-/// already read it.
+/// Decodes and validates one JSON object; `scanned` is what the fast scanner made of it
+/// (`None`: it declined, serde decides).
 fn decode_object<'a>(
     text: &'a str,
     scanned: Option<WireMessage<'a>>,
@@ -265,7 +265,7 @@ fn decode_object<'a>(
         };
         return Err(fail(reject, reason, "expected a JSON object".to_owned()));
     }
-    let wire: WireMessage<'_> = match scanned.or_else(|| fast::wire_message(text)) {
+    let wire: WireMessage<'_> = match scanned {
         Some(w) => w,
         None => match serde_json::from_str(text) {
             Ok(w) => w,

@@ -27,10 +27,11 @@ use super::{ArchiveError, ArchiveStats};
 /// A failing file is logged at its first failed attempt and then at every this many attempts.
 const LOG_EVERY: u32 = 10;
 
-/// The nice value of the uploader threads of a live service. Encoding and uploading a file is never urgent, but
-/// a checkpoint hands over every open partition at once: at the default priority that
-/// encoding took 80–90 % of a core for ~0.5 s from the workers on a busy 2-core machine, and
-/// live readings waited behind it (`benches/README.md`, "Checkpoints without a stop").
+/// The nice value of the uploader threads of a live service. Encoding and uploading a file is
+/// never urgent, but a checkpoint hands over every open partition at once: at the default
+/// priority that encoding took 80–90 % of a core for ~0.5 s from the workers on a busy 2-core
+/// machine, and live readings waited behind it (`benches/README.md`, "Checkpoints without a
+/// stop").
 const UPLOADER_NICE: i32 = 10;
 
 /// Waits between the attempts of a failing put: `first`, doubled after each failure, at most
@@ -133,16 +134,17 @@ impl Queued {
     /// goes into `lienwatch_archive_wait_seconds`: the archive holding the dataflow back.
     fn reserve(&self, size: u64) {
         let mut bytes = lock(&self.bytes);
-        if *bytes > 0 && *bytes + size > self.limit {
-            let waiting = Instant::now();
-            while *bytes > 0 && *bytes + size > self.limit {
-                bytes = self
-                    .published
-                    .wait(bytes)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
+        let mut waiting = None;
+        while *bytes > 0 && *bytes + size > self.limit {
+            waiting.get_or_insert_with(Instant::now);
+            bytes = self
+                .published
+                .wait(bytes)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(since) = waiting {
             metrics::histogram!("lienwatch_archive_wait_seconds")
-                .record(waiting.elapsed().as_secs_f64());
+                .record(since.elapsed().as_secs_f64());
         }
         *bytes += size;
         metrics::gauge!("lienwatch_archive_queued_bytes").increment(size as f64);

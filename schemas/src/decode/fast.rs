@@ -31,8 +31,8 @@ pub(super) fn wire_message(text: &str) -> Option<WireMessage<'_>> {
 }
 
 /// Splits a batch array into the text of its elements, exactly as `Vec<&RawValue>` would,
-/// calling `element` with each one's text and, when the scanner could read it in the same
-/// pass, its message (what `wire_message` of that text returns). Returns how many elements
+/// calling `element` with each one's text and what `wire_message` of that text returns, read
+/// in the same pass (`None`: the scanner declines it, serde decides). Returns how many elements
 /// there were; `None` means "ask serde", and the elements passed so far are to be dropped.
 pub(super) fn array_elements<'a>(
     text: &'a str,
