@@ -190,7 +190,7 @@ impl VehicleFeed {
             class: self.class,
             registered: true,
             ingest_seq,
-            reading: Box::new(reading),
+            reading: Arc::new(reading),
         }
     }
 

@@ -102,18 +102,19 @@ impl CheckpointStore {
         }
     }
 
-    /// Stores one part of a worker's state (overwriting a part left by an attempt that failed).
+    /// Stores one part of a worker's state, given in pieces stored one after the other
+    /// (overwriting a part left by an attempt that failed).
     pub async fn put_part(
         &self,
         epoch: u64,
         process: usize,
         worker: usize,
         part: &str,
-        bytes: Bytes,
+        pieces: &[Bytes],
     ) -> Result<(), CheckpointError> {
         let key = part_key(epoch, process, worker, part);
         self.store
-            .put(&key, PutPayload::from_bytes(bytes))
+            .put(&key, pieces.iter().cloned().collect::<PutPayload>())
             .await
             .map(drop)
             .map_err(Self::store_error(&key))
@@ -286,7 +287,7 @@ mod tests {
             assert_eq!(store.latest_complete(2).await.expect("list"), None);
             for epoch in [300, 600] {
                 store
-                    .put_part(epoch, 0, 0, "fleet", Bytes::from_static(b"state"))
+                    .put_part(epoch, 0, 0, "fleet", &[Bytes::from_static(b"state")])
                     .await
                     .expect("part");
                 store.put_marker(&marker(epoch, 0)).await.expect("marker");

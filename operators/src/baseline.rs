@@ -402,6 +402,7 @@ mod reference {
     //! sort, walk the fixes, sum per local day.
 
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use proptest::prelude::*;
     use schemas::{DeviceClass, Gnss, Obd, Record};
@@ -523,7 +524,7 @@ mod reference {
             class: DeviceClass::Obd,
             registered: true,
             ingest_seq: i as u64,
-            reading: Box::new(r),
+            reading: Arc::new(r),
         }
     }
 

@@ -499,7 +499,7 @@ impl Registry {
             registered: loan_id.is_some(),
             loan_id,
             ingest_seq,
-            reading: Box::new(reading),
+            reading: Arc::new(reading),
         }
     }
 

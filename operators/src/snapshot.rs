@@ -26,7 +26,7 @@
 use bincode::Options;
 use bincode::de::read::SliceReader;
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 /// Version of the snapshot format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 3;
@@ -144,50 +144,110 @@ fn options() -> impl Options + Copy {
     bincode::DefaultOptions::new()
 }
 
-/// Appends `value` to `buf` as [`Writer::write`] appends it to a snapshot of `kind`.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(
-    kind: Kind,
-    buf: &mut Vec<u8>,
-    value: &T,
-) -> Result<(), SnapshotError> {
-    options()
-        .serialize_into(buf, value)
-        .map_err(|source| SnapshotError::Encode { kind, source })
+/// Body bytes per piece of a [`SnapshotBytes`]: a worker's fleet snapshot runs to tens of MB
+/// (the reorder buffers of the 2-min window), and one buffer grown to that size is copied
+/// whole at every doubling, which stopped a worker for 0.1–0.4 s on the machine of
+/// `benches/README.md`. Pieces are never copied again: the object store takes them as they are.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// Room a piece keeps past [`PIECE_BYTES`] for the value that crosses it (a vehicle is a few
+/// KB), so that a piece is not reallocated.
+const PIECE_SLACK: usize = 64 << 10;
+
+/// An encoded snapshot, in pieces to be stored one after the other: the frame, then the body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotBytes {
+    pieces: Vec<Vec<u8>>,
+}
+
+impl SnapshotBytes {
+    /// Length in bytes, frame included.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Vec::len).sum()
+    }
+
+    /// Whether there are no bytes (never, for a finished snapshot: the frame is there).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pieces, in order.
+    pub fn into_pieces(self) -> Vec<Vec<u8>> {
+        self.pieces
+    }
+
+    /// The bytes in one buffer (tests, small snapshots).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.pieces.concat()
+    }
+}
+
+impl From<Vec<u8>> for SnapshotBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self {
+            pieces: vec![bytes],
+        }
+    }
 }
 
 /// Builds a snapshot: the frame, then values appended one by one.
 pub(crate) struct Writer {
     kind: Kind,
-    buf: Vec<u8>,
+    /// Full pieces of the body.
+    pieces: Vec<Vec<u8>>,
+    /// The piece being written.
+    piece: Vec<u8>,
+    /// Of the full pieces.
+    hasher: Xxh3,
+    len: u64,
 }
 
 impl Writer {
-    /// A snapshot of `kind` with room for about `capacity` bytes of body.
+    /// A snapshot of `kind` with room for about `capacity` bytes of body in its first piece.
     pub(crate) fn new(kind: Kind, capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(FRAME_BYTES + capacity);
-        buf.resize(FRAME_BYTES, 0);
-        Self { kind, buf }
+        Self {
+            kind,
+            pieces: Vec::new(),
+            piece: Vec::with_capacity(capacity.min(PIECE_BYTES + PIECE_SLACK)),
+            hasher: Xxh3::new(),
+            len: 0,
+        }
     }
 
     /// Appends one value to the body.
     pub(crate) fn write<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SnapshotError> {
-        encode_into(self.kind, &mut self.buf, value)
+        let kind = self.kind;
+        options()
+            .serialize_into(&mut self.piece, value)
+            .map_err(|source| SnapshotError::Encode { kind, source })?;
+        if self.piece.len() >= PIECE_BYTES {
+            self.seal(Vec::with_capacity(PIECE_BYTES + PIECE_SLACK));
+        }
+        Ok(())
     }
 
-    /// Appends values [`encode_into`] encoded for a snapshot of this kind.
-    pub(crate) fn append_encoded(&mut self, encoded: &[u8]) {
-        self.buf.extend_from_slice(encoded);
+    /// Ends the piece being written, continuing in `next`.
+    fn seal(&mut self, next: Vec<u8>) {
+        let full = std::mem::replace(&mut self.piece, next);
+        self.hasher.update(&full);
+        self.len += full.len() as u64;
+        self.pieces.push(full);
     }
 
-    /// The framed bytes.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        let body = &self.buf[FRAME_BYTES..];
-        let (len, sum) = (body.len() as u64, xxh3_64(body));
-        self.buf[0..8].copy_from_slice(self.kind.magic());
-        self.buf[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        self.buf[12..20].copy_from_slice(&len.to_le_bytes());
-        self.buf[20..28].copy_from_slice(&sum.to_le_bytes());
-        self.buf
+    /// The frame and the body.
+    pub(crate) fn finish(mut self) -> SnapshotBytes {
+        if !self.piece.is_empty() {
+            self.seal(Vec::new());
+        }
+        let mut frame = Vec::with_capacity(FRAME_BYTES);
+        frame.extend_from_slice(self.kind.magic());
+        frame.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        frame.extend_from_slice(&self.len.to_le_bytes());
+        frame.extend_from_slice(&self.hasher.digest().to_le_bytes());
+        let mut pieces = Vec::with_capacity(1 + self.pieces.len());
+        pieces.push(frame);
+        pieces.append(&mut self.pieces);
+        SnapshotBytes { pieces }
     }
 }
 
@@ -285,7 +345,7 @@ mod tests {
     fn sample() -> Vec<u8> {
         let mut w = Writer::new(Kind::VinIndex, 16);
         w.write(&(7u64, "seven", f64::NAN)).expect("encodes");
-        w.finish()
+        w.finish().to_vec()
     }
 
     fn read(bytes: &[u8]) -> Result<(u64, String, f64), SnapshotError> {
@@ -345,12 +405,49 @@ mod tests {
     fn a_well_framed_body_of_another_layout_is_a_decode_error() {
         let mut w = Writer::new(Kind::VinIndex, 16);
         w.write(&(7u64, "seven")).expect("encodes");
-        let e = read(&w.finish()).expect_err("too short a body");
+        let e = read(&w.finish().to_vec()).expect_err("too short a body");
         assert!(matches!(e, SnapshotError::Decode { .. }), "{e:?}");
         assert!(e.to_string().contains("the tuple"), "{e}");
         let mut w = Writer::new(Kind::VinIndex, 16);
         w.write(&(7u64, "seven", 1.0f64, 9u8)).expect("encodes");
-        let e = read(&w.finish()).expect_err("trailing value");
+        let e = read(&w.finish().to_vec()).expect_err("trailing value");
         assert!(matches!(e, SnapshotError::Corrupt { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_body_in_pieces_is_the_body_in_one() {
+        // 5 000 values of ~1 KB: several pieces, each filled without a reallocation.
+        let values: Vec<(u32, String)> = (0..5_000u32)
+            .map(|i| {
+                (
+                    i,
+                    char::from(b'a' + (i % 26) as u8).to_string().repeat(1000),
+                )
+            })
+            .collect();
+        let mut w = Writer::new(Kind::VinIndex, 16);
+        for v in &values {
+            w.write(v).expect("encodes");
+        }
+        let bytes = w.finish();
+        let pieces = bytes.clone().into_pieces();
+        assert!(pieces.len() >= 5, "{} pieces", pieces.len());
+        assert_eq!(pieces[0].len(), FRAME_BYTES);
+        for piece in &pieces[1..] {
+            assert!(piece.len() < PIECE_BYTES + PIECE_SLACK, "{}", piece.len());
+            assert!(
+                piece.capacity() <= PIECE_BYTES + PIECE_SLACK,
+                "{}",
+                piece.capacity()
+            );
+        }
+        let whole = bytes.to_vec();
+        assert_eq!(whole.len(), bytes.len());
+        let mut r = Reader::open(Kind::VinIndex, 0, &whole).expect("frame and checksum agree");
+        for v in &values {
+            let read: (u32, String) = r.read(|| "a value".to_owned()).expect("reads");
+            assert!(&read == v);
+        }
+        r.finish().expect("nothing after");
     }
 }

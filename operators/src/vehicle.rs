@@ -995,7 +995,7 @@ mod tests {
                     class: DeviceClass::Wired,
                     registered: true,
                     ingest_seq: i as u64,
-                    reading: Box::new(Reading {
+                    reading: Arc::new(Reading {
                         device_id: format!("D{}", s.device),
                         ts_ms: ts,
                         seq: Some(i as u64),
@@ -1083,7 +1083,7 @@ mod tests {
             .iter()
             .cloned()
             .map(|mut r| {
-                r.reading.seq = None;
+                Arc::make_mut(&mut r.reading).seq = None;
                 r
             })
             .collect()
@@ -1130,11 +1130,12 @@ mod tests {
         v.advance(records[3].reading.ts_ms, &env, &mut out);
         let mut more = readings(&[steps[0].clone(), steps[1].clone()]);
         for (i, r) in more.iter_mut().enumerate() {
-            r.reading.ts_ms = records[3].reading.ts_ms + 30_000 * (i as i64 + 1);
-            r.reading.seq = Some(4 + i as u64);
+            let reading = Arc::make_mut(&mut r.reading);
+            reading.ts_ms = records[3].reading.ts_ms + 30_000 * (i as i64 + 1);
+            reading.seq = Some(4 + i as u64);
         }
         let tampered = out.alerts.len();
-        more[1].reading.seq = Some(7);
+        Arc::make_mut(&mut more[1].reading).seq = Some(7);
         let [next, gap] = <[Record; 2]>::try_from(more).unwrap();
         assert!(matches!(
             v.arrive(next, None, &env, &mut out),
@@ -1274,7 +1275,7 @@ mod noise {
                 class: DeviceClass::Wired,
                 registered: true,
                 ingest_seq: i as u64,
-                reading: Box::new(reading),
+                reading: Arc::new(reading),
             };
             v.arrive(record, clock, &env, &mut out);
             clock = Some(max_ts - rules.reorder_window_ms());

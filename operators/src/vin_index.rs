@@ -242,7 +242,7 @@ impl VinIndex {
         for entry in vins {
             w.write(&entry)?;
         }
-        Ok(w.finish())
+        Ok(w.finish().to_vec())
     }
 
     /// An index from the snapshots of one or more workers' indexes, keeping the VINs for

@@ -31,6 +31,7 @@ use operators::dataflow::{Barrier, Checkpoints, id_key};
 use operators::fences::FenceIndex;
 use operators::fleet::{FinishedSnapshot, Fleet};
 use operators::registry::Registry;
+use operators::snapshot::SnapshotBytes;
 use operators::vin_index::VinIndex;
 use schemas::time::now_ms;
 
@@ -130,7 +131,7 @@ impl Checkpointer {
             fleet_spread_epochs: (self.every_epochs / 2).max(1),
             vins: Box::new(
                 move |epoch, index: &VinIndex| match paused(|| index.snapshot()) {
-                    Ok(bytes) => vins_to.state_part(worker, epoch, "vins", bytes),
+                    Ok(bytes) => vins_to.state_part(worker, epoch, "vins", bytes.into()),
                     Err(e) => {
                         tracing::error!(error = %e, epoch, "VIN index not serializable; checkpoint skipped")
                     }
@@ -149,16 +150,22 @@ impl Checkpointer {
     }
 
     /// Stores a worker's state part in the background, retrying until stored or superseded.
-    fn state_part(self: &Arc<Self>, worker: usize, epoch: u64, part: &'static str, bytes: Vec<u8>) {
+    fn state_part(
+        self: &Arc<Self>,
+        worker: usize,
+        epoch: u64,
+        part: &'static str,
+        bytes: SnapshotBytes,
+    ) {
         self.offer(epoch);
         metrics::counter!("lienwatch_checkpoint_bytes_total").increment(bytes.len() as u64);
         let this = Arc::clone(self);
-        let bytes = Bytes::from(bytes);
+        let pieces: Vec<Bytes> = bytes.into_pieces().into_iter().map(Bytes::from).collect();
         self.runtime.spawn(async move {
             let stored = this
                 .retry(epoch, part, || {
                     this.store
-                        .put_part(epoch, this.process, worker, part, bytes.clone())
+                        .put_part(epoch, this.process, worker, part, &pieces)
                 })
                 .await;
             if stored {
