@@ -190,7 +190,7 @@ impl VehicleFeed {
             class: self.class,
             registered: true,
             ingest_seq,
-            reading: Arc::new(reading),
+            reading: Box::new(reading),
         }
     }
 

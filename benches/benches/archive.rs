@@ -19,7 +19,6 @@
 //! Run: `cargo bench -p benches --bench archive`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connectors::{ArchiveConfig, ArchiveWriter};
@@ -86,7 +85,7 @@ fn records() -> Vec<Record> {
                 class: Default::default(),
                 registered: !v.is_multiple_of(10),
                 ingest_seq: rows.len() as u64,
-                reading: Arc::new(Reading {
+                reading: Box::new(Reading {
                     device_id: format!("86{:013}", 1_234_567 * v as u64 + 11),
                     ts_ms,
                     seq: Some((v * 7_919 % 60_000 + k) as u64),

@@ -45,7 +45,7 @@ fn second_device(device_id: &str) -> String {
 /// `record` as read by the vehicle's second tracker.
 fn from_second(record: &Record) -> Record {
     let mut copy = record.clone();
-    let reading = Arc::make_mut(&mut copy.reading);
+    let reading = &mut *copy.reading;
     reading.device_id = second_device(&reading.device_id);
     reading.content_hash ^= 1;
     copy
@@ -127,8 +127,8 @@ fn fleet_in_the_window() -> (Vec<u8>, Arc<Registry>, Vec<Record>) {
             .iter()
             .flat_map(|r| {
                 let mut first = r.clone();
-                Arc::make_mut(&mut first.reading).ts_ms = last_ts + k * STEP_MS;
-                Arc::make_mut(&mut first.reading).seq = None;
+                first.reading.ts_ms = last_ts + k * STEP_MS;
+                first.reading.seq = None;
                 let second = from_second(&first);
                 [first, second]
             })

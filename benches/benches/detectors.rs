@@ -100,12 +100,7 @@ fn track(days: i64) -> (String, Vec<Reading>) {
     for day in 0..days {
         feed.realistic_day(day, &mut seq, &mut out);
     }
-    (
-        vin,
-        out.into_iter()
-            .map(|r| Arc::unwrap_or_clone(r.reading))
-            .collect(),
-    )
+    (vin, out.into_iter().map(|r| *r.reading).collect())
 }
 
 /// Applies `f` to the readings in `[from, to)`.

@@ -402,7 +402,6 @@ mod reference {
     //! sort, walk the fixes, sum per local day.
 
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     use proptest::prelude::*;
     use schemas::{DeviceClass, Gnss, Obd, Record};
@@ -524,7 +523,7 @@ mod reference {
             class: DeviceClass::Obd,
             registered: true,
             ingest_seq: i as u64,
-            reading: Arc::new(r),
+            reading: Box::new(r),
         }
     }
 

@@ -499,7 +499,7 @@ impl Registry {
             registered: loan_id.is_some(),
             loan_id,
             ingest_seq,
-            reading: Arc::new(reading),
+            reading: Box::new(reading),
         }
     }
 

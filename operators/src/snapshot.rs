@@ -144,6 +144,17 @@ fn options() -> impl Options + Copy {
     bincode::DefaultOptions::new()
 }
 
+/// Appends `value` to `buf` as [`Writer::write`] appends it to a snapshot of `kind`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    kind: Kind,
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), SnapshotError> {
+    options()
+        .serialize_into(buf, value)
+        .map_err(|source| SnapshotError::Encode { kind, source })
+}
+
 /// Body bytes per piece of a [`SnapshotBytes`]: a worker's fleet snapshot runs to tens of MB
 /// (the reorder buffers of the 2-min window), and one buffer grown to that size is copied
 /// whole at every doubling, which stopped a worker for 0.1–0.4 s on the machine of
@@ -216,14 +227,21 @@ impl Writer {
 
     /// Appends one value to the body.
     pub(crate) fn write<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SnapshotError> {
-        let kind = self.kind;
-        options()
-            .serialize_into(&mut self.piece, value)
-            .map_err(|source| SnapshotError::Encode { kind, source })?;
+        encode_into(self.kind, &mut self.piece, value)?;
+        self.seal_if_full();
+        Ok(())
+    }
+
+    /// Appends values [`encode_into`] encoded for a snapshot of this kind.
+    pub(crate) fn append_encoded(&mut self, encoded: &[u8]) {
+        self.piece.extend_from_slice(encoded);
+        self.seal_if_full();
+    }
+
+    fn seal_if_full(&mut self) {
         if self.piece.len() >= PIECE_BYTES {
             self.seal(Vec::with_capacity(PIECE_BYTES + PIECE_SLACK));
         }
-        Ok(())
     }
 
     /// Ends the piece being written, continuing in `next`.

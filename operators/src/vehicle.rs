@@ -995,7 +995,7 @@ mod tests {
                     class: DeviceClass::Wired,
                     registered: true,
                     ingest_seq: i as u64,
-                    reading: Arc::new(Reading {
+                    reading: Box::new(Reading {
                         device_id: format!("D{}", s.device),
                         ts_ms: ts,
                         seq: Some(i as u64),
@@ -1083,7 +1083,7 @@ mod tests {
             .iter()
             .cloned()
             .map(|mut r| {
-                Arc::make_mut(&mut r.reading).seq = None;
+                r.reading.seq = None;
                 r
             })
             .collect()
@@ -1130,12 +1130,11 @@ mod tests {
         v.advance(records[3].reading.ts_ms, &env, &mut out);
         let mut more = readings(&[steps[0].clone(), steps[1].clone()]);
         for (i, r) in more.iter_mut().enumerate() {
-            let reading = Arc::make_mut(&mut r.reading);
-            reading.ts_ms = records[3].reading.ts_ms + 30_000 * (i as i64 + 1);
-            reading.seq = Some(4 + i as u64);
+            r.reading.ts_ms = records[3].reading.ts_ms + 30_000 * (i as i64 + 1);
+            r.reading.seq = Some(4 + i as u64);
         }
         let tampered = out.alerts.len();
-        Arc::make_mut(&mut more[1].reading).seq = Some(7);
+        more[1].reading.seq = Some(7);
         let [next, gap] = <[Record; 2]>::try_from(more).unwrap();
         assert!(matches!(
             v.arrive(next, None, &env, &mut out),
@@ -1275,7 +1274,7 @@ mod noise {
                 class: DeviceClass::Wired,
                 registered: true,
                 ingest_seq: i as u64,
-                reading: Arc::new(reading),
+                reading: Box::new(reading),
             };
             v.arrive(record, clock, &env, &mut out);
             clock = Some(max_ts - rules.reorder_window_ms());

@@ -246,9 +246,7 @@ pub struct Record {
     /// Position of the message in the input (line number in replay), used to process a
     /// vehicle's messages in arrival order whatever worker decoded them.
     pub ingest_seq: u64,
-    /// The reading itself, behind a pointer: a record is moved many times on its way through
-    /// the dataflow, and moving a pointer is cheaper than moving ~330 bytes. Shared, as it
-    /// never changes once read: a checkpoint keeps a vehicle's buffered readings by
-    /// reference count, not by copy.
-    pub reading: Arc<Reading>,
+    /// The reading itself, boxed: a record is moved many times on its way through the
+    /// dataflow, and moving a pointer is cheaper than moving ~330 bytes.
+    pub reading: Box<Reading>,
 }

@@ -779,7 +779,7 @@ mod tests {
             class: Default::default(),
             registered: false,
             ingest_seq: 0,
-            reading: Arc::new(Reading {
+            reading: Box::new(Reading {
                 device_id: format!("D-{vehicle}"),
                 ts_ms,
                 gnss: Some(Gnss {
@@ -862,7 +862,7 @@ mod tests {
             .map(|i| {
                 let id = ids[(i * 7 % ids.len() as u64) as usize];
                 let mut row = record(id, ((i * 37) % 50) as i64 - 20);
-                Arc::make_mut(&mut row.reading).seq = Some(i);
+                row.reading.seq = Some(i);
                 row
             })
             .collect()
@@ -975,7 +975,7 @@ mod tests {
     fn estimates_grow_with_strings() {
         let small = record("A", 0);
         let mut big = record("A", 0);
-        Arc::make_mut(&mut big.reading).alarms.push("x".repeat(100));
+        big.reading.alarms.push("x".repeat(100));
         let mut columns = TelemetryColumns::with_capacity(2);
         let small = columns.push(&small);
         let big = columns.push(&big);

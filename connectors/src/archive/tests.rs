@@ -35,7 +35,7 @@ fn record(vehicle: &str, ts_ms: i64) -> Record {
         class: Default::default(),
         registered: true,
         ingest_seq: 0,
-        reading: Arc::new(Reading {
+        reading: Box::new(Reading {
             device_id: format!("D-{vehicle}"),
             ts_ms,
             seq: Some(7),

@@ -6,18 +6,12 @@
 //! [`Fleet::begin_snapshot`](super::Fleet::begin_snapshot) writes only the header at the
 //! checkpoint (clock, counters, the fences referred to, the number of vehicles), and the
 //! vehicles are encoded in order between epochs; a vehicle about to change before its turn
-//! is copied first, as it was at the checkpoint (copy on write), and encoded in its turn.
-//! The bytes are those [`Fleet::snapshot`](super::Fleet::snapshot) gives at the checkpoint.
-//!
-//! Copied, not encoded at once: live, nearly every vehicle changes within seconds of the
-//! checkpoint, so what is done at the change is done for most of the fleet in those
-//! seconds. A copy shares the buffered readings (reference counts), which are most of a
-//! vehicle's bytes with the 2-min reorder window, and costs a fraction of their encoding
-//! (`cargo bench -p benches --bench checkpoint`).
+//! is encoded first, as it was at the checkpoint (copy on write). The bytes are those
+//! [`Fleet::snapshot`](super::Fleet::snapshot) gives at the checkpoint.
 
 use ahash::AHashMap as HashMap;
 
-use crate::snapshot::{Kind, SnapshotBytes, SnapshotError, Writer};
+use crate::snapshot::{Kind, SnapshotBytes, SnapshotError, Writer, encode_into};
 use crate::vehicle::VehicleState;
 
 use super::SnapshotHeader;
@@ -45,8 +39,8 @@ pub(super) struct SnapshotInProgress {
     vehicles: u32,
     /// The next vehicle in order to encode.
     next: u32,
-    /// Vehicles from `next` on, copied before they changed.
-    early: HashMap<u32, VehicleState>,
+    /// Vehicles from `next` on, encoded before they changed.
+    early: HashMap<u32, Vec<u8>>,
     /// The first encoding error: the snapshot then fails as a whole.
     error: Option<SnapshotError>,
 }
@@ -72,13 +66,17 @@ impl SnapshotInProgress {
         v >= self.next && v < self.vehicles && !self.early.contains_key(&v)
     }
 
-    /// Copies vehicle `v` now if its state at the checkpoint is not encoded yet: it is about
+    /// Encodes vehicle `v` now if its state at the checkpoint is not encoded yet: it is about
     /// to change.
     pub(super) fn preserve(&mut self, v: u32, vehicle: &VehicleState) {
         if !self.waits_for(v) || self.error.is_some() {
             return;
         }
-        self.early.insert(v, vehicle.clone());
+        let mut bytes = Vec::new();
+        if let Err(e) = encode_into(Kind::Fleet, &mut bytes, vehicle) {
+            self.error.get_or_insert(e);
+        }
+        self.early.insert(v, bytes);
     }
 
     /// Encodes up to `count` more vehicles in order; true when every vehicle is in.
@@ -92,11 +90,9 @@ impl SnapshotInProgress {
                 .saturating_add(u32::try_from(count).unwrap_or(u32::MAX)),
         );
         for v in self.next..end {
-            let early = self.early.remove(&v);
-            if let Err(e) = self
-                .writer
-                .write(early.as_ref().unwrap_or(&vehicles[v as usize]))
-            {
+            if let Some(bytes) = self.early.remove(&v) {
+                self.writer.append_encoded(&bytes);
+            } else if let Err(e) = self.writer.write(&vehicles[v as usize]) {
                 self.error.get_or_insert(e);
             }
         }
