@@ -32,6 +32,7 @@ for p in "${PARTS[@]}"; do
             cargo bench -p benches --bench stages -- "${QUICK[@]}"
             cargo bench -p benches --bench detectors -- "${QUICK[@]}" 'position/|vehicle/|kinds/(stationary_long|location_jump|geofence_exit|tow_suspected)/quiet|alert/|features/day_close'
             cargo bench -p benches --bench history -- "${QUICK[@]}"
+            cargo bench -p benches --bench checkpoint -- "${QUICK[@]}"
             cargo bench -p benches --bench archive -- 'worker_cpu|process_cpu'
         } >"$OUT/micro.txt" 2>&1
         ;;
