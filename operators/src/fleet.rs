@@ -1568,7 +1568,8 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
         assert!(matches!(e, SnapshotError::Version { part: 1, .. }), "{e:?}");
         let vins = crate::vin_index::VinIndex::default()
             .snapshot()
-            .expect("snapshot");
+            .expect("snapshot")
+            .to_vec();
         let e = restore(&[&vins]).err().expect("a VIN index is no fleet");
         assert!(matches!(e, SnapshotError::NotASnapshot { .. }), "{e}");
         assert!(restore(&[b"{}"]).is_err());

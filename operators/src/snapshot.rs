@@ -166,7 +166,7 @@ const PIECE_BYTES: usize = 1 << 20;
 const PIECE_SLACK: usize = 64 << 10;
 
 /// An encoded snapshot, in pieces to be stored one after the other: the frame, then the body.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct SnapshotBytes {
     pieces: Vec<Vec<u8>>,
 }
@@ -190,14 +190,6 @@ impl SnapshotBytes {
     /// The bytes in one buffer (tests, small snapshots).
     pub fn to_vec(&self) -> Vec<u8> {
         self.pieces.concat()
-    }
-}
-
-impl From<Vec<u8>> for SnapshotBytes {
-    fn from(bytes: Vec<u8>) -> Self {
-        Self {
-            pieces: vec![bytes],
-        }
     }
 }
 

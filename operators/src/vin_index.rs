@@ -14,7 +14,7 @@ use schemas::{Alert, AlertKind, Phase, Severity};
 
 use crate::ctx::evidence;
 use crate::registry::Registry;
-use crate::snapshot::{Kind, Reader, SnapshotError, Writer};
+use crate::snapshot::{Kind, Reader, SnapshotBytes, SnapshotError, Writer};
 
 /// Where a claimed VIN comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,7 +234,7 @@ impl VinIndex {
 impl VinIndex {
     /// The index as bytes ([`crate::snapshot`] describes the format): every VIN with its
     /// claimants in claim order, VINs sorted. The registry is not in it.
-    pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+    pub fn snapshot(&self) -> Result<SnapshotBytes, SnapshotError> {
         let mut vins: Vec<(&String, &Vec<Claimant>)> = self.claims.iter().collect();
         vins.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut w = Writer::new(Kind::VinIndex, 128 * vins.len());
@@ -242,7 +242,7 @@ impl VinIndex {
         for entry in vins {
             w.write(&entry)?;
         }
-        Ok(w.finish().to_vec())
+        Ok(w.finish())
     }
 
     /// An index from the snapshots of one or more workers' indexes, keeping the VINs for
@@ -451,10 +451,10 @@ mod tests {
     fn a_restored_index_answers_as_the_original() {
         let reg = registry("A,LA,DA,VINA,obd,,\nB,LB,DB,VINB,obd,,\n");
         let original = busy(&reg);
-        let bytes = original.snapshot().expect("snapshot");
+        let bytes = original.snapshot().expect("snapshot").to_vec();
         let mut restored = VinIndex::restore(&[&bytes], |_| true).expect("restore");
         assert_eq!(restored.len(), original.len());
-        assert!(restored.snapshot().expect("snapshot") == bytes);
+        assert!(restored.snapshot().expect("snapshot").to_vec() == bytes);
         let mut original = original;
         let expected = answers(&mut original);
         assert!(expected.len() >= 3, "{expected:#?}");
@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn parts_split_by_vin_merge_back() {
         let reg = registry("A,LA,DA,VINA,obd,,\nB,LB,DB,VINB,obd,,\n");
-        let whole = busy(&reg).snapshot().expect("snapshot");
+        let whole = busy(&reg).snapshot().expect("snapshot").to_vec();
         // Three workers' shares of the VINs, then merged onto two.
         let owner = |vin: &str, n: u64| crate::dataflow::id_key(vin) % n;
         let shares: Vec<Vec<u8>> = (0..3)
@@ -473,6 +473,7 @@ mod tests {
                     .expect("restore")
                     .snapshot()
                     .expect("snapshot")
+                    .to_vec()
             })
             .collect();
         let shares: Vec<&[u8]> = shares.iter().map(Vec::as_slice).collect();
@@ -486,11 +487,11 @@ mod tests {
         }
         let parts: Vec<Vec<u8>> = two
             .iter()
-            .map(|i| i.snapshot().expect("snapshot"))
+            .map(|i| i.snapshot().expect("snapshot").to_vec())
             .collect();
         let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         let merged = VinIndex::restore(&parts, |_| true).expect("restore");
-        assert!(merged.snapshot().expect("snapshot") == whole);
+        assert!(merged.snapshot().expect("snapshot").to_vec() == whole);
     }
 
     #[test]
@@ -514,8 +515,8 @@ mod tests {
             0,
         );
         let (a, b) = (
-            first.snapshot().expect("snapshot"),
-            second.snapshot().expect("snapshot"),
+            first.snapshot().expect("snapshot").to_vec(),
+            second.snapshot().expect("snapshot").to_vec(),
         );
         let mut merged = VinIndex::restore(&[&a, &b], |_| true).expect("restore");
         let holders: Vec<&str> = merged.claims["VINZ"]
@@ -537,7 +538,7 @@ mod tests {
     #[test]
     fn damaged_or_foreign_bytes_are_errors() {
         let reg = registry("A,LA,DA,VINA,obd,,\nB,LB,DB,VINB,obd,,\n");
-        let bytes = busy(&reg).snapshot().expect("snapshot");
+        let bytes = busy(&reg).snapshot().expect("snapshot").to_vec();
         for cut in 0..bytes.len() {
             assert!(
                 VinIndex::restore(&[&bytes[..cut]], |_| true).is_err(),

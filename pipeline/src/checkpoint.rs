@@ -131,7 +131,7 @@ impl Checkpointer {
             fleet_spread_epochs: (self.every_epochs / 2).max(1),
             vins: Box::new(
                 move |epoch, index: &VinIndex| match paused(|| index.snapshot()) {
-                    Ok(bytes) => vins_to.state_part(worker, epoch, "vins", bytes.into()),
+                    Ok(bytes) => vins_to.state_part(worker, epoch, "vins", bytes),
                     Err(e) => {
                         tracing::error!(error = %e, epoch, "VIN index not serializable; checkpoint skipped")
                     }
