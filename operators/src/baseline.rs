@@ -18,6 +18,7 @@ use crate::kinds::{
     Dev, mileage_anomaly::MileageAnomaly, night_movement::NightMovement,
     residence_change::ResidenceChange,
 };
+use crate::packed::Packed;
 use crate::position::{Fix, PositionChain, Step};
 
 /// Identity of the rows a vehicle emits.
@@ -32,9 +33,9 @@ pub struct RowIdentity<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     /// Local day of the first reading.
-    first_day: Option<i32>,
+    first_day: Packed<i32>,
     /// The first local day whose 03:00 came after the first reading.
-    first_night_day: Option<i32>,
+    first_night_day: Packed<i32>,
     /// The open day.
     today: Option<DayAcc>,
     /// End of the last closed day: older readings never open a day again.
@@ -47,14 +48,14 @@ pub struct Baseline {
     active: ActiveDays,
     nights: NightLocations,
     /// The last local day whose night location was taken.
-    sampled_day: Option<i32>,
+    sampled_day: Packed<i32>,
     /// The vehicle's last reported malfunction lamp.
     mil: bool,
     /// Whether the chain's last step was driven.
     in_trip: bool,
     /// The time of the chain's held step, added when its day closed before the next fix
     /// decided it (so it is not added again).
-    added_early: Option<i64>,
+    added_early: Packed<i64>,
     residence_change: ResidenceChange,
     mileage_anomaly: MileageAnomaly,
     night_movement: NightMovement,
@@ -95,16 +96,16 @@ impl Baseline {
         {
             let day = self.ahead.remove(0);
             if self.first_day.is_none() {
-                self.first_day = Some(day.bounds.day);
-                self.first_night_day = Some(day.bounds.day + 1);
+                self.first_day = Packed::some(day.bounds.day);
+                self.first_night_day = Packed::some(day.bounds.day + 1);
             }
             self.today = Some(day);
             self.close(chain, row, rules, rows);
         }
         if self.first_day.is_none() {
-            self.first_day = Some(bounds.day);
+            self.first_day = Packed::some(bounds.day);
             let after_sample = ts_ms > bounds.night_sample_ms();
-            self.first_night_day = Some(bounds.day + i32::from(after_sample));
+            self.first_night_day = Packed::some(bounds.day + i32::from(after_sample));
         }
         let day = match self.ahead.first().filter(|d| d.bounds.day == bounds.day) {
             Some(_) => self.ahead.remove(0),
@@ -115,7 +116,7 @@ impl Baseline {
 
     /// Days of history on local day `day`.
     fn history_days(&self, day: i32) -> i32 {
-        self.first_day.map_or(0, |f| day - f)
+        self.first_day.get().map_or(0, |f| day - f)
     }
 
     /// Bounds of the local day of `ts_ms` (cached for the open day).
@@ -141,15 +142,15 @@ impl Baseline {
         }
         let bounds = self.bounds_of(tz, r.ts_ms, ctx.rules);
         let (day, sample_ms) = (bounds.day, bounds.night_sample_ms());
-        if r.ts_ms < sample_ms || self.sampled_day.is_some_and(|s| s >= day) {
+        if r.ts_ms < sample_ms || self.sampled_day.get().is_some_and(|s| s >= day) {
             return;
         }
-        self.sampled_day = Some(day);
+        self.sampled_day = Packed::some(day);
         let rules = &ctx.rules.residence_change;
         let max_age = (rules.max_fix_age_h * 3_600_000.0) as i64;
         if let Some(fix) = last_fix.filter(|f| (sample_ms - max_age..=sample_ms).contains(&f.ts_ms))
         {
-            let nights = self.first_night_day.map_or(0, |f| day - f).max(0);
+            let nights = self.first_night_day.get().map_or(0, |f| day - f).max(0);
             self.residence_change.on_night(
                 sample_ms,
                 (fix.lat, fix.lon),
@@ -363,7 +364,7 @@ impl Baseline {
             };
             day.note_step(&share, self.in_trip);
             self.in_trip = counted;
-            self.added_early = Some(ts_ms);
+            self.added_early = Packed::some(ts_ms);
         }
         self.closed_until_ms = day.bounds.end_ms();
         let summary = day.summary();

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use schemas::{DailyFeatures, Reading};
 
 use crate::geo::haversine_m;
+use crate::packed::Packed;
 
 /// Days in the ring of past days: the longest window any feature or kind looks back.
 pub const RING_DAYS: usize = 30;
@@ -382,14 +383,14 @@ pub struct WindowSums {
 /// The last [`RING_DAYS`] closed local days, newest last; days without data are empty.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DayRing {
-    newest: Option<i32>,
+    newest: Packed<i32>,
     days: VecDeque<DaySummary>,
 }
 
 impl DayRing {
     /// Records closed day `day` (after every day before it).
     pub fn push(&mut self, day: i32, summary: DaySummary) {
-        if let Some(newest) = self.newest {
+        if let Some(newest) = self.newest.get() {
             let empty = usize::try_from(day - newest - 1)
                 .unwrap_or(0)
                 .min(RING_DAYS);
@@ -398,7 +399,7 @@ impl DayRing {
             }
         }
         self.push_one(summary);
-        self.newest = Some(day);
+        self.newest = Packed::some(day);
     }
 
     fn push_one(&mut self, summary: DaySummary) {
@@ -417,7 +418,7 @@ impl DayRing {
     }
 
     fn index(&self, day: i32) -> Option<usize> {
-        let back = usize::try_from(self.newest? - day).ok()?;
+        let back = usize::try_from(self.newest.get()? - day).ok()?;
         self.days.len().checked_sub(back + 1)
     }
 
@@ -443,7 +444,7 @@ impl DayRing {
 pub struct ActiveDays {
     days: VecDeque<f32>,
     /// The median, computed when a day is added (it is read on every driven step).
-    median_km: Option<f64>,
+    median_km: Packed<f64>,
 }
 
 impl ActiveDays {
@@ -456,7 +457,7 @@ impl ActiveDays {
             self.days
                 .reserve_exact(keep.saturating_sub(self.days.len()));
             self.days.push_back(km);
-            self.median_km = median(&self.days);
+            self.median_km = median(&self.days).into();
         }
     }
 
@@ -472,7 +473,7 @@ impl ActiveDays {
 
     /// Median distance (mean of the middle two for an even count).
     pub fn median_km(&self) -> Option<f64> {
-        self.median_km
+        self.median_km.get()
     }
 }
 

@@ -25,6 +25,7 @@ pub mod fleet;
 pub mod geo;
 mod id_index;
 pub mod kinds;
+pub mod packed;
 pub mod position;
 pub mod reference;
 pub mod registry;

@@ -27,6 +27,7 @@ use crate::kinds::{
     risk_zone_dwell::RiskZoneDwell, risk_zone_enter::RiskZoneEnter,
     stationary_long::StationaryLong, tow_suspected::TowSuspected, vin_mismatch::VinMismatch,
 };
+use crate::packed::Packed;
 use crate::position::{Fix, PositionChain, Step};
 use crate::registry::{DEFAULT_TIMEZONE, Registry};
 use crate::vin_index::{ClaimSource, VinClaim};
@@ -112,19 +113,6 @@ mod tz_name {
     }
 }
 
-/// Serde adapter: an `i64` whose `i64::MIN` means none, as an `Option<i64>`.
-mod min_is_none {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-        (*v > i64::MIN).then_some(*v).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        Ok(Option::<i64>::deserialize(d)?.unwrap_or(i64::MIN))
-    }
-}
-
 /// Device-scope kinds of one device.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct DeviceKinds {
@@ -160,16 +148,13 @@ struct DeviceState {
     buffer: Vec<Record>,
     /// The two largest event times received, largest first (`i64::MIN` = none yet).
     newest: [i64; 2],
-    /// Event time of the last reading processed in order (`i64::MIN`: none yet; an
-    /// `Option` would take 8 more bytes, and 8 more take the state from mimalloc's 640-byte
-    /// blocks to its 768-byte ones). Written as an `Option`.
-    #[serde(with = "min_is_none")]
-    last_ts: i64,
+    /// Event time of the last reading processed in order.
+    last_ts: Packed<i64>,
     /// `seq` + 1 of the last reading processed in order (0: unknown), for the in-order fast
     /// path of [`VehicleState::arrive`].
     next_seq: u64,
     /// Last valid position of this device.
-    last_fix: Option<(f64, f64)>,
+    last_fix: Packed<(f64, f64)>,
     /// Whether any in-order reading of the device carried `ignition`.
     reports_ignition: bool,
     /// The VIN its OBD reported last, sharing the registered VIN's string when it is the
@@ -177,7 +162,7 @@ struct DeviceState {
     #[serde(with = "schemas::shared_str::option")]
     reported_vin: Option<Arc<str>>,
     /// Time and speed of its last in-order reading with a speed (harsh events).
-    last_speed: Option<(i64, f32)>,
+    last_speed: Packed<(i64, f32)>,
     kinds: DeviceKinds,
 }
 
@@ -202,7 +187,7 @@ impl DeviceState {
 
     /// Event time of the last reading processed in order.
     fn last_in_order(&self) -> Option<i64> {
-        (self.last_ts > i64::MIN).then_some(self.last_ts)
+        self.last_ts.get()
     }
 
     fn note_newest(&mut self, ts_ms: i64) {
@@ -478,12 +463,12 @@ impl VehicleState {
             dedup: Dedup::default(),
             buffer: Vec::new(),
             newest: [i64::MIN; 2],
-            last_ts: i64::MIN,
+            last_ts: Packed::NONE,
             next_seq: 0,
-            last_fix: None,
+            last_fix: Packed::NONE,
             reports_ignition: false,
             reported_vin: None,
-            last_speed: None,
+            last_speed: Packed::NONE,
             kinds: DeviceKinds::default(),
         });
         self.devices.len() - 1
@@ -725,7 +710,7 @@ impl VehicleState {
         } = self;
         let last = chain.last_accepted().map(|f| (f.lat, f.lon));
         for device in devices.iter_mut() {
-            let position = device.last_fix.or(last);
+            let position = device.last_fix.get().or(last);
             let mut ctx = make_ctx(vehicle_id, profile, env, position, false, &mut out.alerts);
             let last_ts = device.last_in_order();
             let (dev, k) = device.parts();
@@ -769,7 +754,7 @@ impl VehicleState {
         {
             let device = &mut devices[d];
             device.reports_ignition |= r.ignition.is_some();
-            let before = (device.last_in_order(), device.last_fix);
+            let before = (device.last_in_order(), device.last_fix.get());
             let (dev, k) = device.parts();
             // The call order is the order of the alerts one reading raises; the kinds at rest
             // are taken out (or left at rest) once.
@@ -787,10 +772,10 @@ impl VehicleState {
             });
             kinds.tow_suspected.on_reading(r, d as u16, dev, &mut ctx);
             let device = &mut devices[d];
-            device.last_ts = r.ts_ms;
+            device.last_ts = Packed::some(r.ts_ms);
             device.next_seq = r.seq.map_or(0, |s| s.wrapping_add(1));
-            if fix_pos.is_some() {
-                device.last_fix = fix_pos;
+            if let Some(pos) = fix_pos {
+                device.last_fix = Packed::some(pos);
             }
         }
         kinds
@@ -840,10 +825,10 @@ impl VehicleState {
             .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh))
             .filter(|s| s.is_finite());
         if let Some(v) = speed {
-            if let Some(prev) = device.last_speed {
+            if let Some(prev) = device.last_speed.get() {
                 baseline.note_speed_change(prev, (r.ts_ms, v), env.rules);
             }
-            device.last_speed = Some((r.ts_ms, v));
+            device.last_speed = Packed::some((r.ts_ms, v));
         }
     }
 }

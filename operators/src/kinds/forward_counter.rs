@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::packed::Packed;
+
 /// Consecutive readings further apart than this (km) do not confirm each other.
 const CONFIRM_SPAN_KM: f64 = 2_000.0;
 
@@ -23,8 +25,8 @@ pub struct Drop {
 /// Confirmed state of one counter.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ForwardCounter {
-    confirmed: Option<f64>,
-    previous: Option<(i64, f64)>,
+    confirmed: Packed<f64>,
+    previous: Packed<(i64, f64)>,
 }
 
 impl ForwardCounter {
@@ -33,13 +35,17 @@ impl ForwardCounter {
         let mut drop = None;
         // A value below the confirmed one is confirmed only by a reading that is low too: a
         // reading back at the earlier level makes it a glitch.
-        let still_low = self.confirmed.is_none_or(|b| value < b - min_drop);
-        if let Some((at_ms, candidate)) = self.previous
+        let still_low = self.confirmed.get().is_none_or(|b| value < b - min_drop);
+        if let Some((at_ms, candidate)) = self.previous.get()
             && value >= candidate - min_drop
             && value <= candidate + CONFIRM_SPAN_KM
-            && (still_low || self.confirmed.is_none_or(|b| candidate >= b - min_drop))
+            && (still_low
+                || self
+                    .confirmed
+                    .get()
+                    .is_none_or(|b| candidate >= b - min_drop))
         {
-            if let Some(before) = self.confirmed.filter(|b| candidate < b - min_drop) {
+            if let Some(before) = self.confirmed.get().filter(|b| candidate < b - min_drop) {
                 drop = Some(Drop {
                     at_ms,
                     before,
@@ -47,9 +53,9 @@ impl ForwardCounter {
                     confirmed_by: value,
                 });
             }
-            self.confirmed = Some(candidate);
+            self.confirmed = Packed::some(candidate);
         }
-        self.previous = Some((ts_ms, value));
+        self.previous = Packed::some((ts_ms, value));
         drop
     }
 }

@@ -12,6 +12,7 @@ use schemas::AlertKind;
 
 use crate::ctx::{Ctx, evidence};
 use crate::kinds::Dev;
+use crate::packed::{Niche, Packed};
 
 /// Consecutive odometer values further apart than this (km) do not confirm each other.
 const CONFIRM_SPAN_KM: f64 = 2_000.0;
@@ -24,6 +25,18 @@ struct Mark {
     gnss_m: f64,
 }
 
+/// No mark: `i64::MIN` as its time.
+impl Niche for Mark {
+    const NONE: Self = Self {
+        ts_ms: i64::MIN,
+        odometer_km: 0.0,
+        gnss_m: 0.0,
+    };
+    fn is_none(&self) -> bool {
+        self.ts_ms == i64::MIN
+    }
+}
+
 /// An out-of-band evaluation waiting for the next one to confirm it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 struct Suspect {
@@ -34,13 +47,13 @@ struct Suspect {
 /// State of one device.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OdometerMismatch {
-    pending: Option<Mark>,
+    pending: Packed<Mark>,
     checkpoints: VecDeque<Mark>,
     /// The vehicle's count of GNSS gaps when the window started.
     breaks: u32,
     /// Boxed: set only between a first out-of-range window and the next check.
     suspect: Option<Box<Suspect>>,
-    quiet_until: Option<i64>,
+    quiet_until: Packed<i64>,
 }
 
 impl OdometerMismatch {
@@ -64,10 +77,12 @@ impl OdometerMismatch {
             odometer_km: km,
             gnss_m,
         };
-        let confirmed = self.pending.replace(mark).filter(|p| {
-            km >= p.odometer_km - ctx.rules.odometer_rollback.min_drop_km
-                && km <= p.odometer_km + CONFIRM_SPAN_KM
-        });
+        let confirmed = std::mem::replace(&mut self.pending, Packed::some(mark))
+            .get()
+            .filter(|p| {
+                km >= p.odometer_km - ctx.rules.odometer_rollback.min_drop_km
+                    && km <= p.odometer_km + CONFIRM_SPAN_KM
+            });
         if let Some(p) = confirmed {
             self.on_confirmed(p, breaks, dev, ctx);
         }
@@ -81,11 +96,11 @@ impl OdometerMismatch {
 
     fn on_confirmed(&mut self, m: Mark, breaks: u32, dev: Dev<'_>, ctx: &mut Ctx<'_>) {
         let rules = &ctx.rules.odometer_mismatch;
-        if let Some(until) = self.quiet_until {
+        if let Some(until) = self.quiet_until.get() {
             if m.ts_ms < until {
                 return;
             }
-            self.quiet_until = None;
+            self.quiet_until = Packed::NONE;
             self.restart(breaks);
         }
         let dropped = self.checkpoints.back().is_some_and(|c| {
@@ -148,7 +163,7 @@ impl OdometerMismatch {
             "window_start": schemas::time::rfc3339_ms(s.from.ts_ms),
         }));
         ctx.instant(AlertKind::OdometerMismatch, dev.id, s.to.ts_ms, ev);
-        self.quiet_until = Some(s.to.ts_ms + crate::config::secs_ms(rules.rearm_after_s));
+        self.quiet_until = Packed::some(s.to.ts_ms + crate::config::secs_ms(rules.rearm_after_s));
         self.restart(self.breaks);
     }
 }

@@ -8,14 +8,15 @@ use schemas::{Alarm, AlertKind, Reading};
 
 use crate::ctx::{Ctx, evidence};
 use crate::kinds::Dev;
+use crate::packed::Packed;
 
 /// State of one device.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PowerCut {
-    open_since: Option<i64>,
+    open_since: Packed<i64>,
     /// The previous reading carried the alarm (the alarm opens on its edge).
     alarm_before: bool,
-    last_ext_v: Option<f32>,
+    last_ext_v: Packed<f32>,
     clean_streak: u8,
 }
 
@@ -29,9 +30,13 @@ impl PowerCut {
         let ext_v = r.ext_v();
         let alarm = r.alarm_set.contains(Alarm::PowerCut);
         let low = ext_v.is_some_and(|v| v < rules.cut_below_v);
-        match self.open_since {
+        match self.open_since.get() {
             None => {
-                let dropped = low && self.last_ext_v.is_some_and(|p| p >= rules.supply_ok_v);
+                let dropped = low
+                    && self
+                        .last_ext_v
+                        .get()
+                        .is_some_and(|p| p >= rules.supply_ok_v);
                 if (alarm && !self.alarm_before) || dropped {
                     ctx.open(
                         AlertKind::PowerCut,
@@ -41,11 +46,11 @@ impl PowerCut {
                         evidence(json!({
                             "alarm": alarm,
                             "ext_v": ext_v,
-                            "previous_ext_v": self.last_ext_v,
+                            "previous_ext_v": self.last_ext_v.get(),
                             "cut_below_v": rules.cut_below_v,
                         })),
                     );
-                    self.open_since = Some(r.ts_ms);
+                    self.open_since = Packed::some(r.ts_ms);
                     self.clean_streak = 0;
                 }
             }
@@ -68,12 +73,12 @@ impl PowerCut {
                             "duration_s": (r.ts_ms - since) / 1000,
                         })),
                     );
-                    self.open_since = None;
+                    self.open_since = Packed::NONE;
                 }
             }
         }
         if ext_v.is_some() {
-            self.last_ext_v = ext_v;
+            self.last_ext_v = ext_v.into();
         }
         self.alarm_before = alarm;
     }

@@ -11,13 +11,14 @@ use crate::config::RulesConfig;
 use crate::ctx::{Ctx, evidence};
 use crate::geo::haversine_m;
 use crate::kinds::Dev;
+use crate::packed::Packed;
 use crate::position::{Fix, Step};
 
 /// State of one vehicle.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StationaryLong {
     anchor: Option<Fix>,
-    open_since: Option<i64>,
+    open_since: Packed<i64>,
     /// The timer came due while the vehicle was offline; a reading will decide.
     awaiting_reading: bool,
 }
@@ -103,7 +104,7 @@ impl StationaryLong {
         let saved = ctx.position.replace((anchor.lat, anchor.lon));
         ctx.open(AlertKind::StationaryLong, dev.class, dev.id, at, ev);
         ctx.position = saved;
-        self.open_since = Some(at);
+        self.open_since = Packed::some(at);
     }
 
     /// Handles an accepted fix: moving beyond the radius re-anchors and closes.

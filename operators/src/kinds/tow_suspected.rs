@@ -9,6 +9,7 @@ use schemas::{Alarm, AlertKind, Reading};
 
 use crate::ctx::{Ctx, evidence};
 use crate::kinds::Dev;
+use crate::packed::Packed;
 use crate::position::{Fix, Step};
 
 /// State of one vehicle.
@@ -18,7 +19,7 @@ pub struct TowSuspected {
     fired_this_parking: bool,
     /// Bit `i` set while device `i` reports the `tow` alarm (edge detection).
     alarm_devices: u64,
-    last_alarm_fired_ms: Option<i64>,
+    last_alarm_fired_ms: Packed<i64>,
 }
 
 impl TowSuspected {
@@ -45,6 +46,7 @@ impl TowSuspected {
         let window = crate::config::secs_ms(ctx.rules.late_known_window_s);
         let known = self
             .last_alarm_fired_ms
+            .get()
             .is_some_and(|t| (r.ts_ms - t).abs() <= window);
         if ctx.rules.tow_suspected.enabled && r.alarm_set.contains(Alarm::Tow) && !known {
             self.fire_alarm(r, dev, ctx);
@@ -58,8 +60,11 @@ impl TowSuspected {
             r.ts_ms,
             evidence(json!({ "alarm": "tow" })),
         );
-        self.last_alarm_fired_ms =
-            Some(self.last_alarm_fired_ms.map_or(r.ts_ms, |t| t.max(r.ts_ms)));
+        self.last_alarm_fired_ms = Packed::some(
+            self.last_alarm_fired_ms
+                .get()
+                .map_or(r.ts_ms, |t| t.max(r.ts_ms)),
+        );
     }
 
     /// Handles an accepted fix. `gap` is true when the step from the previous accepted fix
