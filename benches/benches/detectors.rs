@@ -135,7 +135,8 @@ fn fix_of(r: &Reading, lat: f64, lon: f64) -> Fix {
         ignition: r.ignition,
         speed_kmh: r
             .speed_kmh
-            .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh)),
+            .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh))
+            .into(),
     }
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RulesConfig;
 use crate::geo::{haversine_m, implied_speed_kmh};
+use crate::packed::Packed;
 
 /// Below this distance an implied speed is not trusted: two devices of one vehicle may report
 /// the same second a few metres apart.
@@ -26,13 +27,13 @@ pub struct Fix {
     /// Ignition reported with the fix; `None` = unknown.
     pub ignition: Option<bool>,
     /// Speed reported with the fix (OBD, else GNSS).
-    pub speed_kmh: Option<f32>,
+    pub speed_kmh: Packed<f32>,
 }
 
 impl Fix {
     /// Whether the vehicle was parked at this fix: ignition explicitly off, or standing still.
     pub fn parked(&self) -> bool {
-        self.ignition == Some(false) || self.speed_kmh.is_some_and(|s| s < 5.0)
+        self.ignition == Some(false) || self.speed_kmh.get().is_some_and(|s| s < 5.0)
     }
 
     /// Great-circle distance to another fix.
@@ -214,7 +215,7 @@ mod tests {
             lon,
             device: 0,
             ignition: Some(false),
-            speed_kmh: Some(0.0),
+            speed_kmh: Packed::some(0.0),
         }
     }
 

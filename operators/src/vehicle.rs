@@ -548,7 +548,7 @@ impl VehicleState {
                 lon,
                 device: d as u16,
                 ignition: r.ignition,
-                speed_kmh: r.speed_kmh,
+                speed_kmh: r.speed_kmh.into(),
             };
             let mut inside = Vec::new();
             env.fences.risk_fences_at(lat, lon, &mut inside);
@@ -790,7 +790,8 @@ impl VehicleState {
                 ignition: r.ignition,
                 speed_kmh: r
                     .speed_kmh
-                    .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh)),
+                    .or_else(|| r.gnss.as_ref().and_then(|g| g.speed_kmh))
+                    .into(),
             };
             if let Some(step) = chain.push(fix, env.rules) {
                 on_step(&step, devices, kinds, baseline, env, &mut ctx);

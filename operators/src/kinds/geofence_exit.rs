@@ -96,6 +96,7 @@ mod tests {
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
     use crate::kinds::testing::{summary, with_ctx};
+    use crate::packed::Packed;
     use schemas::{DeviceClass, Phase};
 
     const FENCE: &str = r#"{"type":"FeatureCollection","features":[{"type":"Feature",
@@ -121,7 +122,7 @@ mod tests {
                 lon: 121.05,
                 device: 0,
                 ignition: Some(true),
-                speed_kmh: Some(50.0),
+                speed_kmh: Packed::some(50.0),
             })
             .collect();
         summary(&with_ctx(&rules, &fences, &permitted, None, |ctx| {

@@ -54,6 +54,7 @@ mod tests {
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
     use crate::kinds::testing::{dev, with_ctx};
+    use crate::packed::Packed;
     use crate::position::Fix;
     use schemas::DeviceClass;
 
@@ -64,7 +65,7 @@ mod tests {
             lon: 121.0,
             device: 0,
             ignition: None,
-            speed_kmh: None,
+            speed_kmh: Packed::NONE,
         };
         Step {
             prev: Some(Fix {

@@ -164,6 +164,7 @@ mod tests {
     use super::*;
     use crate::kinds::risk_zone_enter::RiskZoneEnter;
     use crate::kinds::testing::{summary, with_ctx};
+    use crate::packed::Packed;
     use crate::position::Step;
     use schemas::{DeviceClass, Phase};
 
@@ -190,7 +191,7 @@ mod tests {
             lon: 121.0,
             device: 0,
             ignition: None,
-            speed_kmh: None,
+            speed_kmh: Packed::NONE,
         });
         let mut left = Vec::new();
         let inside = if inside { vec![yard] } else { vec![] };

@@ -232,6 +232,7 @@ mod tests {
     use crate::config::RulesConfig;
     use crate::fences::FenceIndex;
     use crate::kinds::testing::with_ctx;
+    use crate::packed::Packed;
     use schemas::DeviceClass;
 
     const FENCES: &str = r#"{"type":"FeatureCollection","features":[{"type":"Feature",
@@ -273,7 +274,7 @@ mod tests {
                         lon: 121.0,
                         device: 0,
                         ignition: None,
-                        speed_kmh: None,
+                        speed_kmh: Packed::NONE,
                     })
                 };
                 let inside: Vec<_> = if inside { vec![pawn] } else { vec![] };
@@ -307,7 +308,7 @@ mod tests {
             lon: 121.0,
             device: 0,
             ignition: None,
-            speed_kmh: None,
+            speed_kmh: Packed::NONE,
         };
         let out = with_ctx(&rules, &fences, &[], None, |ctx| {
             ctx.backfill = true;
@@ -340,7 +341,7 @@ mod tests {
             lon: 121.0,
             device: 0,
             ignition: None,
-            speed_kmh: None,
+            speed_kmh: Packed::NONE,
         };
         let step = |prev: i64, at: i64| Step {
             prev: Some(fix(prev, 31.1)),

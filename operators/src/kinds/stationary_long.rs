@@ -163,7 +163,7 @@ mod tests {
             lon: 121.0,
             device: 0,
             ignition: Some(false),
-            speed_kmh: None,
+            speed_kmh: Packed::NONE,
         })
     }
 

@@ -131,7 +131,7 @@ mod tests {
             lon: 121.0,
             device: 0,
             ignition,
-            speed_kmh: None,
+            speed_kmh: Packed::NONE,
         })
     }
 
