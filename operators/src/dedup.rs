@@ -192,6 +192,26 @@ mod tests {
     }
 
     proptest! {
+        /// Without `seq`, against a reference that keeps the last [`RECENT`] (ts, hash) pairs
+        /// themselves: the keys answer as the pairs do.
+        #[test]
+        fn recent_keys_answer_as_the_pairs(
+            readings in proptest::collection::vec((0i64..20, 0u64..6), 1..300),
+        ) {
+            let mut d = Dedup::default();
+            let mut last: std::collections::VecDeque<(i64, u64)> = Default::default();
+            for (ts, hash) in readings {
+                let expected = last.contains(&(ts, hash));
+                prop_assert_eq!(d.is_duplicate(None, ts, hash), expected);
+                if !expected {
+                    if last.len() == RECENT {
+                        last.pop_front();
+                    }
+                    last.push_back((ts, hash));
+                }
+            }
+        }
+
         /// Against a reference that remembers every seq: within the window the answers agree
         /// (a re-delivered reading keeps the time it was made at).
         #[test]

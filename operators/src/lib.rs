@@ -12,6 +12,7 @@
 //! - [`baseline`]: a vehicle's days, features and baselines; [`vin_index`]: the fleet-wide
 //!   VIN index of `duplicate_collateral`.
 //! - [`fleet`]: all vehicles of a worker, the pipeline clock and the timer index.
+//! - [`packed`]: `Option`s of that state in the room of their values.
 //! - [`dataflow`]: the timely operator that runs a fleet.
 
 pub mod baseline;

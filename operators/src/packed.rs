@@ -2,7 +2,9 @@
 //! and vehicle. An `Option<i64>` or `Option<(i64, f32)>` takes 8 bytes more than its value,
 //! and a few of them decide which allocator size class a device's state falls in (and how
 //! large every vehicle's slot is). A `Packed` value reserves one value of its type as none
-//! instead (`i64::MIN` for times, NaN for measurements, which decoding never lets through).
+//! instead: `i64::MIN` for times (no reading has that time), NaN for measurements (where these
+//! are read, a NaN compares false with everything, as none does, so a NaN stored as none
+//! changes no decision).
 //!
 //! It is written and read as the `Option` it stands for, so the snapshot format does not see it.
 
@@ -144,5 +146,60 @@ impl<T: Niche + Serialize> Serialize for Packed<T> {
 impl<'de, T: Niche + Deserialize<'de>> Deserialize<'de> for Packed<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Option::<T>::deserialize(d)?.map_or(Self::NONE, Self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use bincode::Options;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn bytes<T: Serialize>(v: &T) -> Vec<u8> {
+        bincode::DefaultOptions::new().serialize(v).unwrap()
+    }
+
+    #[test]
+    fn a_packed_value_takes_the_room_of_its_value() {
+        assert_eq!(size_of::<Packed<i64>>(), 8);
+        assert_eq!(size_of::<Packed<f32>>(), 4);
+        assert_eq!(size_of::<Packed<(i64, f32)>>(), 16);
+        assert_eq!(size_of::<Packed<(f64, f64)>>(), 16);
+        assert_eq!(size_of::<Option<(i64, f32)>>(), 24);
+    }
+
+    #[test]
+    fn nan_is_none_and_none_equals_none() {
+        let nan: Packed<f32> = Some(f32::NAN).into();
+        assert!(nan.is_none());
+        assert_eq!(nan, Packed::NONE);
+        assert_eq!(nan.get(), None);
+        let mut v = Packed::some(1.5_f32);
+        assert_eq!(v.take(), Some(1.5));
+        assert_eq!(v, Packed::default());
+    }
+
+    proptest! {
+        /// Written byte for byte as the `Option`, and read back as it was.
+        #[test]
+        fn written_and_read_as_the_option(
+            t in proptest::option::of(i64::MIN + 1..=i64::MAX),
+            x in proptest::option::of(-1e9f32..1e9),
+            p in proptest::option::of((i64::MIN + 1..=i64::MAX, -1e300f64..1e300)),
+        ) {
+            let opts = bincode::DefaultOptions::new();
+            let packed_t: Packed<i64> = t.into();
+            prop_assert_eq!(bytes(&packed_t), bytes(&t));
+            prop_assert_eq!(opts.deserialize::<Packed<i64>>(&bytes(&t)).unwrap(), packed_t);
+            let packed_x: Packed<f32> = x.into();
+            prop_assert_eq!(bytes(&packed_x), bytes(&x));
+            prop_assert_eq!(opts.deserialize::<Packed<f32>>(&bytes(&x)).unwrap(), packed_x);
+            let packed_p: Packed<(i64, f64)> = p.into();
+            prop_assert_eq!(bytes(&packed_p), bytes(&p));
+            prop_assert_eq!(opts.deserialize::<Packed<(i64, f64)>>(&bytes(&p)).unwrap(), packed_p);
+        }
     }
 }
