@@ -53,6 +53,11 @@ pub struct Baseline {
     mil: bool,
     /// Whether the chain's last step was driven.
     in_trip: bool,
+    /// Whether a day in `closed` waits to be emitted again. The fleet asks for every reading
+    /// (twice), so it is kept here instead of being looked for in the days on the heap, a
+    /// cache miss each time. Not written: a restore counts it again.
+    #[serde(skip)]
+    revisions: bool,
     /// The time of the chain's held step, added when its day closed before the next fix
     /// decided it (so it is not added again).
     added_early: Packed<i64>,
@@ -73,7 +78,13 @@ impl Baseline {
 
     /// Whether emitted days wait to be emitted again.
     pub fn has_revisions(&self) -> bool {
-        self.closed.iter().any(|d| d.dirty)
+        debug_assert_eq!(self.revisions, self.closed.iter().any(|d| d.dirty));
+        self.revisions
+    }
+
+    /// Counts the days waiting to be emitted again (after a restore).
+    pub fn recount_revisions(&mut self) {
+        self.revisions = self.closed.iter().any(|d| d.dirty);
     }
 
     /// Opens the day of in-order reading `ts_ms`. Days before it that only late readings
@@ -208,6 +219,7 @@ impl Baseline {
         }
         if let Some(day) = self.closed.iter_mut().find(|d| d.bounds.contains(r.ts_ms)) {
             day.note_reading(r);
+            self.revisions |= day.dirty;
             self.ring.replace(day.bounds.day, day.summary());
         }
     }
@@ -268,6 +280,7 @@ impl Baseline {
             {
                 day.note_step(&share, in_trip);
                 day.dirty |= share.counted;
+                self.revisions |= day.dirty;
                 self.ring.replace(day.bounds.day, day.summary());
             }
             return;
@@ -339,6 +352,7 @@ impl Baseline {
             rows.push(day.row(row.vehicle_id, row.loan_id, &self.ring, history));
         }
         day.emitted += 1;
+        self.recount_revisions();
     }
 
     /// Closes the open day. A step the chain still holds back in this day is added now: it

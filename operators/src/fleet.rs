@@ -674,7 +674,7 @@ impl Fleet {
                     });
                 }
                 vehicle.remap_fences(|f| renumber.get(&f).copied());
-                vehicle.order_buffers();
+                vehicle.settle_restored();
                 adopt_reference(&mut vehicle, &fleet.registry, &fleet.fences);
                 let Ok(v) = u32::try_from(fleet.vehicles.len()) else {
                     return Err(SnapshotError::Corrupt {

@@ -416,12 +416,14 @@ impl VehicleState {
         self.baseline.has_revisions()
     }
 
-    /// Puts the reorder buffers in release order (a restored snapshot's may not be: earlier
-    /// builds kept them in arrival order).
-    pub(crate) fn order_buffers(&mut self) {
+    /// Completes a restored vehicle: puts the reorder buffers in release order (a restored
+    /// snapshot's may not be: earlier builds kept them in arrival order) and counts the days
+    /// waiting to be emitted again, which snapshots do not hold.
+    pub(crate) fn settle_restored(&mut self) {
         for device in &mut self.devices {
             device.buffer.sort_by_key(release_key);
         }
+        self.baseline.recount_revisions();
     }
 
     /// Whether readings wait in the reorder buffers.
