@@ -6,7 +6,7 @@
 //! [`RECENT`] readings. A `seq` more than the window below the highest seen is a device
 //! reboot: it starts a new sequence instead of dropping everything that follows.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Sequence numbers remembered per device.
 pub const SEQ_WINDOW: u64 = 1024;
@@ -25,6 +25,7 @@ pub struct Dedup {
     seen: [u64; WORDS],
     /// [`recent_key`] of the last readings (0: an empty slot). One word each instead of the
     /// pair: 64 bytes less per device, which keep its state in mimalloc's 512-byte blocks.
+    #[serde(deserialize_with = "recent_keys")]
     recent: [u64; RECENT],
     recent_next: u8,
     /// Whether a sequence number was seen (an `Option<u64>` would take 8 more bytes).
@@ -133,6 +134,22 @@ fn recent_key(ts_ms: i64, content_hash: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     (z ^ (z >> 31)).max(1)
+}
+
+/// Reads the recent readings of a snapshot: keys from version 4 on, the (ts, payload hash)
+/// pairs before (an empty slot had time `i64::MIN`).
+fn recent_keys<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; RECENT], D::Error> {
+    if crate::snapshot::body_version() >= 4 {
+        return <[u64; RECENT]>::deserialize(d);
+    }
+    let pairs = <[(i64, u64); RECENT]>::deserialize(d)?;
+    Ok(pairs.map(|(ts_ms, hash)| {
+        if ts_ms == i64::MIN {
+            0
+        } else {
+            recent_key(ts_ms, hash)
+        }
+    }))
 }
 
 #[cfg(test)]

@@ -628,7 +628,8 @@ impl Fleet {
     /// - The timer index and the list of vehicles waiting for the clock are rebuilt from the
     ///   vehicles; vehicles are numbered in the order of the parts and of each part.
     ///
-    /// Errors: bytes that are not a fleet snapshot of this [`crate::snapshot::FORMAT_VERSION`],
+    /// Errors: bytes that are not a fleet snapshot of a version this build reads
+    /// ([`crate::snapshot::OLDEST_READABLE_VERSION`] to [`crate::snapshot::FORMAT_VERSION`]),
     /// truncated or corrupted ones, and a vehicle found in two parts.
     pub fn restore(
         rules: RulesConfig,
@@ -946,7 +947,7 @@ mod snapshot_tests {
 
     use super::*;
     use crate::dataflow::id_key;
-    use crate::snapshot::{FORMAT_VERSION, SnapshotError};
+    use crate::snapshot::{FORMAT_VERSION, OLDEST_READABLE_VERSION, SnapshotError};
 
     /// 2025-11-24T16:00Z.
     const T0: i64 = 1_764_000_000_000;
@@ -1563,7 +1564,7 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
             assert!(restore(&[&bytes, &bad]).is_err(), "bit flip at {byte}");
         }
         let mut old = bytes.clone();
-        old[8..12].copy_from_slice(&(FORMAT_VERSION - 1).to_le_bytes());
+        old[8..12].copy_from_slice(&(OLDEST_READABLE_VERSION - 1).to_le_bytes());
         let e = restore(&[&bytes, &old]).err().expect("old version");
         assert!(matches!(e, SnapshotError::Version { part: 1, .. }), "{e:?}");
         let vins = crate::vin_index::VinIndex::default()
@@ -1755,7 +1756,9 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
     }
 
     /// Prints the golden snapshot of this build (after a format change: bump
-    /// `FORMAT_VERSION`, run `cargo test -p operators --lib write_golden -- --ignored
+    /// `FORMAT_VERSION`, keep the old `GOLDEN` as `GOLDEN_V<old>` with a test like
+    /// [`the_golden_snapshot_of_version_3_restores_as_the_current_one`] if the old version
+    /// stays readable, run `cargo test -p operators --lib write_golden -- --ignored
     /// --nocapture` and paste the output over `GOLDEN`).
     #[test]
     #[ignore]
@@ -1831,11 +1834,7 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
 
     #[test]
     fn the_golden_snapshot_reads_and_writes_byte_for_byte() {
-        let hex = GOLDEN.concat();
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect();
+        let bytes = unhex(GOLDEN);
         let advice = "the snapshot layout changed: bump snapshot::FORMAT_VERSION and write a \
                       new GOLDEN (see write_golden)";
         let fleet = restore(&[&bytes]).unwrap_or_else(|e| panic!("{e}; {advice}"));
@@ -1849,6 +1848,72 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
              write_golden), and if the layout of the state changed, bump \
              snapshot::FORMAT_VERSION first"
         );
+    }
+
+    fn unhex(lines: &[&str]) -> Vec<u8> {
+        let hex = lines.concat();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// [`golden_source`] as written by the last build of format version 3 (`c22473f`).
+    const GOLDEN_V3: &[&str] = &[
+        "4c57464c454554000300000045070000000000008b4bf8b6cbe6667601fd00365f8c350300007b0000002401",
+        "02000479617264010104686f6d65010102563001024c3001114c564754464c48463753463339343031300101",
+        "0d417369612f5368616e67686169020344303101fb780ffd00ca8289350300000000fd000000000001000000",
+        "00000000fc0000010000000000fd00000000000000010000fd0040c98135030000fb400bfd006e5c84350300",
+        "00fba80cfd009cef8635030000fb100efd00ca828935030000fb780ffd00887c7735030000fba005fd00b60f",
+        "7a35030000fb0807fd00e4a27c35030000fb7008fd0012367f35030000fbd809040100fd00ca828935030000",
+        "fd009cef863503000001fd00ca828935030000fb790f0185eb51b81e053f400000000000405e400101114c56",
+        "4754464c484637534633393430313101fd00ca828935030000000000000000010000484100010000000000e2",
+        "d34001fd00ca8289350300000000000000ebd34001fd00ca8289350300000000000000ebd340000000000000",
+        "000001fd009cef86350300000000000000e2d340000000000000000020000000000100000001fd80b8b98935",
+        "03000000000001fd00d02f6d350300000344303000fb1711fd40ad7a8c3503000000fd000000000001000000",
+        "fd0000000055151042fd082184000100000000fc00000001000000fb000100010000fd0000000000000100fd",
+        "c0be438c35030000fbf910fd80e64c8c35030000fbfe10fd400e568c35030000fb0311fd00365f8c35030000",
+        "fb0811fdc05d688c35030000fb0d11fd8085718c35030000fb1211fd40ad7a8c35030000fb1711fd00973a8c",
+        "35030000fbf41007010402563001024c300001fb081103443030fd00365f8c3503000001fb08110001010000",
+        "000000003f40010000000000405e4001000000000001000100000000010000000000f5d34000010100004841",
+        "010000b4420000fb0811fd00365f8c3503000002563001024c300001fb0d1103443030fdc05d688c35030000",
+        "01fb0d110001010000000000003f40010000000000405e4001000000000001000100000000010000000020f5",
+        "d34000010100004841010000b4420000fb0d11fdc05d688c3503000002563001024c300001fb121103443030",
+        "fd8085718c3503000001fb12110001010000000000003f40010000000000405e400100000000000100010000",
+        "0000010000000040f5d34000010100004841010000b4420000fb1211fd8085718c3503000002563001024c30",
+        "0001fb171103443030fd40ad7a8c3503000001fb17110001010000000000003f40010000000000405e400100",
+        "0000000001000100000000010000000060f5d3400001010000c07f010000b4420000fb1711fd40ad7a8c3503",
+        "0000fd40ad7a8c35030000fd8085718c3503000001fd400e568c35030000fb0411010000000000003f400000",
+        "000000405e40010001fd400e568c350300000000000000000100004841000100000000c0f4d34001fd400e56",
+        "8c3503000000000000e0f4d34001fd400e568c3503000000000000e0f4d340ff9a00cf2e3c9a4001fd00f815",
+        "8c350300000000000000f4d340000000000000000024000000000001fd400e568c350300000000000000003f",
+        "400000000000405e40010100010000000001fd80e64c8c350300000000000000003f400000000000405e4001",
+        "01000100000000ff9a00cf2e3c9a40240001fd009e248c35030000c7bab88d06003f400000000000405e4001",
+        "01000100000000000000010001fd400e568c350300000000000000003f400000000000405e40010100010000",
+        "00002823fb06934171c0010100fd80f4208c35030000010000000000003f400000000000405e40000100fd80",
+        "f4208c35030000000100fd8093458c350300000001fd009e248c35030000c7bab88d06003f40000000000040",
+        "5e400101000100000000000001fb829f01fb829f01fd00f8158c35030000fb889ffc00512502fc00974901fc",
+        "00b84c0aff9a00cf2e3c9a40ff9a00cf2e3c9a4000000000000000000000000000f4d34000000000e0f4d340",
+        "00fc4016400000fc40164000fc005307000b01000000000020420000fd00f8158c350300000003fd00d02f6d",
+        "35030000fb829ffc00512502fc00974901fc00b84c0a00000000000000000000000000000000000000000000",
+        "0000000000000088d3400000000000a9d34000fc00fe700900fc00fe7009000c00000001000000000000fd00",
+        "887c7735030000fb849ffc00512502fc00974901fc00b84c0a00000000000000000000000000000000000000",
+        "00000000000000000000acd3400000000000cdd34000fc00fe700900fc00fe7009000c000000010000000000",
+        "00fd0040c98135030000fb869ffc00512502fc00974901fc00b84c0a00000000000000000000000000000000",
+        "00000000000000000000000000d0d3400000000000f1d34000fc00fe700900fc00fe7009000c000000010000",
+        "0000000001fb869f030000000000000000000004430000000000000000000004430000000000000000000004",
+        "43000003f628f8410000f242f628f8410000f242f628f8410000f24201fb869f000000000000000104",
+    ];
+
+    /// An upgrade keeps the state: the version-3 golden snapshot restores to the state the
+    /// version-4 one holds (its de-duplication window read from the old pairs), written again
+    /// byte for byte as that one.
+    #[test]
+    fn the_golden_snapshot_of_version_3_restores_as_the_current_one() {
+        let v3 = unhex(GOLDEN_V3);
+        assert_eq!(v3[8..12], 3u32.to_le_bytes());
+        let fleet = restore(&[&v3]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(fleet.snapshot().expect("snapshot") == unhex(GOLDEN));
     }
 
     /// Snapshot size and encode/decode time of a fleet with a month of history, in release:

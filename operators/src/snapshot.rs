@@ -15,10 +15,13 @@
 //! added, removed, reordered or retyped in [`VehicleState`](crate::vehicle::VehicleState) or
 //! anything it holds, in [`PipelineClock`](crate::fleet::PipelineClock),
 //! [`FleetStats`](crate::fleet::FleetStats) or the VIN index's claimants) must bump
-//! [`FORMAT_VERSION`]; the golden snapshot test in `fleet.rs` fails until it is done. A
-//! snapshot of another version is refused with [`SnapshotError::Version`]; the magic, the
-//! length and the checksum refuse truncated, foreign or corrupted bytes before anything is
-//! decoded, and decoding never panics on any input.
+//! [`FORMAT_VERSION`]; the golden snapshot test in `fleet.rs` fails until it is done. A build
+//! also reads the versions back to [`OLDEST_READABLE_VERSION`] (the changed fields read the
+//! old layout when [`body_version`] says so; a golden file of each such version is restored in
+//! the tests), so an upgrade keeps the state; a snapshot of any other version is refused with
+//! [`SnapshotError::Version`]. The magic, the length and the checksum refuse truncated,
+//! foreign or corrupted bytes before anything is decoded, and decoding never panics on any
+//! input.
 //!
 //! [`Fleet::snapshot`]: crate::fleet::Fleet::snapshot
 //! [`VinIndex::snapshot`]: crate::vin_index::VinIndex::snapshot
@@ -28,8 +31,40 @@ use bincode::de::read::SliceReader;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
-/// Version of the snapshot format this build writes and reads.
+/// Version of the snapshot format this build writes.
 pub const FORMAT_VERSION: u32 = 4;
+
+/// The oldest version this build still reads, so an upgrade restores the state of the build
+/// before it. Version 3 differs from 4 in one field, the de-duplication window's recent
+/// readings ([`crate::dedup::Dedup`]), which reads either through [`body_version`].
+pub const OLDEST_READABLE_VERSION: u32 = 3;
+
+thread_local! {
+    /// The format version of the body being decoded on this thread ([`Reader::read`]).
+    static BODY_VERSION: std::cell::Cell<u32> = const { std::cell::Cell::new(FORMAT_VERSION) };
+}
+
+/// The format version of the snapshot body being decoded on this thread, for the few
+/// `Deserialize` impls whose layout changed between readable versions; [`FORMAT_VERSION`]
+/// outside a restore.
+pub(crate) fn body_version() -> u32 {
+    BODY_VERSION.with(std::cell::Cell::get)
+}
+
+/// Sets [`body_version`] while it lives.
+struct BodyVersion(u32);
+
+impl BodyVersion {
+    fn set(version: u32) -> Self {
+        Self(BODY_VERSION.with(|v| v.replace(version)))
+    }
+}
+
+impl Drop for BodyVersion {
+    fn drop(&mut self) {
+        BODY_VERSION.with(|v| v.set(self.0));
+    }
+}
 
 /// Bytes of the frame before the body.
 pub const FRAME_BYTES: usize = 28;
@@ -90,7 +125,7 @@ pub enum SnapshotError {
     },
     /// Written by a build with another format version.
     #[error(
-        "{kind} snapshot part {part}: format version {found}, but this build reads only version {expected}"
+        "{kind} snapshot part {part}: format version {found}, but this build reads versions {oldest} to {expected}"
     )]
     Version {
         /// What was expected.
@@ -101,6 +136,8 @@ pub enum SnapshotError {
         found: u32,
         /// [`FORMAT_VERSION`].
         expected: u32,
+        /// [`OLDEST_READABLE_VERSION`].
+        oldest: u32,
     },
     /// The frame does not match the body: truncated, extended or corrupted bytes.
     #[error("{kind} snapshot part {part}: truncated or corrupt: {detail}")]
@@ -265,6 +302,7 @@ impl Writer {
 pub(crate) struct Reader<'a> {
     kind: Kind,
     part: usize,
+    version: u32,
     de: bincode::Deserializer<SliceReader<'a>, bincode::DefaultOptions>,
 }
 
@@ -295,12 +333,13 @@ impl<'a> Reader<'a> {
             .get(8..12)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
             .ok_or_else(|| corrupt(format!("{} bytes, too short for the version", bytes.len())))?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(SnapshotError::Version {
                 kind,
                 part,
                 found: version,
                 expected: FORMAT_VERSION,
+                oldest: OLDEST_READABLE_VERSION,
             });
         }
         let len = word(12, "body length")?;
@@ -318,6 +357,7 @@ impl<'a> Reader<'a> {
         Ok(Self {
             kind,
             part,
+            version,
             de: bincode::Deserializer::from_slice(body, bincode::DefaultOptions::new()),
         })
     }
@@ -327,6 +367,7 @@ impl<'a> Reader<'a> {
         &mut self,
         at: impl FnOnce() -> String,
     ) -> Result<T, SnapshotError> {
+        let _version = BodyVersion::set(self.version);
         T::deserialize(&mut self.de).map_err(|source| SnapshotError::Decode {
             kind: self.kind,
             part: self.part,
