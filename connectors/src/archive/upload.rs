@@ -1046,6 +1046,10 @@ mod tests {
         eventually("the yielding thread lowered its priority", || {
             nice_of("test-yielding").is_some_and(|n| n >= i64::from(UPLOADER_NICE))
         });
+        // A new thread names itself once it runs: wait for it before reading its priority.
+        eventually("the pacing thread is named", || {
+            nice_of("test-pacing").is_some()
+        });
         assert_eq!(nice_of("test-pacing"), own);
         drop((yielding, pacing));
     }
