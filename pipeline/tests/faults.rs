@@ -553,11 +553,13 @@ fn a_full_journal_stops_intake_until_checkpoints_complete_and_nothing_is_dropped
         let names = names.clone();
         std::thread::spawn(move || publish_messages(rest, &names, 0.0))
     };
-    // Until the service says its journal is full, in /metrics and in /health.
+    // Until the service says its journal is full, in /metrics and in /health. The bytes gauge
+    // is set when the journal hands its buffer to the disk, so it can show the bytes of the
+    // last flush for a moment after intake stopped: wait for it to pass the bound too.
     let (full_metrics, full_health) = loop {
         service.ensure_running()?;
         let m = service.metrics()?;
-        if m.get("lienwatch_journal_full") == 1.0 {
+        if m.get("lienwatch_journal_full") == 1.0 && m.get("lienwatch_journal_bytes") > MAX as f64 {
             let (code, health) = service.health()?;
             if code == 503 && health["status"] == "degraded" && health["journal_full"] == true {
                 break (m, health);
