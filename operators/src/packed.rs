@@ -98,11 +98,6 @@ impl<T: Niche> Packed<T> {
         self.0.is_none()
     }
 
-    /// Sets the value (or none).
-    pub fn set(&mut self, value: Option<T>) {
-        *self = value.into();
-    }
-
     /// Takes the value out, leaving none.
     pub fn take(&mut self) -> Option<T> {
         std::mem::replace(self, Self::NONE).get()
