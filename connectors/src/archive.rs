@@ -498,8 +498,10 @@ impl<C: Columns> Partitions<C> {
             .set_compression(compression)
             .set_max_row_group_row_count(Some(row_group_rows))
             .set_sorting_columns(Some(sorting));
-        for &column in C::PLAIN_COLUMNS {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        for &(column, encoding) in C::NO_DICTIONARY {
+            props = props
+                .set_column_dictionary_enabled(ColumnPath::from(column), false)
+                .set_column_encoding(ColumnPath::from(column), encoding);
         }
         Self {
             open: Vec::new(),

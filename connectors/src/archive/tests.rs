@@ -3,13 +3,14 @@
 use std::fs::File;
 use std::path::{Path as FsPath, PathBuf};
 
-use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Date32Type, Float64Type, TimestampMicrosecondType, UInt32Type, UInt64Type,
 };
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Encoding, Type as PhysicalType};
 use schemas::time::{DAY_MS, HOUR_MS};
 use schemas::{AlertKind, Gnss, Phase, Reading, Severity};
 use serde_json::{Map, Value};
@@ -858,4 +859,74 @@ fn discard_from_epoch_on_s3() {
             source,
         })
     });
+}
+
+#[test]
+fn telemetry_times_and_coordinates_are_written_in_their_encodings_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ArchiveWriter::open(&config(dir.path()), 0, 0).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..900_i64 {
+        let vehicle = format!("V{}", i % 3);
+        let mut row = record(&vehicle, BASE_MS + i * 3_917);
+        row.reading.seq = (i % 11 != 0).then_some(i as u64 * 3);
+        if i % 7 == 0 {
+            row.reading.gnss = None;
+        } else if let Some(g) = row.reading.gnss.as_mut() {
+            g.lat = Some(31.23 + i as f64 * 1e-5);
+            g.lon = Some(-121.47 - i as f64 * 3e-6);
+        }
+        let g = row.reading.gnss.as_ref();
+        expected.push((
+            vehicle,
+            row.reading.ts_ms * 1000,
+            row.reading.seq,
+            g.and_then(|g| g.lat),
+            g.and_then(|g| g.lon),
+        ));
+        writer.push_telemetry(row);
+    }
+    writer.finish().unwrap();
+    expected.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+
+    let all = files(dir.path());
+    assert_eq!(all.len(), 1);
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&all[0]).unwrap()).unwrap();
+    for column in builder.metadata().row_group(0).columns() {
+        let name = column.column_path().string();
+        let encodings = column.encodings().collect::<Vec<_>>();
+        match TelemetryColumns::NO_DICTIONARY
+            .iter()
+            .find(|(n, _)| *n == name)
+        {
+            Some(&(_, encoding)) => assert!(
+                encodings.contains(&encoding) && !encodings.contains(&Encoding::RLE_DICTIONARY),
+                "{name}: {encodings:?}"
+            ),
+            None => assert!(
+                column.column_type() == PhysicalType::BOOLEAN
+                    || encodings.contains(&Encoding::RLE_DICTIONARY),
+                "{name}: {encodings:?}"
+            ),
+        }
+    }
+    let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
+    let mut read = Vec::new();
+    for batch in &batches {
+        let vehicles = batch.column(0).as_string::<i32>();
+        let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+        let seq = batch.column(5).as_primitive::<UInt64Type>();
+        let lat = batch.column(7).as_primitive::<Float64Type>();
+        let lon = batch.column(8).as_primitive::<Float64Type>();
+        for i in 0..batch.num_rows() {
+            read.push((
+                vehicles.value(i).to_owned(),
+                ts.value(i),
+                seq.is_valid(i).then(|| seq.value(i)),
+                lat.is_valid(i).then(|| lat.value(i)),
+                lon.is_valid(i).then(|| lon.value(i)),
+            ));
+        }
+    }
+    assert_eq!(read, expected);
 }
