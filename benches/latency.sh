@@ -27,7 +27,10 @@
 #        that bound the latency; WALL_CLOCK=true moves every ts to the wall clock of its
 #        publish, as a live fleet sends them (a reading that follows its device's last one
 #        in `seq` is processed at once; others wait out the reorder window);
-#        NO_BUILD=1 uses the binaries as built)
+#        NO_BUILD=1 uses the binaries as built; CPU_SAMPLE=1 also writes the CPU use of every
+#        process and of each lienwatch thread every 250 ms to $WORK/cpu.tsv, whose second column
+#        is the epoch time in seconds (probes.tsv's publish times are in ms): see
+#        benches/cpu_sample.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/common.sh
@@ -58,6 +61,9 @@ ID=latency-$$
 TOPIC="lienwatch.bench.$ID"
 start_service "$BIN" "$WORK" "$ID" "$PORT" "$HTTP" "$QOS"
 
+if [[ -n "${CPU_SAMPLE:-}" ]]; then
+    benches/cpu_sample.py "$WORK/cpu.tsv" 0.25 lienwatch & SAMPLER=$!
+fi
 echo "QoS $QOS, batch $BATCH, epoch_ms ${EPOCH_MS:-100}, reorder_window_s ${REORDER_S:-120}, linger.ms ${LINGER_MS:-5}, durability ${DURABLE:-true}, wall clock ${WALL_CLOCK:-false}; $(uptime)"
 target/release/examples/latency --fleet "$FLEET" --mqtt "127.0.0.1:$PORT" --prefix bench \
     --qos "$QOS" --batch "$BATCH" --metrics "$HTTP" --alerts-topic "$TOPIC" \
@@ -65,6 +71,7 @@ target/release/examples/latency --fleet "$FLEET" --mqtt "127.0.0.1:$PORT" --pref
     --duration "${DURATION:-60}" --rate "${RATE:-0}" --probes "${PROBES:-50}" \
     --wall-clock "${WALL_CLOCK:-false}" --trace "$WORK/probes.tsv"
 echo "after: $(uptime)"
+if [[ -n "${SAMPLER:-}" ]]; then kill "$SAMPLER"; fi
 kill -TERM "$RUN"; wait "$RUN" || true; RUN=""
 tail -6 "$WORK/run.out"
 rm -rf "$WORK/journal-$ID"
