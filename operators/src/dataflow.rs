@@ -1,5 +1,5 @@
 //! The timely operator that runs a [`Fleet`] on one worker: records exchanged by vehicle,
-//! epoch samples broadcast to every worker, outputs in one stream of [`Output`].
+//! epoch samples broadcast to every worker, outputs in one stream of batches of [`Output`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -38,9 +38,11 @@ pub enum Output {
     Watermark(i64),
 }
 
-/// What the fleet operator emits: outputs, and what the VIN index needs.
+/// What the fleet operator emits: an epoch's outputs together, and what the VIN index needs.
+/// An epoch's outputs travel as one element so that the operators and sinks after it move a
+/// `Vec` per epoch instead of every reading (and regrow no per-epoch buffers of them).
 enum Emitted {
-    Out(Output),
+    Out(Vec<Output>),
     Vin(VinInput),
 }
 
@@ -183,7 +185,8 @@ pub trait RunFleet<'scope> {
     /// pipeline clock driven by `samples` (broadcast to every worker here). `wall_clock` gives
     /// wall-clock milliseconds; `stats` receives the fleet's counters after every epoch.
     /// `vins` is this worker's share of the VIN index (empty, or restored); `checkpoints`, if
-    /// any, receives both states at checkpoint epochs.
+    /// any, receives both states at checkpoint epochs. Each element of the result is a batch
+    /// of outputs of one epoch, in the order the fleet made them.
     #[allow(clippy::too_many_arguments)]
     fn run_fleet(
         self,
@@ -194,7 +197,7 @@ pub trait RunFleet<'scope> {
         stats: Rc<RefCell<FleetStats>>,
         reference: ReferenceSlot,
         checkpoints: Option<Checkpoints>,
-    ) -> StreamVec<'scope, u64, Output>;
+    ) -> StreamVec<'scope, u64, Vec<Output>>;
 }
 
 impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
@@ -207,7 +210,7 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
         stats: Rc<RefCell<FleetStats>>,
         reference: ReferenceSlot,
         checkpoints: Option<Checkpoints>,
-    ) -> StreamVec<'scope, u64, Output> {
+    ) -> StreamVec<'scope, u64, Vec<Output>> {
         let (fleet_checkpoints, vin_checkpoints) = match checkpoints {
             Some(c) => (
                 Some((c.barrier, c.fleet, c.fleet_spread_epochs)),
@@ -276,10 +279,12 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         if let Some(cap) = held.as_mut() {
                             cap.downgrade(&next);
                             let mut session = output.session(cap);
-                            session.give_iterator(outputs(out));
-                            if let Some(w) = watermark {
-                                session.give(Emitted::Out(Output::Watermark(w)));
+                            let (mut batch, claims) = outputs(out);
+                            batch.extend(watermark.map(Output::Watermark));
+                            if !batch.is_empty() {
+                                session.give(Emitted::Out(batch));
                             }
+                            session.give_iterator(claims);
                             if reloaded.is_some() {
                                 let clock_ms = watermark.unwrap_or_else(wall_clock);
                                 session.give(Emitted::Vin(VinInput::Reloaded { worker, clock_ms }));
@@ -291,7 +296,12 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         if let Some(cap) = held.take() {
                             let mut out = FleetOutputs::default();
                             fleet.finish(wall_clock(), &mut out);
-                            output.session(&cap).give_iterator(outputs(out));
+                            let (batch, claims) = outputs(out);
+                            let mut session = output.session(&cap);
+                            if !batch.is_empty() {
+                                session.give(Emitted::Out(batch));
+                            }
+                            session.give_iterator(claims);
                         }
                         if let Some(snapshots) = snapshots.as_mut() {
                             snapshots.finish(&mut fleet);
@@ -340,7 +350,7 @@ fn index_vins<'scope>(
     reference: ReferenceSlot,
     wall_clock: fn() -> i64,
     mut checkpoints: Option<(Barrier, SaveState<VinIndex>)>,
-) -> StreamVec<'scope, u64, Output> {
+) -> StreamVec<'scope, u64, Vec<Output>> {
     let by_vin = Exchange::new(|v: &VinInput| match v {
         VinInput::Claim(c) => id_key(&c.vin),
         VinInput::Reloaded { worker, .. } => *worker,
@@ -390,9 +400,13 @@ fn index_vins<'scope>(
                 }
                 let registry = Arc::clone(&view.get().registry);
                 alerts.extend(claims.iter().filter_map(|c| index.claim(c, &registry, now)));
-                output
-                    .session(&cap)
-                    .give_iterator(alerts.into_iter().map(|a| Output::Alert(Box::new(a))));
+                if !alerts.is_empty() {
+                    let batch: Vec<Output> = alerts
+                        .into_iter()
+                        .map(|a| Output::Alert(Box::new(a)))
+                        .collect();
+                    output.session(&cap).give(batch);
+                }
             }
             let low = frontier.frontier().iter().min().copied();
             if let (Some((barrier, save)), Some(low)) = (checkpoints.as_mut(), low)
@@ -405,25 +419,25 @@ fn index_vins<'scope>(
     })
 }
 
-fn outputs(out: FleetOutputs) -> impl Iterator<Item = Emitted> {
+/// An epoch's outputs as one batch (with room for its watermark), and its VIN claims.
+fn outputs(out: FleetOutputs) -> (Vec<Output>, impl Iterator<Item = Emitted>) {
     let v = out.vehicle;
-    let alerts = v.alerts.into_iter().map(|a| Output::Alert(Box::new(a)));
-    let archive = v.archive.into_iter().map(Output::Archive);
-    let features = v
-        .features
-        .into_iter()
-        .map(|f| Output::Features(Box::new(f)));
-    let rejects = out.rejects.into_iter().map(|r| Output::Reject(Box::new(r)));
+    let mut batch = Vec::with_capacity(
+        v.alerts.len() + v.archive.len() + v.features.len() + out.rejects.len() + 1,
+    );
+    batch.extend(v.alerts.into_iter().map(|a| Output::Alert(Box::new(a))));
+    batch.extend(v.archive.into_iter().map(Output::Archive));
+    batch.extend(
+        v.features
+            .into_iter()
+            .map(|f| Output::Features(Box::new(f))),
+    );
+    batch.extend(out.rejects.into_iter().map(|r| Output::Reject(Box::new(r))));
     let claims = v
         .claims
         .into_iter()
         .map(|c| Emitted::Vin(VinInput::Claim(c)));
-    alerts
-        .chain(archive)
-        .chain(features)
-        .chain(rejects)
-        .map(Emitted::Out)
-        .chain(claims)
+    (batch, claims)
 }
 
 #[cfg(test)]

@@ -302,7 +302,7 @@ pub(crate) fn run_worker(
                 reference.clone(),
                 keyed_checkpoints,
             )
-            .concat(rejects.map(|r| Output::Reject(Box::new(r))));
+            .concat(rejects.map(|r| vec![Output::Reject(Box::new(r))]));
         sinks(
             outputs,
             archive,
@@ -356,7 +356,7 @@ struct SinkCheckpoints {
 /// every archive file holds rows of earlier epochs only, and is named with the epoch it was
 /// opened at (recovery deletes the files of epochs it replays).
 fn sinks<'scope>(
-    outputs: StreamVec<'scope, u64, Output>,
+    outputs: StreamVec<'scope, u64, Vec<Output>>,
     mut archive: Option<ArchiveWriter>,
     output_sinks: OutputSinks,
     fleet_stats: Rc<RefCell<FleetStats>>,
@@ -368,7 +368,7 @@ fn sinks<'scope>(
         Some(c) => (Some(c.barrier), Some(c.checkpointer)),
         None => (None, None),
     };
-    let mut pending: BTreeMap<u64, Vec<Output>> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, Vec<Vec<Output>>> = BTreeMap::new();
     let mut alerts = Vec::new();
     let mut features = Vec::new();
     let mut watermark = None;
@@ -421,7 +421,7 @@ fn sinks<'scope>(
             if let Some(a) = archive.as_mut() {
                 a.set_epoch(epoch);
             }
-            for item in items {
+            for item in items.into_iter().flatten() {
                 match item {
                     Output::Alert(alert) => {
                         *report
