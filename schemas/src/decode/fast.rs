@@ -91,7 +91,7 @@ fn string_end(bytes: &[u8], mut at: usize) -> Option<usize> {
 /// The keys of a wire message, of its `gnss`, `obd` and `power` objects, in the order of the
 /// SPEC's example (and of `lienwatch simulate`), which trackers keep; `backfill`, sent only
 /// with buffered readings, last.
-const MESSAGE_KEYS: [&str; 11] = [
+const MESSAGE_KEYS: [CompactKey; 11] = CompactKey::all([
     "device_id",
     "ts",
     "seq",
@@ -103,8 +103,8 @@ const MESSAGE_KEYS: [&str; 11] = [
     "power",
     "alarms",
     "backfill",
-];
-const GNSS_KEYS: [&str; 8] = [
+]);
+const GNSS_KEYS: [CompactKey; 8] = CompactKey::all([
     "lat",
     "lon",
     "fix",
@@ -113,8 +113,8 @@ const GNSS_KEYS: [&str; 8] = [
     "alt_m",
     "hdop",
     "sats",
-];
-const OBD_KEYS: [&str; 7] = [
+]);
+const OBD_KEYS: [CompactKey; 7] = CompactKey::all([
     "rpm",
     "vin",
     "mil",
@@ -122,8 +122,59 @@ const OBD_KEYS: [&str; 7] = [
     "dist_since_clear_km",
     "dist_mil_km",
     "engine_hours",
-];
-const POWER_KEYS: [&str; 2] = ["ext_v", "battery_pct"];
+]);
+const POWER_KEYS: [CompactKey; 2] = CompactKey::all(["ext_v", "battery_pct"]);
+
+/// A key as compact JSON writes it, `"name":`, as the little-endian number its bytes make
+/// when read from where it starts, with the mask of its bytes: so that looking for it is one
+/// load and one comparison. Keys longer than 13 bytes never match and are read as any key is.
+#[derive(Clone, Copy)]
+struct CompactKey {
+    name: &'static str,
+    /// Bytes of `"name":`.
+    len: usize,
+    word: u128,
+    mask: u128,
+}
+
+impl CompactKey {
+    const fn new(name: &'static str) -> Self {
+        let bytes = name.as_bytes();
+        let len = bytes.len() + 3;
+        if len > 16 {
+            return Self {
+                name,
+                len,
+                word: 1,
+                mask: 0,
+            };
+        }
+        let mut word = b'"' as u128;
+        let mut i = 0;
+        while i < bytes.len() {
+            word |= (bytes[i] as u128) << (8 * (i + 1));
+            i += 1;
+        }
+        word |= (b'"' as u128) << (8 * (len - 2));
+        word |= (b':' as u128) << (8 * (len - 1));
+        Self {
+            name,
+            len,
+            word,
+            mask: u128::MAX >> (128 - 8 * len),
+        }
+    }
+
+    const fn all<const N: usize>(names: [&'static str; N]) -> [Self; N] {
+        let mut keys = [Self::new(""); N];
+        let mut i = 0;
+        while i < N {
+            keys[i] = Self::new(names[i]);
+            i += 1;
+        }
+        keys
+    }
+}
 
 /// The known keys of one object already given (serde rejects a repeated field).
 #[derive(Default)]
@@ -253,18 +304,18 @@ impl<'a> Scan<'a> {
     /// and a match. Anything else is read as `object` reads it.
     fn known_object(
         &mut self,
-        keys: &[&'static str],
+        keys: &[CompactKey],
         mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
         let mut next = 0;
         self.delimited(b'{', b'}', |s| {
             let (key, index) = match keys.get(next) {
-                Some(expected) if s.compact_key(expected) => (*expected, Some(next)),
+                Some(expected) if s.compact_key(expected) => (expected.name, Some(next)),
                 _ => {
                     let key = s.str()?;
                     s.ws();
                     s.eat(b':')?;
-                    (key, keys.iter().position(|k| *k == key))
+                    (key, keys.iter().position(|k| k.name == key))
                 }
             };
             if let Some(i) = index {
@@ -274,16 +325,25 @@ impl<'a> Scan<'a> {
         })
     }
 
-    /// Consumes `"name":` if it comes next, exactly so.
-    fn compact_key(&mut self, name: &str) -> bool {
-        let end = self.at + name.len() + 3;
-        match self.bytes.get(self.at..end) {
-            Some([b'"', quoted @ .., b'"', b':']) if *quoted == *name.as_bytes() => {
-                self.at = end;
-                true
-            }
-            _ => false,
+    /// Consumes `key` (`"name":`) if it comes next, exactly so. Reads 8 or 16 bytes from
+    /// here, so a key near the end of the text is left to the caller's other path.
+    fn compact_key(&mut self, key: &CompactKey) -> bool {
+        let word = if key.len <= 8 {
+            self.bytes
+                .get(self.at..self.at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(|b| u128::from(u64::from_le_bytes(b)))
+        } else {
+            self.bytes
+                .get(self.at..self.at + 16)
+                .and_then(|b| b.try_into().ok())
+                .map(u128::from_le_bytes)
+        };
+        let found = word.is_some_and(|w| w & key.mask == key.word);
+        if found {
+            self.at += key.len;
         }
+        found
     }
 
     /// `[ element, ... ]`, calling `element` with the scanner positioned before each one.
@@ -579,7 +639,49 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::WireMessage;
-    use super::{array_elements, string_end, wire_message};
+    use super::{
+        GNSS_KEYS, MESSAGE_KEYS, OBD_KEYS, POWER_KEYS, Scan, array_elements, string_end,
+        wire_message,
+    };
+
+    #[test]
+    fn a_compact_key_is_taken_exactly_and_only_so() {
+        let keys = MESSAGE_KEYS
+            .iter()
+            .chain(&GNSS_KEYS)
+            .chain(&OBD_KEYS)
+            .chain(&POWER_KEYS);
+        for key in keys {
+            let name = key.name;
+            let taken = |text: &str| {
+                let mut scan = Scan::new(text);
+                let found = scan.compact_key(key);
+                (found, scan.at)
+            };
+            let exact = format!("\"{name}\":1234567890123456");
+            let fits = name.len() + 3 <= 16;
+            let expected = if fits {
+                (true, name.len() + 3)
+            } else {
+                (false, 0)
+            };
+            assert_eq!(taken(&exact), expected, "{exact}");
+            let short = &name[..name.len() - 1];
+            for other in [
+                format!("\"{name}\" :1234567890123456"),
+                format!("\"{name}x\":1234567890123456"),
+                format!("\"{short}\":1234567890123456"),
+                format!(" \"{name}\":1234567890123456"),
+                format!("\"{}\":1234567890123456", name.to_uppercase()),
+            ] {
+                assert_eq!(taken(&other), (false, 0), "{other}");
+            }
+            // At the end of the text: taken only where the bytes read are all there.
+            let (found, at) = taken(&format!("\"{name}\":"));
+            assert_eq!(found, [8, 16].contains(&(name.len() + 3)), "{name}");
+            assert_eq!(at, if found { name.len() + 3 } else { 0 }, "{name}");
+        }
+    }
 
     /// `string_end` one byte at a time, as the JSON grammar reads.
     fn string_end_bytewise(bytes: &[u8], from: usize) -> Option<usize> {
