@@ -300,8 +300,8 @@ impl<'a> Scan<'a> {
     /// `{ key: value, ... }` of an object whose known keys are `keys`, calling `field` as
     /// [`Scan::object`] does. Trackers send the keys of an object in one order, that of
     /// `keys`, so after a known key the next one is first looked for as the one after it in
-    /// `keys`, written compactly (`"name":`): one comparison of bytes instead of a string scan
-    /// and a match. Anything else is read as `object` reads it.
+    /// `keys`, written compactly (`"name":`): one masked load and comparison instead of
+    /// scanning the key as a string. Anything else is read as `object` reads it.
     fn known_object(
         &mut self,
         keys: &[CompactKey],
