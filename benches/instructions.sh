@@ -45,4 +45,4 @@ awk -v a="$IR_HALF" -v b="$IR_FULL" -v ma="$MISS_HALF" -v mb="$MISS_FULL" -v n="
                      w, (b - a) / n, (mb - ma) / n, b }'
 callgrind_annotate --inclusive=yes --show=Ir "$WORK/callgrind-$LINES.out" 2>/dev/null |
     grep -E '^ *[0-9,]+ +\( *[0-9.]+%\) +[^ ]' | grep -vE 'PROGRAM TOTALS|\?\?\?|std::rt::|main\b|clone3|start_thread|thread_start|call_once|__rust_begin' |
-    head -25
+    sed -n 1,25p # reads to the end: `head` would stop the pipe, which `pipefail` reports

@@ -6,8 +6,9 @@
 # are printed at the end, one line each, with the machine and the date.
 #
 # Usage: benches/suite.sh [PART...]
-#        parts: micro replay peers latency memory (the default), and live (benches/live.sh,
-#        which latency's maximum-rate phase supersedes)
+#        parts: micro replay peers latency memory (the default), live (benches/live.sh,
+#        which latency's maximum-rate phase supersedes) and instructions
+#        (benches/instructions.sh at -w 1 and -w 2: counts, not times, for A/B on a noisy VM)
 #
 # Run it on an idle machine: the figures are wall-clock and CPU times.
 set -euo pipefail
@@ -37,6 +38,10 @@ for p in "${PARTS[@]}"; do
         } >"$OUT/micro.txt" 2>&1
         ;;
     replay) part replay; benches/replay.sh 2000 10 >"$OUT/replay.txt" 2>&1 ;;
+    instructions)
+        part instructions
+        { benches/instructions.sh 100000 1; benches/instructions.sh 100000 2; } >"$OUT/instructions.txt" 2>&1
+        ;;
     # The 1 M-line fleet: the exact DuckDB job alone takes ~30 CPU-s on the 5 M one.
     peers) part peers; benches/peers.sh 400 10 >"$OUT/peers.txt" 2>&1 ;;
     live)
@@ -87,6 +92,7 @@ for path in sorted(glob.glob("target/criterion/**/new/estimates.json", recursive
 PY
 show micro 'zstd level'
 show replay '^input:|^-w [12]:'
+show instructions '^-w [12]:'
 show peers '^(engine|duckdb|peer_job|replay|  (peer_job|replay)|ratios|[0-9]+ records|check|mismatch)'
 show live 'messages, QoS|bare subscriber|lienwatch run'
 show latency '^QoS|phase|bare subscriber|lienwatch run|without'
