@@ -1,7 +1,7 @@
 //! The four archived datasets and how their rows are buffered: each open partition appends
-//! every pushed row straight into Arrow column builders matching the dataset's declared schema
-//! in [`schemas::arrow`], so the writer keeps about 100 bytes a telemetry row instead of the
-//! row itself. At roll time the columns become a [`RecordBatch`] in arrival order and
+//! every pushed row straight into columns matching the dataset's declared schema in
+//! [`schemas::arrow`] (Arrow builders, or plain vectors for telemetry's nullable numbers and
+//! flags), so the writer keeps about 100 bytes a telemetry row instead of the row itself. At roll time the columns become a [`RecordBatch`] in arrival order and
 //! [`file_order`] gives the permutation that sorts it into file order.
 
 use std::borrow::Cow;
