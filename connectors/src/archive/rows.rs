@@ -1,8 +1,9 @@
 //! The four archived datasets and how their rows are buffered: each open partition appends
 //! every pushed row straight into columns matching the dataset's declared schema in
-//! [`schemas::arrow`] (Arrow builders, or plain vectors for telemetry's nullable numbers and
-//! flags), so the writer keeps about 100 bytes a telemetry row instead of the row itself. At roll time the columns become a [`RecordBatch`] in arrival order and
-//! [`file_order`] gives the permutation that sorts it into file order.
+//! [`schemas::arrow`] (Arrow builders, or plain vectors for telemetry's numbers, times and
+//! flags), so the writer keeps about 100 bytes a telemetry row instead of the row itself. At
+//! roll time the columns become a [`RecordBatch`] in arrival order and [`file_order`] gives the
+//! permutation that sorts it into file order.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -166,7 +167,7 @@ fn strings(rows: usize, bytes_per_row: usize) -> StringBuilder {
 
 /// A nullable primitive column being filled, its values and validity in plain vectors: a row
 /// takes a few instructions where Arrow's builder, whose `append_option` is not inlined and
-/// keeps validity as bits, takes ~50. Telemetry fills 17 such columns a reading (a byte of
+/// keeps validity as bits, takes ~50. Telemetry fills 19 such columns a reading (a byte of
 /// validity per row instead of a bit while the partition is open).
 struct Nullable<T: ArrowPrimitiveType> {
     values: Vec<T::Native>,
