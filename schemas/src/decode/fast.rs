@@ -287,21 +287,16 @@ impl<'a> Scan<'a> {
         Some(s)
     }
 
-    /// `{ key: value, ... }`, calling `field` with the scanner positioned before each value.
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.delimited(b'{', b'}', |s| {
-            let key = s.str()?;
-            s.ws();
-            s.eat(b':')?;
-            field(s, key)
-        })
+    /// `{ key: value, ... }`, calling `field` with each key and the scanner positioned before
+    /// its value.
+    fn object(&mut self, field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.known_object(&[], field)
     }
 
-    /// `{ key: value, ... }` of an object whose known keys are `keys`, calling `field` as
-    /// [`Scan::object`] does. Trackers send the keys of an object in one order, that of
-    /// `keys`, so after a known key the next one is first looked for as the one after it in
-    /// `keys`, written compactly (`"name":`): one masked load and comparison instead of
-    /// scanning the key as a string. Anything else is read as `object` reads it.
+    /// [`Scan::object`] of an object whose known keys are `keys`. Trackers send the keys of
+    /// an object in one order, that of `keys`, so after a known key the next one is first
+    /// looked for as the one after it in `keys`, written compactly (`"name":`): one masked
+    /// load and comparison instead of scanning the key as a string. Any other key is scanned.
     fn known_object(
         &mut self,
         keys: &[CompactKey],
