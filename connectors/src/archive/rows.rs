@@ -196,8 +196,11 @@ impl<T: ArrowPrimitiveType> Nullable<T> {
         self.values.len()
     }
 
+    /// The column as an array; without a validity buffer when every value is there, as
+    /// Arrow's builder makes it.
     fn finish(self) -> PrimitiveArray<T> {
-        PrimitiveArray::new(self.values.into(), Some(self.valid.into()))
+        let nulls = self.valid.contains(&false).then(|| self.valid.into());
+        PrimitiveArray::new(self.values.into(), nulls)
     }
 }
 
