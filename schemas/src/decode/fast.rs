@@ -90,7 +90,7 @@ fn string_end(bytes: &[u8], mut at: usize) -> Option<usize> {
 
 /// The keys of a wire message, of its `gnss`, `obd` and `power` objects, in the order of the
 /// SPEC's example (and of `lienwatch simulate`), which trackers keep; `backfill`, sent only
-/// with buffered readings, last.
+/// with buffered readings, last. The scanner's objects match a known key by its index here.
 const MESSAGE_KEYS: [CompactKey; 11] = CompactKey::all([
     "device_id",
     "ts",
@@ -176,21 +176,6 @@ impl CompactKey {
     }
 }
 
-/// The known keys of one object already given (serde rejects a repeated field).
-#[derive(Default)]
-struct Seen(u32);
-
-impl Seen {
-    /// Stores `value` of field number `field` in `slot`; `None` if the field came before.
-    fn put<T>(&mut self, field: u32, slot: &mut T, value: T) -> Option<()> {
-        let bit = 1 << field;
-        (self.0 & bit == 0).then(|| {
-            self.0 |= bit;
-            *slot = value;
-        })
-    }
-}
-
 /// A JSON number as serde would hand it to a visitor.
 enum Number {
     /// A non-negative integer literal.
@@ -230,20 +215,19 @@ impl<'a> Scan<'a> {
     /// One wire message from here, ending after its closing brace.
     fn message(&mut self) -> Option<WireMessage<'a>> {
         let mut m = WireMessage::default();
-        let mut seen = Seen::default();
         self.known_object(&MESSAGE_KEYS, |scan, key| {
             match key {
-                "device_id" => seen.put(0, &mut m.device_id, scan.opt_str()?.map(Cow::Borrowed))?,
-                "ts" => seen.put(1, &mut m.ts, scan.opt_ts()?)?,
-                "seq" => seen.put(2, &mut m.seq, scan.opt_uint(u64::MAX)?)?,
-                "backfill" => seen.put(3, &mut m.backfill, scan.opt_bool()?)?,
-                "gnss" => seen.put(4, &mut m.gnss, scan.opt_gnss()?)?,
-                "ignition" => seen.put(5, &mut m.ignition, scan.opt_bool()?)?,
-                "speed_kmh" => seen.put(6, &mut m.speed_kmh, scan.opt_f64()?)?,
-                "odometer_km" => seen.put(7, &mut m.odometer_km, scan.opt_f64()?)?,
-                "obd" => seen.put(8, &mut m.obd, scan.opt_obd()?)?,
-                "power" => seen.put(9, &mut m.power, scan.opt_power()?)?,
-                "alarms" => seen.put(10, &mut m.alarms, scan.opt_alarms()?)?,
+                Some(0) => m.device_id = scan.opt_str()?.map(Cow::Borrowed),
+                Some(1) => m.ts = scan.opt_ts()?,
+                Some(2) => m.seq = scan.opt_uint(u64::MAX)?,
+                Some(3) => m.gnss = scan.opt_gnss()?,
+                Some(4) => m.ignition = scan.opt_bool()?,
+                Some(5) => m.speed_kmh = scan.opt_f64()?,
+                Some(6) => m.odometer_km = scan.opt_f64()?,
+                Some(7) => m.obd = scan.opt_obd()?,
+                Some(8) => m.power = scan.opt_power()?,
+                Some(9) => m.alarms = scan.opt_alarms()?,
+                Some(10) => m.backfill = scan.opt_bool()?,
                 _ => scan.skip_value(0)?,
             }
             Some(())
@@ -287,36 +271,43 @@ impl<'a> Scan<'a> {
         Some(s)
     }
 
-    /// `{ key: value, ... }`, calling `field` with each key and the scanner positioned before
-    /// its value.
-    fn object(&mut self, field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.known_object(&[], field)
+    /// `{ key: value, ... }`, calling `field` with the scanner positioned before each value.
+    fn object(&mut self, mut field: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.known_object(&[], |s, _| field(s))
     }
 
-    /// [`Scan::object`] of an object whose known keys are `keys`. Trackers send the keys of
-    /// an object in one order, that of `keys`, so after a known key the next one is first
-    /// looked for as the one after it in `keys`, written compactly (`"name":`): one masked
-    /// load and comparison instead of scanning the key as a string. Any other key is scanned.
+    /// [`Scan::object`] of an object whose known keys are `keys`, calling `field` with the
+    /// index in `keys` of each known key, `None` for any other; `None` (serde's "duplicate
+    /// field") if a known key comes twice. Trackers send the keys of an object in one order,
+    /// that of `keys`, so after a known key the next one is first looked for as the one after
+    /// it in `keys`, written compactly (`"name":`): one masked load and comparison instead of
+    /// scanning the key as a string. Any other key is scanned.
     fn known_object(
         &mut self,
         keys: &[CompactKey],
-        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        mut field: impl FnMut(&mut Self, Option<usize>) -> Option<()>,
     ) -> Option<()> {
         let mut next = 0;
+        let mut seen = 0u32;
         self.delimited(b'{', b'}', |s| {
-            let (key, index) = match keys.get(next) {
-                Some(expected) if s.compact_key(expected) => (expected.name, Some(next)),
+            let index = match keys.get(next) {
+                Some(expected) if s.compact_key(expected) => Some(next),
                 _ => {
                     let key = s.str()?;
                     s.ws();
                     s.eat(b':')?;
-                    (key, keys.iter().position(|k| k.name == key))
+                    keys.iter().position(|k| k.name == key)
                 }
             };
             if let Some(i) = index {
+                let bit = 1 << i;
+                if seen & bit != 0 {
+                    return None;
+                }
+                seen |= bit;
                 next = i + 1;
             }
-            field(s, key)
+            field(s, index)
         })
     }
 
@@ -512,17 +503,16 @@ impl<'a> Scan<'a> {
             return Some(None);
         }
         let mut g = WireGnss::default();
-        let mut seen = Seen::default();
         self.known_object(&GNSS_KEYS, |scan, key| {
             match key {
-                "lat" => seen.put(0, &mut g.lat, scan.opt_f64()?)?,
-                "lon" => seen.put(1, &mut g.lon, scan.opt_f64()?)?,
-                "fix" => seen.put(2, &mut g.fix, scan.opt_bool()?)?,
-                "speed_kmh" => seen.put(3, &mut g.speed_kmh, scan.opt_f64()?)?,
-                "heading" => seen.put(4, &mut g.heading, scan.opt_f64()?)?,
-                "alt_m" => seen.put(5, &mut g.alt_m, scan.opt_f64()?)?,
-                "hdop" => seen.put(6, &mut g.hdop, scan.opt_f64()?)?,
-                "sats" => seen.put(7, &mut g.sats, scan.opt_uint(u16::MAX.into())?)?,
+                Some(0) => g.lat = scan.opt_f64()?,
+                Some(1) => g.lon = scan.opt_f64()?,
+                Some(2) => g.fix = scan.opt_bool()?,
+                Some(3) => g.speed_kmh = scan.opt_f64()?,
+                Some(4) => g.heading = scan.opt_f64()?,
+                Some(5) => g.alt_m = scan.opt_f64()?,
+                Some(6) => g.hdop = scan.opt_f64()?,
+                Some(7) => g.sats = scan.opt_uint(u16::MAX.into())?,
                 _ => scan.skip_value(1)?,
             }
             Some(())
@@ -535,18 +525,15 @@ impl<'a> Scan<'a> {
             return Some(None);
         }
         let mut o = WireObd::default();
-        let mut seen = Seen::default();
         self.known_object(&OBD_KEYS, |scan, key| {
             match key {
-                "rpm" => seen.put(0, &mut o.rpm, scan.opt_f64()?)?,
-                "vin" => seen.put(1, &mut o.vin, scan.opt_str()?.map(Cow::Borrowed))?,
-                "mil" => seen.put(2, &mut o.mil, scan.opt_bool()?)?,
-                "dtc_count" => seen.put(3, &mut o.dtc_count, scan.opt_uint(u32::MAX.into())?)?,
-                "dist_since_clear_km" => {
-                    seen.put(4, &mut o.dist_since_clear_km, scan.opt_f64()?)?
-                }
-                "dist_mil_km" => seen.put(5, &mut o.dist_mil_km, scan.opt_f64()?)?,
-                "engine_hours" => seen.put(6, &mut o.engine_hours, scan.opt_f64()?)?,
+                Some(0) => o.rpm = scan.opt_f64()?,
+                Some(1) => o.vin = scan.opt_str()?.map(Cow::Borrowed),
+                Some(2) => o.mil = scan.opt_bool()?,
+                Some(3) => o.dtc_count = scan.opt_uint(u32::MAX.into())?,
+                Some(4) => o.dist_since_clear_km = scan.opt_f64()?,
+                Some(5) => o.dist_mil_km = scan.opt_f64()?,
+                Some(6) => o.engine_hours = scan.opt_f64()?,
                 _ => scan.skip_value(1)?,
             }
             Some(())
@@ -559,11 +546,10 @@ impl<'a> Scan<'a> {
             return Some(None);
         }
         let mut p = WirePower::default();
-        let mut seen = Seen::default();
         self.known_object(&POWER_KEYS, |scan, key| {
             match key {
-                "ext_v" => seen.put(0, &mut p.ext_v, scan.opt_f64()?)?,
-                "battery_pct" => seen.put(1, &mut p.battery_pct, scan.opt_f64()?)?,
+                Some(0) => p.ext_v = scan.opt_f64()?,
+                Some(1) => p.battery_pct = scan.opt_f64()?,
                 _ => scan.skip_value(1)?,
             }
             Some(())
@@ -591,7 +577,7 @@ impl<'a> Scan<'a> {
         self.ws();
         match self.peek()? {
             b'"' => self.str().map(drop),
-            b'{' => self.object(|scan, _| scan.skip_value(depth + 1)),
+            b'{' => self.object(|scan| scan.skip_value(depth + 1)),
             b'[' => self.array(|scan| scan.skip_value(depth + 1)),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
