@@ -407,6 +407,17 @@ impl FenceIndex {
             .fold(f64::INFINITY, f64::min)
     }
 
+    /// Whether the point is outside every fence of `ids`: exactly
+    /// [`union_signed_distance_m`](Self::union_signed_distance_m) `> 0`, but a polygon that
+    /// contains the point answers without measuring its boundary, the costly part (every
+    /// vertex projected), and the first fence that contains it ends the search.
+    ///
+    /// # Panics
+    /// If an id is not below [`len`](Self::len).
+    pub fn union_outside(&self, ids: &[FenceIdx], lat: f64, lon: f64) -> bool {
+        ids.iter().all(|&idx| self.fence(idx).outside(lat, lon))
+    }
+
     /// Number of fences with role risk.
     pub fn risk_count(&self) -> usize {
         self.risk_count
@@ -439,17 +450,23 @@ impl Fence {
                 radius_m,
             } => geo::haversine_m(*clat, *clon, lat, lon) - radius_m,
             Shape::Polygons(polygons) => {
-                let proj = LocalProjection::new(lat, lon);
-                let boundary = polygons
-                    .iter()
-                    .flat_map(|p| &p.rings)
-                    .map(|ring| ring_distance_m(&proj, ring))
-                    .fold(f64::INFINITY, f64::min);
+                let boundary = boundary_distance_m(polygons, lat, lon);
                 if polygons.iter().any(|p| p.contains(lon, lat)) {
                     -boundary
                 } else {
                     boundary
                 }
+            }
+        }
+    }
+
+    /// `signed_distance_m > 0`.
+    fn outside(&self, lat: f64, lon: f64) -> bool {
+        match &self.shape {
+            Shape::Circle { .. } => self.signed_distance_m(lat, lon) > 0.0,
+            Shape::Polygons(polygons) => {
+                !polygons.iter().any(|p| p.contains(lon, lat))
+                    && boundary_distance_m(polygons, lat, lon) > 0.0
             }
         }
     }
@@ -495,6 +512,16 @@ fn ring_contains(ring: &[[f64; 2]], x: f64, y: f64) -> bool {
         }
     }
     inside
+}
+
+/// Distance in metres from a point to the nearest edge of any ring of `polygons`.
+fn boundary_distance_m(polygons: &[Polygon], lat: f64, lon: f64) -> f64 {
+    let proj = LocalProjection::new(lat, lon);
+    polygons
+        .iter()
+        .flat_map(|p| &p.rings)
+        .map(|ring| ring_distance_m(&proj, ring))
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Distance in metres from the projection's origin to the nearest edge of a closed ring.
@@ -1058,6 +1085,10 @@ mod tests {
         assert!(idx.union_signed_distance_m(&both, 31.0, 121.2) < 0.0);
         assert!(idx.union_signed_distance_m(&[0, 1, 2], 31.5, 121.0) < -999.0);
         assert_eq!(idx.union_signed_distance_m(&[], 31.0, 121.0), f64::INFINITY);
+        assert!(idx.union_outside(&both, 31.0, 121.06));
+        assert!(!idx.union_outside(&both, 31.0, 121.2));
+        assert!(!idx.union_outside(&[0, 1, 2], 31.5, 121.0));
+        assert!(idx.union_outside(&[], 31.0, 121.0));
     }
 
     #[test]
@@ -1341,6 +1372,42 @@ mod tests {
             }
             // Shapes are dense enough that the comparison is not vacuous.
             prop_assert!(hits > 0);
+        }
+
+        #[test]
+        fn union_outside_is_a_positive_signed_distance(
+            shapes in prop::collection::vec(
+                (any::<bool>(), 30.0f64..32.0, 120.0f64..122.0, 0.0005f64..0.3),
+                1..6,
+            ),
+            points in prop::collection::vec((29.8f64..32.2, 119.8f64..122.2), 60),
+        ) {
+            let features = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(is_circle, lat, lon, size))| {
+                    let id = format!("f{i}");
+                    if is_circle {
+                        circle(&id, "permitted", lat, lon, size * 100_000.0)
+                    } else {
+                        square(&id, "permitted", lat, lon, size)
+                    }
+                })
+                .collect();
+            let idx = index(features);
+            let ids: Vec<FenceIdx> = (0..idx.len() as FenceIdx).collect();
+            // Corners and edge midpoints of the squares too: points on a boundary.
+            let edges = shapes.iter().flat_map(|&(_, lat, lon, size)| {
+                [(lat - size, lon - size), (lat, lon + size), (lat + size, lon)]
+            });
+            for (lat, lon) in points.iter().copied().chain(edges) {
+                for n in 0..=ids.len() {
+                    prop_assert_eq!(
+                        idx.union_outside(&ids[..n], lat, lon),
+                        idx.union_signed_distance_m(&ids[..n], lat, lon) > 0.0
+                    );
+                }
+            }
         }
     }
 }

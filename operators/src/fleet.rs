@@ -1788,6 +1788,78 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
 
     /// [`golden_source`] as written by the build that last set `FORMAT_VERSION`.
     const GOLDEN: &[&str] = &[
+        "4c57464c45455400050000000e07000000000000b08beffea6ab19f301fd00365f8c350300007b0000002401",
+        "02000479617264010104686f6d65010102563001024c3001114c564754464c48463753463339343031300101",
+        "0d417369612f5368616e67686169020344303101fb780ffd00ca8289350300000000fd000000000001000000",
+        "00000000fc0000010000000000fd00000000000000010000fd5aa684ca2d51e719fd7060335d6150c502fda6",
+        "d357c421099d9dfd5a40e0ae0482f348fd85b731beb4270702fd808ec73c2df93fecfdb68777988eee88a0fd",
+        "248a5ba924523478040100fd00ca828935030000fd009cef863503000001fd00ca828935030000fb790f0185",
+        "eb51b81e053f400000000000405e400101114c564754464c484637534633393430313101fd00ca8289350300",
+        "00000000000000010000484100010000000000e2d34001fd00ca8289350300000000000000ebd34001fd00ca",
+        "8289350300000000000000ebd340000000000000000001fd009cef86350300000000000000e2d34000000000",
+        "0000000020000000000100000001fd80b8b9893503000000000001fd00d02f6d350300000344303000fb1711",
+        "fd40ad7a8c3503000000fd000000000001000000fd0000000055151042fd082184000100000000fc00000001",
+        "000000fb000100010000fd0000000000000100fd50620b41984a0daafdfabc05c64984b5d9fd4831ff4588c2",
+        "9a3cfd066769b87a669a44fd914b12a83fda19c6fda7e4d56c09fe2ba9fd9a29f73559d617b1fd462abe2e18",
+        "c0943a07010402563001024c300001fb081103443030fd00365f8c3503000001fb0811000101000000000000",
+        "3f40010000000000405e4001000000000001000100000000010000000000f5d34000010100004841010000b4",
+        "420000fb0811fd00365f8c3503000002563001024c300001fb0d1103443030fdc05d688c3503000001fb0d11",
+        "0001010000000000003f40010000000000405e4001000000000001000100000000010000000020f5d3400001",
+        "0100004841010000b4420000fb0d11fdc05d688c3503000002563001024c300001fb121103443030fd808571",
+        "8c3503000001fb12110001010000000000003f40010000000000405e40010000000000010001000000000100",
+        "00000040f5d34000010100004841010000b4420000fb1211fd8085718c3503000002563001024c300001fb17",
+        "1103443030fd40ad7a8c3503000001fb17110001010000000000003f40010000000000405e40010000000000",
+        "01000100000000010000000060f5d3400001010000c07f010000b4420000fb1711fd40ad7a8c35030000fd40",
+        "ad7a8c35030000fd8085718c3503000001fd400e568c35030000fb0411010000000000003f40000000000040",
+        "5e40010001fd400e568c350300000000000000000100004841000100000000c0f4d34001fd400e568c350300",
+        "0000000000e0f4d34001fd400e568c3503000000000000e0f4d340ff9a00cf2e3c9a4001fd00f8158c350300",
+        "000000000000f4d340000000000000000024000000000001fd400e568c350300000000000000003f40000000",
+        "0000405e40010100010000000001fd80e64c8c350300000000000000003f400000000000405e400101000100",
+        "000000ff9a00cf2e3c9a40240001fd009e248c35030000c7bab88d06003f400000000000405e400101000100",
+        "000000000000010001fd400e568c350300000000000000003f400000000000405e4001010001000000000001",
+        "0100fd80f4208c35030000010000000000003f400000000000405e40000100fd80f4208c35030000000100fd",
+        "8093458c350300000001fd009e248c35030000c7bab88d06003f400000000000405e40010100010000000000",
+        "0001fb829f01fb829f01fd00f8158c35030000fb889ffc00512502fc00974901fc00b84c0aff9a00cf2e3c9a",
+        "40ff9a00cf2e3c9a4000000000000000000000000000f4d34000000000e0f4d34000fc4016400000fc401640",
+        "00fc005307000b01000000000020420000fd00f8158c350300000003fd00d02f6d35030000fb829ffc005125",
+        "02fc00974901fc00b84c0a000000000000000000000000000000000000000000000000000000000088d34000",
+        "00000000a9d34000fc00fe700900fc00fe7009000c00000001000000000000fd00887c7735030000fb849ffc",
+        "00512502fc00974901fc00b84c0a0000000000000000000000000000000000000000000000000000000000ac",
+        "d3400000000000cdd34000fc00fe700900fc00fe7009000c00000001000000000000fd0040c98135030000fb",
+        "869ffc00512502fc00974901fc00b84c0a000000000000000000000000000000000000000000000000000000",
+        "0000d0d3400000000000f1d34000fc00fe700900fc00fe7009000c0000000100000000000001fb869f030000",
+        "00000000000000000443000000000000000000000443000000000000000000000443000003f628f8410000f2",
+        "42f628f8410000f242f628f8410000f24201fb869f000000000000000104",
+    ];
+
+    #[test]
+    fn the_golden_snapshot_reads_and_writes_byte_for_byte() {
+        let bytes = unhex(GOLDEN);
+        let advice = "the snapshot layout changed: bump snapshot::FORMAT_VERSION and write a \
+                      new GOLDEN (see write_golden)";
+        let fleet = restore(&[&bytes]).unwrap_or_else(|e| panic!("{e}; {advice}"));
+        assert!(fleet.snapshot().expect("snapshot") == bytes, "{advice}");
+        // The scenario itself, written now: a behaviour change shows here too (then only a new
+        // GOLDEN is due), but so does a layout change the reading above cannot see, such as
+        // two fields of one type swapped (then FORMAT_VERSION as well).
+        assert!(
+            golden_source() == bytes,
+            "the scenario's state is written differently now: write a new GOLDEN (see \
+             write_golden), and if the layout of the state changed, bump \
+             snapshot::FORMAT_VERSION first"
+        );
+    }
+
+    fn unhex(lines: &[&str]) -> Vec<u8> {
+        let hex = lines.concat();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// [`golden_source`] as written by the last build of format version 4 (`4b6924f`).
+    const GOLDEN_V4: &[&str] = &[
         "4c57464c45455400040000001507000000000000356f196354c383c101fd00365f8c350300007b0000002401",
         "02000479617264010104686f6d65010102563001024c3001114c564754464c48463753463339343031300101",
         "0d417369612f5368616e67686169020344303101fb780ffd00ca8289350300000000fd000000000001000000",
@@ -1832,30 +1904,15 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
         "f628f8410000f242f628f8410000f242f628f8410000f24201fb869f000000000000000104",
     ];
 
+    /// An upgrade keeps the state: the version-4 golden snapshot restores to the state the
+    /// version-5 one holds (`geofence_exit`'s last next fix on the side its signed distance
+    /// gave), written again byte for byte as that one.
     #[test]
-    fn the_golden_snapshot_reads_and_writes_byte_for_byte() {
-        let bytes = unhex(GOLDEN);
-        let advice = "the snapshot layout changed: bump snapshot::FORMAT_VERSION and write a \
-                      new GOLDEN (see write_golden)";
-        let fleet = restore(&[&bytes]).unwrap_or_else(|e| panic!("{e}; {advice}"));
-        assert!(fleet.snapshot().expect("snapshot") == bytes, "{advice}");
-        // The scenario itself, written now: a behaviour change shows here too (then only a new
-        // GOLDEN is due), but so does a layout change the reading above cannot see, such as
-        // two fields of one type swapped (then FORMAT_VERSION as well).
-        assert!(
-            golden_source() == bytes,
-            "the scenario's state is written differently now: write a new GOLDEN (see \
-             write_golden), and if the layout of the state changed, bump \
-             snapshot::FORMAT_VERSION first"
-        );
-    }
-
-    fn unhex(lines: &[&str]) -> Vec<u8> {
-        let hex = lines.concat();
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect()
+    fn the_golden_snapshot_of_version_4_restores_as_the_current_one() {
+        let v4 = unhex(GOLDEN_V4);
+        assert_eq!(v4[8..12], 4u32.to_le_bytes());
+        let fleet = restore(&[&v4]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(fleet.snapshot().expect("snapshot") == unhex(GOLDEN));
     }
 
     /// [`golden_source`] as written by the last build of format version 3 (`c22473f`).
@@ -1906,8 +1963,8 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
     ];
 
     /// An upgrade keeps the state: the version-3 golden snapshot restores to the state the
-    /// version-4 one holds (its de-duplication window read from the old pairs), written again
-    /// byte for byte as that one.
+    /// current one holds (its de-duplication window read from the old pairs, its
+    /// `geofence_exit` as from version 4), written again byte for byte as that one.
     #[test]
     fn the_golden_snapshot_of_version_3_restores_as_the_current_one() {
         let v3 = unhex(GOLDEN_V3);

@@ -32,11 +32,13 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 /// Version of the snapshot format this build writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
-/// The oldest version this build still reads, so an upgrade restores the state of the build
-/// before it. Version 3 differs from 4 in one field, the de-duplication window's recent
-/// readings ([`crate::dedup::Dedup`]), which reads either through [`body_version`].
+/// The oldest version this build still reads, so an upgrade restores the state of the builds
+/// before it. Each version differs from the next in one field, read either way through
+/// [`body_version`]: 3 from 4 in the de-duplication window's recent readings
+/// ([`crate::dedup::Dedup`]), 4 from 5 in the side of `geofence_exit`'s last next fix
+/// ([`crate::kinds::geofence_exit::GeofenceExit`], a signed distance before).
 pub const OLDEST_READABLE_VERSION: u32 = 3;
 
 thread_local! {
@@ -444,6 +446,14 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = good.clone();
                 bad[byte] ^= 1 << bit;
+                // A flip to another readable version is read in that version's layout, which
+                // this sample's body shares (the checksum covers the body only).
+                let version = u32::from_le_bytes(bad[8..12].try_into().expect("4 bytes"));
+                if (8..12).contains(&byte)
+                    && (OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version)
+                {
+                    continue;
+                }
                 assert!(read(&bad).is_err(), "bit {bit} of byte {byte}");
             }
         }

@@ -1,7 +1,7 @@
 //! `geofence_exit`: the vehicle leaves the union of its permitted fences (two consecutive
 //! accepted fixes outside, or one far outside) and closes on re-entry by the same rule.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 
 use schemas::AlertKind;
@@ -14,14 +14,26 @@ use crate::position::{Fix, Step};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GeofenceExit {
     open_since: Option<i64>,
-    /// The last `next` fix and its signed distance, reused when that fix is accepted.
-    next_distance: Option<(Fix, f64)>,
+    /// The last `next` fix and whether it is outside the permitted fences, reused when that
+    /// fix is accepted.
+    #[serde(deserialize_with = "next_outside")]
+    next_outside: Option<(Fix, bool)>,
 }
 
 impl crate::kinds::AtRest for GeofenceExit {
     fn at_rest(&self) -> bool {
-        self.open_since.is_none() && self.next_distance.is_none()
+        self.open_since.is_none() && self.next_outside.is_none()
     }
+}
+
+/// Reads the last `next` fix of a snapshot: with its side from version 5 on, with its signed
+/// distance (positive outside) before.
+fn next_outside<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(Fix, bool)>, D::Error> {
+    if crate::snapshot::body_version() >= 5 {
+        return Option::deserialize(d);
+    }
+    let next = Option::<(Fix, f64)>::deserialize(d)?;
+    Ok(next.map(|(fix, distance)| (fix, distance > 0.0)))
 }
 
 impl GeofenceExit {
@@ -30,6 +42,7 @@ impl GeofenceExit {
     /// A fix on the other side of the boundary decides when the next valid fix is on that
     /// side too: that is the "two consecutive fixes" rule, and it is also the confirmation a
     /// single fix far outside needs (SPEC §4a), so a drift fix never opens or closes it.
+    /// Which side a fix is on is all a step needs; distances are measured for the alert.
     pub fn on_step<'d>(
         &mut self,
         step: &Step,
@@ -39,27 +52,24 @@ impl GeofenceExit {
         if !ctx.rules.geofence_exit.enabled || ctx.permitted.is_empty() {
             return;
         }
+        let outside = |f: &Fix| ctx.fences.union_outside(ctx.permitted, f.lat, f.lon);
+        let fix = step.fix;
+        let here_outside = match self.next_outside {
+            Some((f, side)) if f == fix => side,
+            _ => outside(&fix),
+        };
+        let next_outside = outside(&step.next);
+        self.next_outside = Some((step.next, next_outside));
+        // Opening needs both fixes outside, closing both inside.
+        let outside_wanted = self.open_since.is_none();
+        if here_outside != outside_wanted || next_outside != outside_wanted {
+            return;
+        }
         let distance = |f: &Fix| {
             ctx.fences
                 .union_signed_distance_m(ctx.permitted, f.lat, f.lon)
         };
-        let fix = step.fix;
-        let here = match self.next_distance {
-            Some((f, d)) if f == fix => d,
-            _ => distance(&fix),
-        };
-        let next = distance(&step.next);
-        self.next_distance = Some((step.next, next));
-        let crossed = |d: f64| {
-            if self.open_since.is_none() {
-                d > 0.0
-            } else {
-                d <= 0.0
-            }
-        };
-        if !crossed(here) || !crossed(next) {
-            return;
-        }
+        let (here, next) = (distance(&fix), distance(&step.next));
         let dev = device_id(fix.device);
         let permitted: Vec<&str> = ctx
             .permitted
