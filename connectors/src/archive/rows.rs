@@ -362,8 +362,9 @@ impl Columns for TelemetryColumns {
             alarm_bytes += len(alarm) + 4;
         }
         self.alarms.append(true);
-        // Fixed-width columns, offsets and validity bits come to about 136 bytes a row.
-        136 + len(&row.vehicle_id)
+        // A row's fixed-width values (110 bytes), the validity bytes of the nullable columns
+        // (19) and flags (4), and the string and list offsets (20).
+        153 + len(&row.vehicle_id)
             + opt_len(row.loan_id.as_deref())
             + len(&r.device_id)
             + opt_len(vin.map(String::as_str))
