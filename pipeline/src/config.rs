@@ -50,7 +50,9 @@ pub struct PipelineConfig {
     /// Replay: input lines per ingest epoch. The pipeline clock advances once per epoch; the
     /// value is independent of the worker count so replays are reproducible.
     pub replay_epoch_lines: u64,
-    /// Replay: consecutive lines one worker decodes before the next worker's turn.
+    /// Replay: consecutive lines one worker decodes before the next worker's turn, for the
+    /// lines not decoded by their vehicle's worker (those that do not start with a plain
+    /// `{"device_id":"…"`, and every line when the input is stdin).
     pub replay_block_lines: u64,
     /// `run`: length of an ingest epoch in ms; the pipeline clock advances once per epoch.
     pub epoch_ms: u64,

@@ -12,7 +12,7 @@
 //! the worker count.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use connectors::{ArchiveStats, JsonlWriter, LineBatch, LineSource};
+use operators::dataflow::id_key;
 use operators::fences::FenceIndex;
 use operators::fleet::EpochSample;
 use operators::reference::ReferenceSlot;
@@ -177,7 +178,13 @@ pub fn load_reference(config: &Config) -> anyhow::Result<(Registry, FenceIndex)>
 /// Replays `inputs` through the dataflow with `config`; returns the summary.
 pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> {
     let (registry, fences) = load_reference(config)?;
-    let reference = ReferenceSlot::new(Arc::new(registry), Arc::new(fences));
+    let registry = Arc::new(registry);
+    // A line's vehicle is found where the line is read only when every worker reads every
+    // line: stdin can be read once.
+    let route_registry = (config.pipeline.workers > 1
+        && !inputs.iter().any(|p| p == Path::new("-")))
+    .then(|| Arc::clone(&registry));
+    let reference = ReferenceSlot::new(registry, Arc::new(fences));
     let output_sinks = OutputSinks {
         alerts_log: open_jsonl(config.alerts.jsonl_path.as_deref(), "alerts")?,
         features_log: open_jsonl(config.features.jsonl_path.as_deref(), "features")?,
@@ -188,13 +195,25 @@ pub fn replay(config: &Config, inputs: Vec<PathBuf>) -> anyhow::Result<Summary> 
     let started = Instant::now();
     let sinks = output_sinks.clone();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let source = ReplaySource {
-            lines: LineSource::new(
-                inputs.clone(),
-                worker.index(),
-                worker.peers(),
-                config.pipeline.replay_block_lines,
+        let block_lines = config.pipeline.replay_block_lines;
+        let (lines, router) = match &route_registry {
+            Some(registry) => (
+                LineSource::new(inputs.clone(), 0, 1, block_lines),
+                Some(LineRouter::new(
+                    Arc::clone(registry),
+                    worker.index(),
+                    worker.peers(),
+                    block_lines,
+                )),
             ),
+            None => (
+                LineSource::new(inputs.clone(), worker.index(), worker.peers(), block_lines),
+                None,
+            ),
+        };
+        let source = ReplaySource {
+            lines,
+            router,
             epoch_lines: config.pipeline.replay_epoch_lines,
         };
         run_worker(
@@ -268,11 +287,82 @@ pub(crate) fn merge(summary: &mut Summary, report: WorkerReport) {
     summary.archive.features_rows += report.archive.features_rows;
 }
 
-/// A worker's share of the replay input: its blocks of lines, in epochs of `epoch_lines`
-/// input lines.
+/// A worker's share of the replay input, in epochs of `epoch_lines` input lines: the lines
+/// `router` gives it from all of them, or without one its blocks of lines.
 struct ReplaySource {
     lines: LineSource,
+    router: Option<LineRouter>,
     epoch_lines: u64,
+}
+
+/// Which worker decodes a replay line: the one that processes its vehicle's records, so that
+/// a record is made, used and freed on one core (made on one worker and freed on the other,
+/// records cost `-w 2` about 11 % more CPU per message; `benches/README.md`). Every worker
+/// reads every line to find its own (it read past the others' blocks before). The vehicle is
+/// found from the device id a line starts with (`{"device_id":"…"`, compact and without
+/// escapes, as trackers send it) through the registry, the decoder's rule; any other line
+/// goes by turns of `block_lines` lines. The owner is a function of the line and its number
+/// alone, so each line is decoded by exactly one worker; where the decoder reads a message
+/// otherwise (a repeated `device_id`), the exchange by vehicle after it still sends the
+/// record to its vehicle's worker.
+struct LineRouter {
+    registry: Arc<Registry>,
+    worker: usize,
+    peers: usize,
+    block_lines: u64,
+    /// The owners of the device ids seen, so that the registry is asked once per device.
+    owners: HashMap<Box<[u8]>, usize, ahash::RandomState>,
+}
+
+impl LineRouter {
+    /// Device ids remembered before the map is emptied (its memory stays bounded, ~64 MiB).
+    const MAX_REMEMBERED: usize = 1 << 20;
+
+    fn new(registry: Arc<Registry>, worker: usize, peers: usize, block_lines: u64) -> Self {
+        Self {
+            registry,
+            worker,
+            peers,
+            block_lines,
+            owners: HashMap::default(),
+        }
+    }
+
+    /// Whether this worker decodes line number `line`, `bytes`.
+    fn owns(&mut self, line: u64, bytes: &[u8]) -> bool {
+        let owner = match leading_device_id(bytes) {
+            Some(device) => self.device_owner(device),
+            None => None,
+        };
+        let owner = owner.unwrap_or_else(|| {
+            usize::try_from((line / self.block_lines) % self.peers as u64).unwrap_or(0)
+        });
+        owner == self.worker
+    }
+
+    /// The worker of the device's vehicle (the device itself when unregistered, as the
+    /// decoder makes it), as the exchange by vehicle picks it; `None` if the id is not UTF-8.
+    fn device_owner(&mut self, device: &[u8]) -> Option<usize> {
+        if let Some(&owner) = self.owners.get(device) {
+            return Some(owner);
+        }
+        let id = std::str::from_utf8(device).ok()?;
+        let vehicle = self.registry.device(id).map_or(id, |d| &*d.vehicle_id);
+        let owner = usize::try_from(id_key(vehicle) % self.peers as u64).ok()?;
+        if self.owners.len() >= Self::MAX_REMEMBERED {
+            self.owners.clear();
+        }
+        self.owners.insert(device.into(), owner);
+        Some(owner)
+    }
+}
+
+/// The device id a line starts with when it starts as compact JSON writes it
+/// (`{"device_id":"…"`), without escapes.
+fn leading_device_id(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(br#"{"device_id":""#)?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    (rest[end] == b'"').then_some(&rest[..end])
 }
 
 impl Source for ReplaySource {
@@ -285,13 +375,22 @@ impl Source for ReplaySource {
         report: Rc<RefCell<WorkerReport>>,
         error: ErrorSlot,
     ) -> Streams<'scope> {
-        replay_source(scope, self.lines, self.epoch_lines, setup, report, error)
+        replay_source(
+            scope,
+            self.lines,
+            self.router,
+            self.epoch_lines,
+            setup,
+            report,
+            error,
+        )
     }
 }
 
 fn replay_source<'scope>(
     scope: Scope<'scope, u64>,
     mut lines: LineSource,
+    mut router: Option<LineRouter>,
     epoch_lines: u64,
     mut setup: SourceSetup,
     report: Rc<RefCell<WorkerReport>>,
@@ -348,6 +447,9 @@ fn replay_source<'scope>(
                         cap.downgrade(&line_epoch);
                     }
                     epoch = line_epoch;
+                }
+                if router.as_mut().is_some_and(|r| !r.owns(line, bytes)) {
+                    continue;
                 }
                 report.messages += 1;
                 report.readings += open.decode(bytes, None, received_at, line, &setup);
@@ -468,9 +570,58 @@ mod tests {
         assert_eq!(alerts_one, alerts_two);
         assert_eq!(one.alerts, two.alerts);
         assert_eq!(one.accepted, two.accepted);
+        assert_eq!((one.messages, &one.rejects), (two.messages, &two.rejects));
         assert_eq!(
             (one.features, one.features_revisions),
             (two.features, two.features_revisions)
         );
+    }
+
+    #[test]
+    fn each_line_has_one_owner_the_worker_of_its_vehicle_when_its_device_leads() {
+        let registry = Registry::from_csv_str(
+            "vehicle_id,loan_id,device_id,vin,device_class,permitted_fences,timezone\n\
+             V1,L1,D1a,,wired,,Asia/Shanghai\n\
+             V1,L1,D1b,,obd,,Asia/Shanghai\n\
+             V2,L2,D2,,wired,,Asia/Shanghai\n",
+            "test",
+        )
+        .expect("registry");
+        let registry = Arc::new(registry);
+        let peers = 3;
+        let block = 2;
+        let mut routers: Vec<LineRouter> = (0..peers)
+            .map(|w| LineRouter::new(Arc::clone(&registry), w, peers, block))
+            .collect();
+        let owners = |routers: &mut Vec<LineRouter>, n: u64, line: &[u8]| -> Vec<usize> {
+            (0..peers).filter(|&w| routers[w].owns(n, line)).collect()
+        };
+        let of = |id: &str| usize::try_from(id_key(id) % peers as u64).unwrap();
+        let lines: [(&[u8], Option<usize>); 9] = [
+            (br#"{"device_id":"D1a","ts":1}"#, Some(of("V1"))),
+            (br#"{"device_id":"D1b","ts":1}"#, Some(of("V1"))),
+            (br#"{"device_id":"D2","ts":1}"#, Some(of("V2"))),
+            (br#"{"device_id":"D9","ts":1}"#, Some(of("D9"))),
+            (br#"{"device_id":"D1a","ts":2}"#, Some(of("V1"))),
+            // Read by turns of `block` lines: escapes, spacing, another order, a batch,
+            // an id that is not UTF-8, not JSON.
+            (br#"{"device_id":"D\u0031a","ts":1}"#, None),
+            (br#"{ "device_id":"D1a"}"#, None),
+            (br#"[{"device_id":"D1a"}]"#, None),
+            (b"{\"device_id\":\"\xff\"}", None),
+        ];
+        for (n, (line, owner)) in (0u64..).zip(lines) {
+            let by_turn = usize::try_from((n / block) % peers as u64).unwrap();
+            let want = vec![owner.unwrap_or(by_turn)];
+            assert_eq!(owners(&mut routers, n, line), want, "line {n}");
+            // The same once remembered.
+            assert_eq!(owners(&mut routers, n, line), want, "line {n} again");
+        }
+        assert_eq!(owners(&mut routers, 40, b"not json"), vec![(40 / 2) % 3]);
+        assert_eq!(
+            leading_device_id(br#"{"device_id":"D1a","ts":1}"#),
+            Some(&b"D1a"[..])
+        );
+        assert_eq!(leading_device_id(br#"{"device_id":"D1a"#), None);
     }
 }
