@@ -297,7 +297,7 @@ struct ReplaySource {
 
 /// Which worker decodes a replay line: the one that processes its vehicle's records, so that
 /// a record is made, used and freed on one core (made on one worker and freed on the other,
-/// records cost `-w 2` about 11 % more CPU per message; `benches/README.md`). Every worker
+/// records cost `-w 2` about 10 % more CPU per message; `benches/README.md`). Every worker
 /// reads every line to find its own (it read past the others' blocks before). The vehicle is
 /// found from the device id a line starts with (`{"device_id":"…"`, compact and without
 /// escapes, as trackers send it) through the registry, the decoder's rule; any other line
@@ -315,7 +315,7 @@ struct LineRouter {
 }
 
 impl LineRouter {
-    /// Device ids remembered before the map is emptied (its memory stays bounded, ~64 MiB).
+    /// Device ids remembered before the map is emptied, which bounds its memory (~60 MiB).
     const MAX_REMEMBERED: usize = 1 << 20;
 
     fn new(registry: Arc<Registry>, worker: usize, peers: usize, block_lines: u64) -> Self {
@@ -330,13 +330,11 @@ impl LineRouter {
 
     /// Whether this worker decodes line number `line`, `bytes`.
     fn owns(&mut self, line: u64, bytes: &[u8]) -> bool {
-        let owner = match leading_device_id(bytes) {
-            Some(device) => self.device_owner(device),
-            None => None,
-        };
-        let owner = owner.unwrap_or_else(|| {
-            usize::try_from((line / self.block_lines) % self.peers as u64).unwrap_or(0)
-        });
+        let owner = leading_device_id(bytes)
+            .and_then(|device| self.device_owner(device))
+            .unwrap_or_else(|| {
+                usize::try_from((line / self.block_lines) % self.peers as u64).unwrap_or(0)
+            });
         owner == self.worker
     }
 
