@@ -167,8 +167,9 @@ fn strings(rows: usize, bytes_per_row: usize) -> StringBuilder {
 
 /// A nullable primitive column being filled, its values and validity in plain vectors: a row
 /// takes a few instructions where Arrow's builder, whose `append_option` is not inlined and
-/// keeps validity as bits, takes ~50. Telemetry fills 19 such columns a reading (a byte of
-/// validity per row instead of a bit while the partition is open).
+/// keeps validity as bits, takes ~50. Telemetry fills 17 such columns a reading (a byte of
+/// validity per row instead of a bit while the partition is open); its columns that always
+/// have a value (times, `backfill`) are plain vectors without validity.
 struct Nullable<T: ArrowPrimitiveType> {
     values: Vec<T::Native>,
     valid: Vec<bool>,
@@ -187,21 +188,17 @@ impl<T: ArrowPrimitiveType> Nullable<T> {
         self.valid.push(value.is_some());
     }
 
-    fn append_value(&mut self, value: T::Native) {
-        self.values.push(value);
-        self.valid.push(true);
-    }
-
-    fn len(&self) -> usize {
-        self.values.len()
-    }
-
     /// The column as an array; without a validity buffer when every value is there, as
     /// Arrow's builder makes it.
     fn finish(self) -> PrimitiveArray<T> {
         let nulls = self.valid.contains(&false).then(|| self.valid.into());
         PrimitiveArray::new(self.values.into(), nulls)
     }
+}
+
+/// A column of UTC timestamps (microseconds) that always have a value.
+fn utc_micros(values: Vec<i64>) -> PrimitiveArray<TimestampMicrosecondType> {
+    PrimitiveArray::new(values.into(), None).with_timezone("UTC")
 }
 
 /// A nullable Boolean column being filled, for the same reason as [`Nullable`].
@@ -216,10 +213,6 @@ impl NullableBool {
         self.0.push(value);
     }
 
-    fn append_value(&mut self, value: bool) {
-        self.0.push(Some(value));
-    }
-
     fn finish(self) -> BooleanArray {
         BooleanArray::from(self.0)
     }
@@ -230,10 +223,10 @@ pub(super) struct TelemetryColumns {
     vehicle_id: StringBuilder,
     loan_id: StringBuilder,
     device_id: StringBuilder,
-    ts: Nullable<TimestampMicrosecondType>,
-    received_at: Nullable<TimestampMicrosecondType>,
+    ts: Vec<i64>,
+    received_at: Vec<i64>,
     seq: Nullable<UInt64Type>,
-    backfill: NullableBool,
+    backfill: Vec<bool>,
     lat: Nullable<Float64Type>,
     lon: Nullable<Float64Type>,
     fix: NullableBool,
@@ -290,10 +283,10 @@ impl Columns for TelemetryColumns {
             vehicle_id: strings(n, 12),
             loan_id: strings(n, 12),
             device_id: strings(n, 15),
-            ts: Nullable::with_capacity(n),
-            received_at: Nullable::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            received_at: Vec::with_capacity(n),
             seq: Nullable::with_capacity(n),
-            backfill: NullableBool::with_capacity(n),
+            backfill: Vec::with_capacity(n),
             lat: Nullable::with_capacity(n),
             lon: Nullable::with_capacity(n),
             fix: NullableBool::with_capacity(n),
@@ -323,10 +316,10 @@ impl Columns for TelemetryColumns {
         self.vehicle_id.append_value(&row.vehicle_id);
         self.loan_id.append_option(row.loan_id.as_deref());
         self.device_id.append_value(&r.device_id);
-        self.ts.append_value(micros(r.ts_ms));
-        self.received_at.append_value(micros(r.received_at_ms));
+        self.ts.push(micros(r.ts_ms));
+        self.received_at.push(micros(r.received_at_ms));
         self.seq.append_option(r.seq);
-        self.backfill.append_value(r.backfill);
+        self.backfill.push(r.backfill);
         let g = r.gnss.as_ref();
         self.lat.append_option(g.and_then(|g| g.lat));
         self.lon.append_option(g.and_then(|g| g.lon));
@@ -363,8 +356,8 @@ impl Columns for TelemetryColumns {
         }
         self.alarms.append(true);
         // A row's fixed-width values (110 bytes), the validity bytes of the nullable columns
-        // (19) and flags (4), and the string and list offsets (20).
-        153 + len(&row.vehicle_id)
+        // (17) and flags (4), and the string and list offsets (20).
+        151 + len(&row.vehicle_id)
             + opt_len(row.loan_id.as_deref())
             + len(&r.device_id)
             + opt_len(vin.map(String::as_str))
@@ -380,10 +373,10 @@ impl Columns for TelemetryColumns {
             Arc::new(self.vehicle_id.finish()),
             Arc::new(self.loan_id.finish()),
             Arc::new(self.device_id.finish()),
-            Arc::new(self.ts.finish().with_timezone("UTC")),
-            Arc::new(self.received_at.finish().with_timezone("UTC")),
+            Arc::new(utc_micros(self.ts)),
+            Arc::new(utc_micros(self.received_at)),
             Arc::new(self.seq.finish()),
-            Arc::new(self.backfill.finish()),
+            Arc::new(BooleanArray::from(self.backfill)),
             Arc::new(self.lat.finish()),
             Arc::new(self.lon.finish()),
             Arc::new(self.fix.finish()),
