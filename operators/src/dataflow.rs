@@ -279,12 +279,7 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         if let Some(cap) = held.as_mut() {
                             cap.downgrade(&next);
                             let mut session = output.session(cap);
-                            let (mut batch, claims) = outputs(out);
-                            batch.extend(watermark.map(Output::Watermark));
-                            if !batch.is_empty() {
-                                session.give(Emitted::Out(batch));
-                            }
-                            session.give_iterator(claims);
+                            session.give_iterator(emitted(out, watermark));
                             if reloaded.is_some() {
                                 let clock_ms = watermark.unwrap_or_else(wall_clock);
                                 session.give(Emitted::Vin(VinInput::Reloaded { worker, clock_ms }));
@@ -296,12 +291,7 @@ impl<'scope> RunFleet<'scope> for StreamVec<'scope, u64, Record> {
                         if let Some(cap) = held.take() {
                             let mut out = FleetOutputs::default();
                             fleet.finish(wall_clock(), &mut out);
-                            let (batch, claims) = outputs(out);
-                            let mut session = output.session(&cap);
-                            if !batch.is_empty() {
-                                session.give(Emitted::Out(batch));
-                            }
-                            session.give_iterator(claims);
+                            output.session(&cap).give_iterator(emitted(out, None));
                         }
                         if let Some(snapshots) = snapshots.as_mut() {
                             snapshots.finish(&mut fleet);
@@ -419,8 +409,8 @@ fn index_vins<'scope>(
     })
 }
 
-/// An epoch's outputs as one batch (with room for its watermark), and its VIN claims.
-fn outputs(out: FleetOutputs) -> (Vec<Output>, impl Iterator<Item = Emitted>) {
+/// What an epoch emits: its outputs and `watermark` as one batch, if any, then its VIN claims.
+fn emitted(out: FleetOutputs, watermark: Option<i64>) -> impl Iterator<Item = Emitted> {
     let v = out.vehicle;
     let mut batch = Vec::with_capacity(
         v.alerts.len() + v.archive.len() + v.features.len() + out.rejects.len() + 1,
@@ -433,11 +423,15 @@ fn outputs(out: FleetOutputs) -> (Vec<Output>, impl Iterator<Item = Emitted>) {
             .map(|f| Output::Features(Box::new(f))),
     );
     batch.extend(out.rejects.into_iter().map(|r| Output::Reject(Box::new(r))));
+    batch.extend(watermark.map(Output::Watermark));
     let claims = v
         .claims
         .into_iter()
         .map(|c| Emitted::Vin(VinInput::Claim(c)));
-    (batch, claims)
+    (!batch.is_empty())
+        .then_some(Emitted::Out(batch))
+        .into_iter()
+        .chain(claims)
 }
 
 #[cfg(test)]
