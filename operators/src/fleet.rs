@@ -1756,8 +1756,8 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
     }
 
     /// Prints the golden snapshot of this build (after a format change: bump
-    /// `FORMAT_VERSION`, keep the old `GOLDEN` as `GOLDEN_V<old>` with a test like
-    /// [`the_golden_snapshot_of_version_3_restores_as_the_current_one`] if the old version
+    /// `FORMAT_VERSION`, keep the old `GOLDEN` as `GOLDEN_V<old>` in
+    /// [`older_golden_snapshots_restore_as_the_current_one`] if the old version
     /// stays readable, run `cargo test -p operators --lib write_golden -- --ignored
     /// --nocapture` and paste the output over `GOLDEN`).
     #[test]
@@ -1904,17 +1904,6 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
         "f628f8410000f242f628f8410000f242f628f8410000f24201fb869f000000000000000104",
     ];
 
-    /// An upgrade keeps the state: the version-4 golden snapshot restores to the state the
-    /// version-5 one holds (`geofence_exit`'s last next fix on the side its signed distance
-    /// gave), written again byte for byte as that one.
-    #[test]
-    fn the_golden_snapshot_of_version_4_restores_as_the_current_one() {
-        let v4 = unhex(GOLDEN_V4);
-        assert_eq!(v4[8..12], 4u32.to_le_bytes());
-        let fleet = restore(&[&v4]).unwrap_or_else(|e| panic!("{e}"));
-        assert!(fleet.snapshot().expect("snapshot") == unhex(GOLDEN));
-    }
-
     /// [`golden_source`] as written by the last build of format version 3 (`c22473f`).
     const GOLDEN_V3: &[&str] = &[
         "4c57464c454554000300000045070000000000008b4bf8b6cbe6667601fd00365f8c350300007b0000002401",
@@ -1962,15 +1951,21 @@ V3,L3,D30,LVGTFLHF7SF394013,obd,home,Europe/Berlin
         "43000003f628f8410000f242f628f8410000f242f628f8410000f24201fb869f000000000000000104",
     ];
 
-    /// An upgrade keeps the state: the version-3 golden snapshot restores to the state the
-    /// current one holds (its de-duplication window read from the old pairs, its
-    /// `geofence_exit` as from version 4), written again byte for byte as that one.
+    /// An upgrade keeps the state: the golden snapshot of each older readable version restores
+    /// to the state the current one holds (version 3's de-duplication window read from the old
+    /// pairs, `geofence_exit`'s last next fix before version 5 on the side its signed distance
+    /// gave), written again byte for byte as that one.
     #[test]
-    fn the_golden_snapshot_of_version_3_restores_as_the_current_one() {
-        let v3 = unhex(GOLDEN_V3);
-        assert_eq!(v3[8..12], 3u32.to_le_bytes());
-        let fleet = restore(&[&v3]).unwrap_or_else(|e| panic!("{e}"));
-        assert!(fleet.snapshot().expect("snapshot") == unhex(GOLDEN));
+    fn older_golden_snapshots_restore_as_the_current_one() {
+        for (version, golden) in [(3u32, GOLDEN_V3), (4, GOLDEN_V4)] {
+            let old = unhex(golden);
+            assert_eq!(old[8..12], version.to_le_bytes());
+            let fleet = restore(&[&old]).unwrap_or_else(|e| panic!("version {version}: {e}"));
+            assert!(
+                fleet.snapshot().expect("snapshot") == unhex(GOLDEN),
+                "version {version}"
+            );
+        }
     }
 
     /// Snapshot size and encode/decode time of a fleet with a month of history, in release:
